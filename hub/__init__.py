@@ -1,0 +1,1 @@
+"""Trigger Hub: Lambda-style functions run by S3, MongoDB and Kafka events."""

@@ -1,0 +1,50 @@
+"""The event every connector produces: a CloudEvents 1.0 envelope (structured JSON mode).
+
+Handlers receive ``Event.to_cloudevent()``. ``id`` is stable across redeliveries of the same
+change, so the dispatcher can recognise an event it has already run to success.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    source: str  # "s3://bucket", "mongodb://db/coll", "kafka://topic", "invoke://function"
+    type: str  # "s3:ObjectCreated:Put", "mongodb.insert", "kafka.message", ...
+    data: Any
+    subject: str | None = None
+    time: str = field(default_factory=utc_now_iso)
+    datacontenttype: str = "application/json"
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time,
+            "datacontenttype": self.datacontenttype,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_cloudevent(cls, doc: dict[str, Any]) -> Event:
+        return cls(
+            id=str(doc["id"]),
+            source=str(doc["source"]),
+            type=str(doc["type"]),
+            data=doc.get("data"),
+            subject=doc.get("subject"),
+            time=str(doc.get("time") or utc_now_iso()),
+            datacontenttype=str(doc.get("datacontenttype") or "application/json"),
+        )

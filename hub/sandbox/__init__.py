@@ -1,0 +1,1 @@
+"""Worker pool: runs function code in separate, sandboxed, reusable processes."""

@@ -1,0 +1,99 @@
+"""The pool's contract with the rest of the hub.
+
+The dispatcher only ever sees these types; how workers are started, contained, reused and reaped
+is the pool's business (see ``hub.sandbox.pool``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class FunctionRuntime:
+    """One immutable version of a function, as the pool needs it."""
+
+    name: str
+    version: str  # content hash of code + handler; a new version never reuses an old worker
+    handler: str  # "module.attr", e.g. "main.handler"
+    code_dir: Path  # materialised code, mounted read-only into the worker
+    timeout_s: float = 30.0
+    memory_mb: int = 256
+    max_concurrency: int = 4
+    env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class InvokeContext:
+    invocation_id: str
+    trigger: str | None
+    attempt: int = 1
+
+
+class Status(str, enum.Enum):
+    succeeded = "succeeded"
+    failed = "failed"  # the handler raised
+    timeout = "timeout"
+    out_of_memory = "out_of_memory"
+    crashed = "crashed"  # the worker died: exit code / signal
+    throttled = "throttled"  # the function's wait queue was full; never started
+
+
+@dataclass
+class InvocationReport:
+    """What one invocation did: Lambda's REPORT line plus the result."""
+
+    status: Status
+    result: Any = None
+    error: dict[str, Any] | None = None  # {"type", "message", "traceback"}
+    duration_ms: float = 0.0
+    billed_ms: int = 0
+    max_memory_mb: float | None = None
+    cold_start: bool = False
+    init_duration_ms: float | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "result": self.result,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "billed_ms": self.billed_ms,
+            "max_memory_mb": self.max_memory_mb,
+            "cold_start": self.cold_start,
+            "init_duration_ms": self.init_duration_ms,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "output_truncated": self.output_truncated,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+        }
+
+
+class WorkerPool(Protocol):
+    """Runs invocations; never raises for anything the function does (that is a report)."""
+
+    isolation: str  # "bwrap" or "process": shown in /readyz
+
+    async def start(self) -> None: ...
+
+    async def invoke(
+        self, fn: FunctionRuntime, event: dict[str, Any], ctx: InvokeContext
+    ) -> InvocationReport: ...
+
+    async def retire(self, name: str) -> None:
+        """Stop every worker of a function (deleted or replaced)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Per-function worker counts (warm, busy, queued, throttled) for /metrics and /readyz."""
+
+    async def close(self) -> None: ...
