@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # "rgw" configures Ceph RGW topics; "minio" points the bucket at a pre-configured webhook ARN.
     s3_flavor: Literal["rgw", "minio"] = "rgw"
     s3_minio_webhook_arn: str = "arn:minio:sqs::HUB:webhook"
+    # RGW persistent topics queue and retry deliveries (at-least-once) at the cost of ~seconds of
+    # latency; non-persistent ones push during the PUT and drop the event if the hub is down.
+    s3_rgw_persistent: bool = True
     # The URL the S3 server uses to reach the hub (webhook push endpoint); defaults to the listen address.
     public_url: str = ""
     api_token: str = "dev-token"
@@ -47,8 +50,6 @@ class Settings(BaseSettings):
     inbox_concurrency: int = 16
     # How often the trigger set is re-read from MongoDB (other instances' changes).
     trigger_sync_interval_s: float = 2.0
-    default_retry_base_s: float = 1.0
-    default_retry_max_s: float = 60.0
     instance_id: str = Field(default="")
 
     def base_url(self) -> str:

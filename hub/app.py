@@ -1,0 +1,151 @@
+"""App composition: the one place that wires connectors, router, dispatcher, pool, store and API.
+
+``Hub(settings)`` is a whole instance: ``await hub.start()`` serves HTTP and runs every enabled
+trigger; ``await hub.stop()`` stops taking events, lets nothing half-acked through and closes
+everything. Tests start and stop several in one process to simulate restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from hub.api import make_app
+from hub.dispatch import Dispatcher, Target
+from hub.events import Event
+from hub.inbox import Inbox
+from hub.metrics import Metrics
+from hub.registry import Registry
+from hub.router import Router
+from hub.sandbox.base import WorkerPool
+from hub.settings import Settings
+from hub.sources import Sources
+from hub.store import Store
+from hub.triggers import TriggerService
+
+log = structlog.get_logger("hub.app")
+
+
+def make_pool(settings: Settings) -> WorkerPool:
+    from hub.sandbox.pool import SandboxPool
+
+    return SandboxPool(
+        isolation=settings.sandbox,
+        data_dir=settings.data_dir,
+        idle_ttl_s=settings.worker_idle_ttl_s,
+        max_queue=settings.max_queue_per_function,
+    )
+
+
+class Hub:
+    def __init__(self, settings: Settings, pool: WorkerPool | None = None) -> None:
+        self.settings = settings
+        self.instance_id = settings.instance_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.metrics = Metrics()
+        self.store = Store(settings.mongo_url, settings.mongo_db)
+        self.registry = Registry(self.store, settings.data_dir)
+        self.pool = pool or make_pool(settings)
+        self.router = Router()
+        self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics)
+        self.inbox = Inbox(
+            self.store, self.router, self.dispatcher, self.metrics,
+            owner=self.instance_id, concurrency=settings.inbox_concurrency,
+            lease_s=settings.inbox_lease_s, poll_interval_s=settings.inbox_poll_interval_s,
+        )
+        self.sources = Sources(settings, self.store, self.router, self.on_source_event)
+        self.triggers = TriggerService(self.store, settings, self.sync_triggers)
+        self.web = make_app(self)
+        self._runner: web.AppRunner | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._sync_lock = asyncio.Lock()
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.port}"
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.init()
+        await self.pool.start()
+        if self.pool.isolation != "bwrap":
+            log.warning("functions are NOT sandboxed with bubblewrap; only rlimits contain them",
+                        isolation=self.pool.isolation)
+        await self.sync_triggers()
+        await self.inbox.start()
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
+        self._runner = web.AppRunner(self.web, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        log.info("hub started", url=self.url, instance=self.instance_id, isolation=self.pool.isolation)
+
+    async def stop(self) -> None:
+        if self._sync_task:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+        await self.sources.stop()
+        await self.inbox.stop()
+        if self._runner:
+            await self._runner.cleanup()
+        await self.pool.close()
+        await self.store.close()
+        log.info("hub stopped", instance=self.instance_id)
+
+    async def sync_triggers(self) -> None:
+        """Re-read triggers and bring subscriptions in line (after a write, and on a timer)."""
+        async with self._sync_lock:
+            self.router.load(await self.store.list_triggers())
+            await self.sources.reconcile()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.trigger_sync_interval_s)
+            try:
+                await self.sync_triggers()
+            except Exception as exc:
+                log.warning("trigger sync failed", error=str(exc))
+
+    async def on_source_event(self, trigger_name: str, event: Event) -> None:
+        """Sink for kafka/mongodb subscriptions: filter, then run to a final outcome."""
+        source_type = event.source.split(":", 1)[0]
+        self.metrics.events.labels(source_type).inc()
+        trigger = self.router.get(trigger_name)
+        if trigger is None or not self.router.passes_filter(trigger, event):
+            return
+        await self.dispatcher.deliver(Target(trigger.function, trigger.name, trigger.retry), event)
+
+    async def readiness(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            await self.store.ping()
+            checks["mongodb"] = "ok"
+        except Exception as exc:
+            checks["mongodb"] = f"error: {exc}"
+        subs = self.sources.states()
+        ready = checks["mongodb"] == "ok" and all(s == "running" for s in subs.values())
+        return {
+            "ready": ready,
+            "checks": checks,
+            "subscriptions": subs,
+            "sandbox": {"isolation": self.pool.isolation, "sandboxed": self.pool.isolation == "bwrap"},
+            "pool": self.pool.stats(),
+        }
+
+    async def refresh_gauges(self) -> None:
+        try:
+            self.metrics.inbox_depth.set(await self.store.inbox_depth())
+        except Exception:
+            pass
+        totals = self.pool.stats().get("totals", {})
+        for state in ("warm", "busy", "queued"):
+            if state in totals:
+                self.metrics.workers.labels(state).set(totals[state])

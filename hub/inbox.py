@@ -1,0 +1,172 @@
+"""The durable inbox: webhook events, async invokes and replays, processed from MongoDB.
+
+An item is written before the HTTP caller gets its 2xx, claimed with a lease (so several hub
+instances can share the work and a crashed one's items come back), renewed while it runs, and
+deleted only when every trigger it went to has finished with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import structlog
+from bson import ObjectId
+
+from hub.dispatch import Dispatcher, Target
+from hub.events import Event
+from hub.metrics import Metrics
+from hub.models import RetryPolicy
+from hub.router import Router
+from hub.store import Store, now
+
+log = structlog.get_logger("hub.inbox")
+
+# Lambda's async invocation default: the first try plus two retries.
+ASYNC_INVOKE_RETRY = RetryPolicy(max_attempts=3, backoff_s=1.0, max_backoff_s=60.0)
+
+
+class Inbox:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        *,
+        owner: str,
+        concurrency: int = 16,
+        lease_s: float = 300.0,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.owner = owner
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- writers ----------------------------------------------------------------------------
+    async def put_events(self, events: list[Event]) -> None:
+        await self._put([self._item("s3", e) for e in events])
+
+    async def put_invoke(self, function: str, event: Event) -> str:
+        request_id = uuid.uuid4().hex
+        await self._put([self._item("invoke", event, function=function, request_id=request_id)])
+        return request_id
+
+    async def put_replay(self, dead_letter: dict[str, Any]) -> None:
+        event = Event.from_cloudevent(dead_letter["event"])
+        await self._put([self._item(
+            "replay", event, function=dead_letter["function"], trigger=dead_letter["trigger"],
+            dead_letter_id=dead_letter["_id"],
+        )])
+
+    @staticmethod
+    def _item(kind: str, event: Event, **fields: Any) -> dict[str, Any]:
+        return {"_id": ObjectId(), "kind": kind, "event": event.to_cloudevent(), "state": "pending",
+                "created_at": now(), "deliveries": 0, **fields}
+
+    async def _put(self, items: list[dict[str, Any]]) -> None:
+        await self.store.inbox_put(items)
+        self._wake.set()
+
+    async def idle(self) -> None:
+        """Wait until nothing is queued or running (used by tests and graceful shutdown)."""
+        while await self.store.inbox_depth():
+            await asyncio.sleep(0.05)
+
+    # -- processing -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(i), name=f"inbox-{i}") for i in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            try:
+                item = await self.store.inbox_claim(self.owner, self.lease_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("inbox claim failed", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if item is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                except TimeoutError:
+                    pass
+                continue
+            # others may be waiting too: there may be more
+            self._wake.set()
+            await self._process(item)
+
+    async def _process(self, item: dict[str, Any]) -> None:
+        renew = asyncio.create_task(self._renew(item["_id"]))
+        try:
+            await self._run(item)
+            await self.store.inbox_done(item["_id"])
+        except asyncio.CancelledError:
+            # shutting down: hand the item back at once rather than after the lease
+            await asyncio.shield(self._release_quietly(item["_id"]))
+            raise
+        except Exception as exc:
+            # Not acked: the lease runs out and the item is claimed again.
+            log.warning("inbox item failed; it will be retried", item=str(item["_id"]), error=str(exc),
+                        exc_info=True)
+            await asyncio.sleep(1.0)
+        finally:
+            renew.cancel()
+
+    async def _release_quietly(self, item_id: Any) -> None:
+        try:
+            await self.store.inbox_release(item_id)
+        except Exception:
+            pass
+
+    async def _renew(self, item_id: Any) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            await self.store.inbox_renew(item_id, self.owner, self.lease_s)
+
+    async def _run(self, item: dict[str, Any]) -> None:
+        event = Event.from_cloudevent(item["event"])
+        kind = item["kind"]
+        if kind == "s3":
+            triggers = self.router.match_s3(event)
+            await asyncio.gather(*(
+                self.dispatcher.deliver(Target(t.function, t.name, t.retry), event) for t in triggers
+            ))
+        elif kind == "invoke":
+            target = Target(item["function"], None, ASYNC_INVOKE_RETRY)
+            await self.dispatcher.deliver(target, event, request_id=item["request_id"])
+        elif kind == "replay":
+            await self._replay(item, event)
+        else:
+            log.error("unknown inbox item kind; dropped", kind=kind, item=str(item["_id"]))
+
+    async def _replay(self, item: dict[str, Any], event: Event) -> None:
+        name = item.get("trigger")
+        if name is None:
+            target = Target(item["function"], None, ASYNC_INVOKE_RETRY)
+        else:
+            trigger = self.router.triggers.get(name)
+            if trigger is None:
+                log.warning("replay dropped: trigger no longer exists", trigger=name)
+                return
+            target = Target(trigger.function, trigger.name, trigger.retry)
+        await self.store.forget_completion(target.key, event.id)
+        outcome = await self.dispatcher.deliver(target, event)
+        if outcome == "succeeded":
+            await self.store.delete_dead_letter(item["dead_letter_id"])

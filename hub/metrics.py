@@ -1,0 +1,42 @@
+"""Prometheus metrics, one registry per hub instance (tests run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "hub_events_total", "Events received from sources", ["source_type"], registry=self.registry
+        )
+        self.invocations = Counter(
+            "hub_invocations_total",
+            "Function invocations by outcome",
+            ["function", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "hub_invocation_duration_seconds",
+            "Function run time",
+            ["function"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "hub_retries_total", "Attempts after the first", ["trigger"], registry=self.registry
+        )
+        self.dead_letters = Counter(
+            "hub_dead_letters_total", "Events dead-lettered", ["trigger"], registry=self.registry
+        )
+        self.duplicates = Counter(
+            "hub_duplicate_events_total",
+            "Redelivered events skipped because they already finished",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.inbox_depth = Gauge("hub_inbox_depth", "Events waiting in the inbox", registry=self.registry)
+        self.workers = Gauge(
+            "hub_workers", "Worker processes by state", ["state"], registry=self.registry
+        )

@@ -1,0 +1,105 @@
+"""Keeps one running subscription per enabled kafka/mongodb trigger, matching the trigger set.
+
+``reconcile`` is called after every trigger change and on the sync timer: it starts what is
+missing, stops what was deleted or disabled, and restarts a subscription whose source changed.
+(s3 triggers need no subscription: their events arrive through the webhook and the inbox.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from connectors.base import Subscription
+from connectors.kafka import KafkaSubscription
+from connectors.mongodb import ChangeStreamSubscription
+from hub.events import Event
+from hub.router import Router, Trigger
+from hub.settings import Settings
+from hub.store import Store
+from hub.triggers import kafka_group_id, source_state_key
+
+log = structlog.get_logger("hub.sources")
+
+OnEvent = Callable[[str, Event], Awaitable[None]]
+
+
+class Sources:
+    def __init__(self, settings: Settings, store: Store, router: Router, on_event: OnEvent) -> None:
+        self.settings = settings
+        self.store = store
+        self.router = router
+        self.on_event = on_event
+        self.running: dict[str, tuple[str, Subscription]] = {}
+
+    async def reconcile(self) -> None:
+        wanted: dict[str, tuple[str, Trigger]] = {}
+        for t in self.router.triggers.values():
+            if t.enabled and t.source_type in ("kafka", "mongodb"):
+                wanted[t.name] = (self._key(t), t)
+        for name in list(self.running):
+            key, sub = self.running[name]
+            if name not in wanted or wanted[name][0] != key:
+                await sub.stop()
+                del self.running[name]
+                log.info("subscription stopped", trigger=name)
+        for name, (key, trigger) in wanted.items():
+            if name not in self.running:
+                sub = await self._subscription(trigger)
+                await sub.start()
+                self.running[name] = (key, sub)
+                log.info("subscription started", trigger=name, source=trigger.source)
+
+    async def stop(self) -> None:
+        for _, sub in self.running.values():
+            await sub.stop()
+        self.running.clear()
+
+    def states(self) -> dict[str, str]:
+        return {name: sub.state for name, (_, sub) in self.running.items()}
+
+    @staticmethod
+    def _key(t: Trigger) -> str:
+        return f"{t.source_type}:{t.source_hash}"
+
+    async def _subscription(self, t: Trigger) -> Subscription:
+        src = t.source
+        state_key = source_state_key(t.name, t.source_hash)
+
+        async def sink(event: Event, name: str = t.name) -> None:
+            await self.on_event(name, event)
+
+        if t.source_type == "kafka":
+            state = await self.store.get_source_state(state_key) or {}
+            offsets = state.get("start_offsets")
+            return KafkaSubscription(
+                name=t.name,
+                bootstrap=self.settings.kafka_bootstrap,
+                topic=src["topic"],
+                group_id=kafka_group_id(t.name, t.source_hash),
+                start=src.get("start", "latest"),
+                sink=sink,
+                start_offsets={int(p): int(o) for p, o in offsets.items()} if offsets is not None else None,
+                session_timeout_ms=self.settings.kafka_session_timeout_ms,
+                heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+            )
+
+        async def load() -> dict[str, Any] | None:
+            return await self.store.get_source_state(state_key)
+
+        async def save(fields: dict[str, Any]) -> None:
+            await self.store.set_source_state(state_key, t.name, fields)
+
+        return ChangeStreamSubscription(
+            name=t.name,
+            client=self.store.client,
+            database=src["database"],
+            collection=src["collection"],
+            operations=list(src.get("operations") or []),
+            full_document=src.get("full_document", "default"),
+            sink=sink,
+            load_position=load,
+            save_position=save,
+        )

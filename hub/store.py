@@ -1,0 +1,200 @@
+"""Everything the hub keeps in MongoDB, behind one small class.
+
+Collections:
+- functions / function_versions: the registry (immutable versions keyed by content hash)
+- triggers: trigger definitions
+- invocations: one record per attempt (Lambda's REPORT line plus result/error/output)
+- completions: (trigger, event id) pairs that finished, so a redelivered event is not run again
+- dead_letters: events whose last attempt failed, with every attempt's error
+- inbox: durable queue for webhook events and async invokes (written before we answer 2xx)
+- source_state: per-trigger progress (change-stream resume tokens, start positions)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def completion_key(trigger: str, event_id: str) -> str:
+    return f"{trigger}|{event_id}"
+
+
+class Store:
+    def __init__(self, url: str, db_name: str) -> None:
+        # tz_aware so datetimes read back compare with now(); short server selection so an outage
+        # surfaces as an error quickly instead of hanging a request for 30 s.
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=5000
+        )
+        self.db: AsyncDatabase[dict[str, Any]] = self.client[db_name]
+
+    async def init(self) -> None:
+        db = self.db
+        await db.invocations.create_index([("function", ASCENDING), ("started_at", DESCENDING)])
+        await db.invocations.create_index([("trigger", ASCENDING), ("started_at", DESCENDING)])
+        await db.invocations.create_index([("status", ASCENDING), ("started_at", DESCENDING)])
+        await db.invocations.create_index([("request_id", ASCENDING)])
+        await db.invocations.create_index([("started_at", DESCENDING)])
+        await db.dead_letters.create_index([("trigger", ASCENDING), ("created_at", DESCENDING)])
+        await db.inbox.create_index([("state", ASCENDING), ("lease_until", ASCENDING)])
+        await db.inbox.create_index([("request_id", ASCENDING)], sparse=True)
+        await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    async def cluster_time(self) -> Any:
+        """The server's current operation time: a change stream started from it sees every later write."""
+        reply = await self.client.admin.command("hello")
+        return reply["operationTime"]
+
+    # -- registry ---------------------------------------------------------------------------
+    async def get_function(self, name: str) -> dict[str, Any] | None:
+        return await self.db.functions.find_one({"_id": name})
+
+    async def list_functions(self) -> list[dict[str, Any]]:
+        return await self.db.functions.find().sort("_id", ASCENDING).to_list(None)
+
+    async def get_version(self, name: str, version: str) -> dict[str, Any] | None:
+        return await self.db.function_versions.find_one({"_id": f"{name}:{version}"})
+
+    async def list_versions(self, name: str) -> list[dict[str, Any]]:
+        cursor = self.db.function_versions.find({"name": name}, {"code": 0}).sort("created_at", DESCENDING)
+        return await cursor.to_list(None)
+
+    async def put_function(self, name: str, version_doc: dict[str, Any], head: dict[str, Any]) -> bool:
+        """Store a version (if new) and point the function at it. Returns True when the version is new."""
+        created = True
+        try:
+            await self.db.function_versions.insert_one(version_doc)
+        except DuplicateKeyError:
+            created = False
+        await self.db.functions.replace_one({"_id": name}, head, upsert=True)
+        return created
+
+    async def delete_function(self, name: str) -> bool:
+        res = await self.db.functions.delete_one({"_id": name})
+        await self.db.function_versions.delete_many({"name": name})
+        return res.deleted_count > 0
+
+    # -- triggers ---------------------------------------------------------------------------
+    async def get_trigger(self, name: str) -> dict[str, Any] | None:
+        return await self.db.triggers.find_one({"_id": name})
+
+    async def list_triggers(self, function: str | None = None) -> list[dict[str, Any]]:
+        query = {"function": function} if function else {}
+        return await self.db.triggers.find(query).sort("_id", ASCENDING).to_list(None)
+
+    async def put_trigger(self, doc: dict[str, Any]) -> None:
+        await self.db.triggers.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def delete_trigger(self, name: str) -> bool:
+        res = await self.db.triggers.delete_one({"_id": name})
+        await self.db.source_state.delete_many({"trigger": name})
+        return res.deleted_count > 0
+
+    # -- source progress --------------------------------------------------------------------
+    async def get_source_state(self, key: str) -> dict[str, Any] | None:
+        return await self.db.source_state.find_one({"_id": key})
+
+    async def set_source_state(self, key: str, trigger: str, fields: dict[str, Any]) -> None:
+        await self.db.source_state.update_one(
+            {"_id": key}, {"$set": {**fields, "trigger": trigger, "updated_at": now()}}, upsert=True
+        )
+
+    # -- invocations and completions --------------------------------------------------------
+    async def record_invocation(self, doc: dict[str, Any]) -> None:
+        await self.db.invocations.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def get_invocation(self, invocation_id: str) -> dict[str, Any] | None:
+        doc = await self.db.invocations.find_one({"_id": invocation_id})
+        if doc is None:
+            doc = await self.db.invocations.find_one(
+                {"request_id": invocation_id}, sort=[("attempt", DESCENDING)]
+            )
+        return doc
+
+    async def list_invocations(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        cursor = self.db.invocations.find(query, {"stdout": 0, "stderr": 0, "event": 0})
+        return await cursor.sort("started_at", DESCENDING).limit(limit).to_list(None)
+
+    async def is_completed(self, trigger: str, event_id: str) -> dict[str, Any] | None:
+        return await self.db.completions.find_one({"_id": completion_key(trigger, event_id)})
+
+    async def mark_completed(self, trigger: str, event_id: str, outcome: str, ref: str) -> None:
+        await self.db.completions.update_one(
+            {"_id": completion_key(trigger, event_id)},
+            {"$set": {"outcome": outcome, "ref": ref, "at": now()}},
+            upsert=True,
+        )
+
+    async def forget_completion(self, trigger: str, event_id: str) -> None:
+        await self.db.completions.delete_one({"_id": completion_key(trigger, event_id)})
+
+    # -- dead letters -----------------------------------------------------------------------
+    async def put_dead_letter(self, doc: dict[str, Any]) -> None:
+        """Upsert: the id is derived from (trigger, event), so a redelivered failure replaces, not adds."""
+        await self.db.dead_letters.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def list_dead_letters(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        cursor = self.db.dead_letters.find(query).sort("created_at", DESCENDING).limit(limit)
+        return await cursor.to_list(None)
+
+    async def get_dead_letter(self, dl_id: str) -> dict[str, Any] | None:
+        return await self.db.dead_letters.find_one({"_id": dl_id})
+
+    async def delete_dead_letter(self, dl_id: str) -> bool:
+        res = await self.db.dead_letters.delete_one({"_id": dl_id})
+        return res.deleted_count > 0
+
+    async def purge_dead_letters(self, query: dict[str, Any]) -> int:
+        res = await self.db.dead_letters.delete_many(query)
+        return res.deleted_count
+
+    # -- inbox ------------------------------------------------------------------------------
+    async def inbox_put(self, items: list[dict[str, Any]]) -> None:
+        """Durably queue items; returns only once MongoDB has them (majority on a replica set)."""
+        if items:
+            await self.db.inbox.insert_many(items, ordered=True)
+
+    async def inbox_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
+        t = now()
+        return await self.db.inbox.find_one_and_update(
+            {"$or": [{"state": "pending"}, {"state": "leased", "lease_until": {"$lt": t}}]},
+            {
+                "$set": {"state": "leased", "owner": owner, "lease_until": t + dt.timedelta(seconds=lease_s)},
+                "$inc": {"deliveries": 1},
+            },
+            sort=[("created_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def inbox_done(self, item_id: Any) -> None:
+        await self.db.inbox.delete_one({"_id": item_id})
+
+    async def inbox_renew(self, item_id: Any, owner: str, lease_s: float) -> None:
+        await self.db.inbox.update_one(
+            {"_id": item_id, "owner": owner},
+            {"$set": {"lease_until": now() + dt.timedelta(seconds=lease_s)}},
+        )
+
+    async def inbox_release(self, item_id: Any) -> None:
+        await self.db.inbox.update_one({"_id": item_id}, {"$set": {"state": "pending"}})
+
+    async def inbox_find_request(self, request_id: str) -> dict[str, Any] | None:
+        return await self.db.inbox.find_one({"request_id": request_id})
+
+    async def inbox_depth(self) -> int:
+        return await self.db.inbox.count_documents({})

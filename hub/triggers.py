@@ -1,0 +1,123 @@
+"""Trigger lifecycle: validate, prepare the source, save; the hub then (re)starts subscriptions.
+
+Preparing the source is what makes "takes effect without a restart" exact: the start position is
+fixed at the moment the trigger is written (MongoDB cluster time, Kafka end offsets), so events
+written right after the API call runs even if the subscription needs a moment to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from connectors import kafka as kafka_source
+from connectors.s3 import S3Server, S3SetupError, ensure_bucket_notifications
+from hub import filters
+from hub.models import TriggerSpec
+from hub.settings import Settings
+from hub.store import Store, now
+
+
+class TriggerError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def source_state_key(trigger: str, source_hash: str) -> str:
+    return f"{trigger}:{source_hash}"
+
+
+def kafka_group_id(trigger: str, source_hash: str) -> str:
+    # A changed source (another topic) gets a fresh group; a changed filter or retry keeps offsets.
+    return f"trigger-hub.{trigger}.{source_hash}"
+
+
+def public_trigger(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"name": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+
+
+class TriggerService:
+    def __init__(self, store: Store, settings: Settings, on_change: Callable[[], Awaitable[None]]) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_change = on_change
+
+    async def put(self, name: str, spec: TriggerSpec) -> tuple[dict[str, Any], bool]:
+        if await self.store.get_function(spec.function) is None:
+            raise TriggerError(400, f"unknown function {spec.function!r}: create it with PUT /v1/functions/{spec.function} first")
+        try:
+            filters.validate_pattern(spec.filter)
+        except filters.PatternError as exc:
+            raise TriggerError(400, f"filter: {exc}") from None
+        source = spec.source.model_dump()
+        source_hash = _hash(source)
+        old = await self.store.get_trigger(name)
+        source_changed = old is None or old.get("source_hash") != source_hash
+        extra: dict[str, Any] = {}
+        if source["type"] == "s3":
+            extra["notifications"] = await self._prepare_s3(source)
+        elif source_changed and source["type"] == "mongodb":
+            await self.store.set_source_state(
+                source_state_key(name, source_hash), name,
+                {"start_at_operation_time": await self.store.cluster_time(), "resume_token": None, "start_after": None},
+            )
+        elif source_changed and source["type"] == "kafka" and source["start"] == "latest":
+            offsets = await self._kafka_end_offsets(source["topic"])
+            await self.store.set_source_state(
+                source_state_key(name, source_hash), name,
+                {"start_offsets": {str(p): o for p, o in offsets.items()}},
+            )
+        t = now()
+        doc = {
+            "_id": name,
+            **spec.model_dump(),
+            "source": source,
+            "source_hash": source_hash,
+            "revision": _hash(spec.model_dump()),
+            **extra,
+            "created_at": old["created_at"] if old else t,
+            "updated_at": t,
+        }
+        await self.store.put_trigger(doc)
+        await self.on_change()
+        return doc, old is None
+
+    async def delete(self, name: str) -> bool:
+        deleted = await self.store.delete_trigger(name)
+        if deleted:
+            await self.on_change()
+        return deleted
+
+    async def _prepare_s3(self, source: dict[str, Any]) -> dict[str, Any]:
+        if source["transport"] != "webhook":
+            raise TriggerError(400, "source.transport 'listen' is not supported yet; use 'webhook'")
+        s = self.settings
+        if not s.s3_endpoint:
+            return {"configured": False, "reason": "HUB_S3_ENDPOINT is not set: point the bucket's "
+                    f"notifications at {self.webhook_url()} yourself"}
+        server = S3Server(
+            endpoint=s.s3_endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
+            region=s.s3_region, flavor=s.s3_flavor, minio_webhook_arn=s.s3_minio_webhook_arn,
+            persistent=s.s3_rgw_persistent,
+        )
+        try:
+            return {"configured": True, **await ensure_bucket_notifications(server, source["bucket"], self.webhook_url())}
+        except S3SetupError as exc:
+            raise TriggerError(400, str(exc)) from None
+
+    def webhook_url(self) -> str:
+        return f"{self.settings.base_url()}/v1/sources/s3/events?token={self.settings.webhook_token}"
+
+    async def _kafka_end_offsets(self, topic: str) -> dict[int, int]:
+        try:
+            return await kafka_source.end_offsets(self.settings.kafka_bootstrap, topic)
+        except Exception as exc:
+            raise TriggerError(503, f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from None
