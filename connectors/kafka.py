@@ -149,6 +149,8 @@ class KafkaSubscription(SupervisedLoop):
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             # A function may retry with backoff for a while before its batch is finished.
             max_poll_interval_ms=3_600_000,
+            # A topic created after the trigger (by its first produce) is noticed within seconds.
+            metadata_max_age_ms=3000,
         )
         self.consumer.subscribe([self.topic], listener=_StartPositions(self))
         await self.consumer.start()

@@ -40,6 +40,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeGuard
+from hub.describe import json_type, short_json
 
 __all__ = ["OPERATORS", "PatternError", "matches", "validate_pattern"]
 
@@ -78,7 +79,7 @@ def validate_pattern(pattern: object) -> None:
     refused when it is written rather than silently never matching.
     """
     if not isinstance(pattern, dict):
-        raise PatternError(f"pattern: must be a JSON object, got {_json_type(pattern)}")
+        raise PatternError(f"pattern: must be a JSON object, got {json_type(pattern)}")
     _validate_object(pattern, "")
 
 
@@ -102,11 +103,11 @@ def _validate_object(obj: Mapping[Any, Any], path: str) -> None:
             if key in OPERATORS:
                 hint = (
                     f"; operators go inside the list of the field they test, e.g. "
-                    f'"{path.rsplit(".", 1)[-1] or "field"}": [{{"{key}": {_dump(value)}}}]'
+                    f'"{path.rsplit(".", 1)[-1] or "field"}": [{{"{key}": {short_json(value)}}}]'
                 )
             raise PatternError(
-                f"{here}: must be a list of alternatives (e.g. [{_dump(value)}]) or a nested "
-                f"object, got {_json_type(value)}{hint}"
+                f"{here}: must be a list of alternatives (e.g. [{short_json(value)}]) or a nested "
+                f"object, got {json_type(value)}{hint}"
             )
 
 
@@ -116,7 +117,7 @@ def _validate_or(value: object, path: str) -> None:
     for index, sub in enumerate(value):
         here = f"{path}[{index}]"
         if not isinstance(sub, dict):
-            raise PatternError(f"{here}: must be an object (a sub-pattern), got {_json_type(sub)}")
+            raise PatternError(f"{here}: must be an object (a sub-pattern), got {json_type(sub)}")
         if not sub:
             raise PatternError(f"{here}: empty sub-pattern; it would make the whole $or match")
         _validate_object(sub, here)
@@ -168,7 +169,7 @@ def _validate_matcher(matcher: Mapping[Any, Any], path: str) -> None:
         _validate_numeric(argument, here)
     elif operator == "exists":
         if not isinstance(argument, bool):
-            raise PatternError(f"{here}: must be true or false, got {_dump(argument)}")
+            raise PatternError(f"{here}: must be true or false, got {short_json(argument)}")
     elif operator == "cidr":
         _validate_cidr(argument, here)
     else:
@@ -181,7 +182,7 @@ def _validate_affix(argument: object, path: str) -> None:
     if isinstance(argument, dict):
         if list(argument) != ["equals-ignore-case"]:
             raise PatternError(
-                f'{path}: must be a string or {{"equals-ignore-case": "..."}}, got {_dump(argument)}'
+                f'{path}: must be a string or {{"equals-ignore-case": "..."}}, got {short_json(argument)}'
             )
         _require_string(argument["equals-ignore-case"], f"{path}.equals-ignore-case")
         return
@@ -214,7 +215,7 @@ def _validate_anything_but(argument: object, path: str) -> None:
         if len(argument) != 1 or next(iter(argument)) not in _ANYTHING_BUT_OPERATORS:
             raise PatternError(
                 f"{path}: an object here must hold exactly one of "
-                f"{', '.join(_ANYTHING_BUT_OPERATORS)}, got {_dump(argument)}"
+                f"{', '.join(_ANYTHING_BUT_OPERATORS)}, got {short_json(argument)}"
             )
         ((operator, inner),) = argument.items()
         here = f"{path}.{operator}"
@@ -244,7 +245,7 @@ def _validate_anything_but(argument: object, path: str) -> None:
         return
     raise PatternError(
         f"{path}: must be a string, a number, a list of them, or an object with one of "
-        f"{', '.join(_ANYTHING_BUT_OPERATORS)}; got {_json_type(argument)}"
+        f"{', '.join(_ANYTHING_BUT_OPERATORS)}; got {json_type(argument)}"
     )
 
 
@@ -258,13 +259,13 @@ def _validate_numeric(argument: object, path: str) -> None:
         operator, operand = argument[index], argument[index + 1]
         if operator not in _NUMERIC_OPERATORS:
             raise PatternError(
-                f"{path}[{index}]: unknown comparison {_dump(operator)}; "
+                f"{path}[{index}]: unknown comparison {short_json(operator)}; "
                 f"expected one of {', '.join(_NUMERIC_OPERATORS)}"
             )
         if not _is_number(operand):
             raise PatternError(
                 f"{path}[{index + 1}]: operand of {operator!r} must be a number, "
-                f"got {_json_type(operand)} {_dump(operand)}"
+                f"got {json_type(operand)} {short_json(operand)}"
             )
         _require_finite(operand, f"{path}[{index + 1}]")
         if operator == "=":
@@ -294,7 +295,7 @@ def _validate_cidr(argument: object, path: str) -> None:
 
 def _require_string(value: object, path: str) -> str:
     if not isinstance(value, str):
-        raise PatternError(f"{path}: must be a string, got {_json_type(value)} {_dump(value)}")
+        raise PatternError(f"{path}: must be a string, got {json_type(value)} {short_json(value)}")
     return value
 
 
@@ -511,28 +512,6 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _dump(value: object) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _join(path: str, key: str) -> str:

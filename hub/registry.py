@@ -199,6 +199,8 @@ def _write_tree(code_dir: Path, files: dict[str, bytes]) -> None:
         target = tmp / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+    # world-readable: sandboxed workers run as their own unprivileged uid
+    os.chmod(tmp, 0o755)
     for root, dirs, fnames in os.walk(tmp):
         for d in dirs:
             os.chmod(os.path.join(root, d), 0o755)

@@ -41,7 +41,8 @@ class Api:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     async def call(self, method: str, path: str, json: Any = None, **kw: Any) -> tuple[int, Any]:
-        async with self.session.request(method, self.base + path, json=json, headers=self.headers, **kw) as r:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        async with self.session.request(method, self.base + path, json=json, headers=headers, **kw) as r:
             body = await r.json(content_type=None) if r.content_type == "application/json" else await r.text()
             return r.status, body
 

@@ -98,7 +98,7 @@ async def test_function_validation_errors(api: Api, unique: str) -> None:
         assert status == 400, (body, reply)
         assert message in reply["error"], (message, reply)
     status, reply = await api.call("PUT", f"/v1/functions/bad-{unique}", data=b"{not json",
-                                   headers={**api.headers, "Content-Type": "application/json"})
+                                   headers={"Content-Type": "application/json"})
     assert status == 400 and "not valid JSON" in reply["error"]
     status, reply = await api.call("PUT", "/v1/functions/bad name!", {"handler": "main.handler"})
     assert status == 400 and "bad name" in reply["error"]

@@ -1,0 +1,250 @@
+"""Sandbox pool benchmark: cold start, warm invoke overhead and memory, next to baselines.
+
+    .venv/bin/python bench/bench_sandbox.py [--isolation bwrap] [--cold-runs 60] [--warm-calls 3000]
+
+Baselines are measured in the same run, interleaved with our own measurements so that a noisy
+machine hurts both sides alike:
+
+- cold start floor: ``python -I -S -c pass`` (an interpreter that does nothing, no sandbox);
+- cold start: a fresh ``ProcessPoolExecutor``'s first call (start method: the platform default);
+- warm overhead: a ``ProcessPoolExecutor`` round trip of a no-op, both ``submit().result()`` and
+  ``await loop.run_in_executor()``; the target compares with the faster of the two.
+
+Targets (from the issue): cold p50 <= 25 ms and p99 <= 60 ms; warm p50 <= 1.5x the pool round
+trip; <= 25 MB per warm worker (RSS summed over the worker's processes, bwrap included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import gc
+import math
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import structlog  # noqa: E402
+
+from hub.sandbox.base import FunctionRuntime, InvokeContext, Status  # noqa: E402
+from hub.sandbox.pool import SandboxPool  # noqa: E402
+
+NOOP = "def handler(event, context):\n    return None\n"
+
+
+def noop() -> None:
+    return None
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, math.ceil(p / 100.0 * len(s)) - 1))
+    return s[k]
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def make_code(root: Path, source: str) -> Path:
+    d = root / uuid.uuid4().hex[:10]
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    (d / "main.py").write_text(source)
+    os.chmod(d / "main.py", 0o644)
+    return d
+
+
+def fn_for(code: Path, name: str | None = None) -> FunctionRuntime:
+    return FunctionRuntime(name=name or f"bench-{uuid.uuid4().hex[:8]}", version=uuid.uuid4().hex[:12],
+                           handler="main.handler", code_dir=code, timeout_s=10.0, memory_mb=256)
+
+
+def ctx() -> InvokeContext:
+    return InvokeContext(invocation_id=uuid.uuid4().hex, trigger=None)
+
+
+async def bench_cold(pool: SandboxPool, root: Path, runs: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"ours": [], "floor": [], "ppe": [], "ppe_spawn": []}
+    spawn = multiprocessing.get_context("spawn")
+    python = pool.python
+    for i in range(runs + 3):  # 3 warm-up rounds, not recorded
+        # ours: a function the pool has never seen -> first result
+        fn = fn_for(make_code(root, NOOP))
+        t = time.perf_counter()
+        rep = await pool.invoke(fn, {}, ctx())
+        ours = (time.perf_counter() - t) * 1000
+        assert rep.status is Status.succeeded and rep.cold_start, rep
+        await pool.retire(fn.name)
+        # floor: an interpreter doing nothing
+        t = time.perf_counter()
+        subprocess.run([python, "-I", "-S", "-c", "pass"], check=True)
+        floor = (time.perf_counter() - t) * 1000
+        # a fresh ProcessPoolExecutor's first call
+        t = time.perf_counter()
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1) as ex:
+            ex.submit(noop).result()
+            ppe = (time.perf_counter() - t) * 1000
+        # ... and with the "spawn" start method (a fresh interpreter, like our workers)
+        t = time.perf_counter()
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as ex:
+            ex.submit(noop).result()
+            ppe_spawn = (time.perf_counter() - t) * 1000
+        if i >= 3:
+            out["ours"].append(ours)
+            out["floor"].append(floor)
+            out["ppe"].append(ppe)
+            out["ppe_spawn"].append(ppe_spawn)
+    return out
+
+
+async def bench_warm(pool: SandboxPool, root: Path, calls: int) -> dict[str, list[float]]:
+    fn = fn_for(make_code(root, NOOP))
+    out: dict[str, list[float]] = {"ours": [], "ppe_sync": [], "ppe_async": []}
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as ex:
+        ex.submit(noop).result()
+        await pool.invoke(fn, {}, ctx())
+        block = 100
+        gc.disable()
+        try:
+            for _ in range(0, calls + 200, block):
+                for _ in range(block):
+                    t = time.perf_counter()
+                    rep = await pool.invoke(fn, {}, ctx())
+                    out["ours"].append((time.perf_counter() - t) * 1000)
+                    assert rep.status is Status.succeeded and not rep.cold_start
+                for _ in range(block):
+                    t = time.perf_counter()
+                    ex.submit(noop).result()
+                    out["ppe_sync"].append((time.perf_counter() - t) * 1000)
+                for _ in range(block):
+                    t = time.perf_counter()
+                    await loop.run_in_executor(ex, noop)
+                    out["ppe_async"].append((time.perf_counter() - t) * 1000)
+        finally:
+            gc.enable()
+    for k in out:
+        out[k] = out[k][200:]  # warm-up
+    await pool.retire(fn.name)
+    return out
+
+
+async def bench_memory(pool: SandboxPool, root: Path, n: int) -> dict[str, float]:
+    gc.collect()
+    hub0 = rss_kb()
+    fns = [fn_for(make_code(root, NOOP)) for _ in range(n)]
+    reps = await asyncio.gather(*(pool.invoke(fn, {}, ctx()) for fn in fns))
+    assert all(r.status is Status.succeeded for r in reps)
+    gc.collect()
+    hub_n = rss_kb()
+    per_rss, per_pss, per_runtime = [], [], []
+    for fn in fns:
+        (w,) = pool.workers(fn.name)
+        assert w.pid is not None
+        pids = w.process_ids()
+        per_rss.append(sum(rss_kb(p) for p in pids) / 1024)
+        per_pss.append(sum(pss_kb(p) for p in pids) / 1024)
+        per_runtime.append(rss_kb(pids[-1]) / 1024)
+    assert pool.stats()["totals"]["warm"] >= n
+    for fn in fns:
+        await pool.retire(fn.name)
+    return {
+        "hub0": hub0 / 1024, "hubn": hub_n / 1024,
+        "rss_mean": sum(per_rss) / n, "rss_max": max(per_rss),
+        "pss_mean": sum(per_pss) / n, "runtime_rss_mean": sum(per_runtime) / n,
+    }
+
+
+def row(name: str, ours: str, base: str, ratio: str, target: str, met: bool | None) -> str:
+    verdict = "" if met is None else ("yes" if met else "NO")
+    return f"| {name} | {ours} | {base} | {ratio} | {target} | {verdict} |"
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--isolation", default="bwrap", choices=["bwrap", "process", "auto"])
+    ap.add_argument("--cold-runs", type=int, default=60)
+    ap.add_argument("--warm-calls", type=int, default=3000)
+    ap.add_argument("--workers", type=int, default=20)
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+
+    root = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
+    os.chmod(root, 0o755)
+    pool = SandboxPool(args.isolation, data_dir=root / "data", idle_ttl_s=600.0)
+    await pool.start()
+    try:
+        cold = await bench_cold(pool, root, args.cold_runs)
+        warm = await bench_warm(pool, root, args.warm_calls)
+        mem = await bench_memory(pool, root, args.workers)
+    finally:
+        await pool.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+    c50, c99 = pct(cold["ours"], 50), pct(cold["ours"], 99)
+    f50, f99 = pct(cold["floor"], 50), pct(cold["floor"], 99)
+    p50, p99 = pct(cold["ppe"], 50), pct(cold["ppe"], 99)
+    q50, q99 = pct(cold["ppe_spawn"], 50), pct(cold["ppe_spawn"], 99)
+    w50, w99 = pct(warm["ours"], 50), pct(warm["ours"], 99)
+    s50, s99 = pct(warm["ppe_sync"], 50), pct(warm["ppe_sync"], 99)
+    a50, a99 = pct(warm["ppe_async"], 50), pct(warm["ppe_async"], 99)
+    base50 = min(s50, a50)
+    print(f"\nSandbox pool benchmark — isolation={pool.isolation}, python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} CPUs, cold runs={len(cold['ours'])}, warm calls={len(warm['ours'])}\n")
+    print("| metric | ours | baseline | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    print(row("cold start p50 (new function -> first result)", f"{c50:.1f} ms",
+              f"floor `python -I -S -c pass` {f50:.1f} ms; PPE first call {p50:.1f} ms (fork), "
+              f"{q50:.1f} ms (spawn)",
+              f"{c50 / f50:.2f}x floor, {c50 / p50:.2f}x PPE fork, {c50 / q50:.2f}x PPE spawn",
+              "<= 25 ms", c50 <= 25))
+    print(row("cold start p99", f"{c99:.1f} ms",
+              f"floor {f99:.1f} ms; PPE {p99:.1f} ms (fork), {q99:.1f} ms (spawn)",
+              f"{c99 / f99:.2f}x floor, {c99 / p99:.2f}x PPE fork, {c99 / q99:.2f}x PPE spawn",
+              "<= 60 ms", c99 <= 60))
+    print(row("warm invoke p50 (no-op handler)", f"{w50 * 1000:.0f} us",
+              f"PPE submit().result() {s50 * 1000:.0f} us; run_in_executor {a50 * 1000:.0f} us",
+              f"{w50 / base50:.2f}x", "<= 1.5x PPE round trip", w50 <= 1.5 * base50))
+    print(row("warm invoke p99", f"{w99 * 1000:.0f} us",
+              f"PPE sync {s99 * 1000:.0f} us; async {a99 * 1000:.0f} us",
+              f"{w99 / min(s99, a99):.2f}x", "(none)", None))
+    print(row("hub RSS, 0 warm workers", f"{mem['hub0']:.1f} MB", "", "", "", None))
+    print(row(f"hub RSS, {args.workers} warm workers", f"{mem['hubn']:.1f} MB",
+              f"+{(mem['hubn'] - mem['hub0']) / args.workers * 1024:.0f} KB per worker in the hub",
+              "", "", None))
+    what = "bwrap + runtime" if pool.isolation == "bwrap" else "runtime"
+    print(row(f"RSS per warm worker ({what})", f"{mem['rss_mean']:.1f} MB mean",
+              f"max {mem['rss_max']:.1f} MB; PSS {mem['pss_mean']:.1f} MB; runtime alone "
+              f"{mem['runtime_rss_mean']:.1f} MB", "", "<= 25 MB", mem["rss_mean"] <= 25))
+    ok = c50 <= 25 and c99 <= 60 and w50 <= 1.5 * base50 and mem["rss_mean"] <= 25
+    print(f"\nall targets met: {'yes' if ok else 'NO'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,408 @@
+"""The sandboxed worker pool: warm reuse, per-function concurrency, throttling, scale to zero.
+
+Per function (by name) the pool keeps a LIFO stack of idle warm workers of the current version,
+the invocations in flight (never more than ``max_concurrency``) and a bounded FIFO of waiting
+invocations. An invocation takes the most recently used idle worker (warm) or starts one (cold).
+Workers are never shared across versions: when a new version shows up, idle workers of the old
+one are stopped at once and busy ones when they finish. Idle workers are stopped after
+``idle_ttl_s`` (a timer per worker, no polling). A worker that timed out, crashed, ran out of
+memory or spoke out of turn is never reused.
+
+Isolation is decided once at :meth:`SandboxPool.start`: ``bwrap`` (see :mod:`hub.sandbox.bwrap`),
+or ``process`` (rlimited plain processes: no filesystem, network or /proc isolation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import py_compile
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hub.sandbox import bwrap as bw
+from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
+from hub.sandbox.outcome import (
+    Kind,
+    init_failure_report,
+    invocation_report,
+    pool_closed_report,
+)
+from hub.sandbox.worker import Worker
+
+log = structlog.get_logger("hub.sandbox")
+
+
+@dataclass
+class _Function:
+    name: str
+    version: str | None = None  # None: retired
+    max_concurrency: int = 1
+    idle: list[Worker] = field(default_factory=list)  # LIFO: last is the warmest
+    busy: set[Worker] = field(default_factory=set)
+    active: int = 0  # invocations holding a concurrency slot (starting or running)
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    throttled_total: int = 0  # had to wait or were rejected
+    rejected_total: int = 0  # queue full: returned status throttled
+    invocations_total: int = 0
+    cold_starts_total: int = 0
+
+
+class SandboxPool:
+    """Runs function invocations in sandboxed, reusable worker processes (``WorkerPool``)."""
+
+    def __init__(
+        self,
+        isolation: str = "auto",
+        data_dir: Path = Path(".hub/data"),
+        idle_ttl_s: float = 60.0,
+        max_queue: int = 1000,
+        *,
+        limits: bw.SandboxLimits | None = None,
+        python: str | None = None,
+        init_timeout_s: float = 10.0,
+        output_limit: int = 64 * 1024,
+    ) -> None:
+        if isolation not in ("auto", "bwrap", "process"):
+            raise ValueError(f"isolation must be auto, bwrap or process, not {isolation!r}")
+        self.requested = isolation
+        self.isolation = isolation if isolation != "auto" else "process"
+        self.data_dir = Path(data_dir).absolute()
+        self.idle_ttl_s = idle_ttl_s
+        self.max_queue = max_queue
+        self.limits = limits or bw.SandboxLimits()
+        self.python = python or bw.interpreter()
+        self.init_timeout_s = init_timeout_s
+        self.output_limit = output_limit
+        self.isolation_reason = ""
+        self._fns: dict[str, _Function] = {}
+        self._cfg: bw.SpawnConfig | None = None
+        self._userns: bw.UserNamespace | None = None
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._closed = False
+        self._reaping: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            runtime_file = await asyncio.to_thread(self._compile_runtime)
+            cfg = bw.SpawnConfig(isolation="process", python=self.python,
+                                 runtime_file=runtime_file, limits=self.limits,
+                                 output_limit=self.output_limit,
+                                 scratch_dir=self.data_dir / "sandbox" / "scratch")
+            if self.requested in ("auto", "bwrap"):
+                reason = await self._setup_bwrap(cfg)
+                if reason:
+                    if self.requested == "bwrap":
+                        raise RuntimeError(f"HUB_SANDBOX=bwrap but bubblewrap does not work: {reason}")
+                    log.warning(
+                        "bubblewrap unavailable: functions run as rlimited plain processes "
+                        "WITHOUT filesystem, network or /proc isolation", reason=reason)
+                    self.isolation_reason = reason
+            self.isolation = cfg.isolation
+            self._cfg = cfg
+            self._started = True
+            users = "-" if self.isolation != "bwrap" else (
+                "one uid per worker (shared root-owned userns)" if self._userns
+                else "per-worker userns")
+            log.info("worker pool started", isolation=self.isolation, users=users,
+                     python=self.python)
+
+    async def _setup_bwrap(self, cfg: bw.SpawnConfig) -> str:
+        """Configure ``cfg`` for bwrap; returns why not ("" on success)."""
+        bwrap_path = shutil.which("bwrap")
+        if bwrap_path is None:
+            return "bwrap not found on PATH"
+        userns: bw.UserNamespace | None = None
+        if os.geteuid() == 0:
+            try:
+                userns = await asyncio.to_thread(bw.UserNamespace.create, self.python)
+            except OSError as exc:
+                return f"cannot create a user namespace: {exc}"
+        result = await bw.probe(self.python, cfg.runtime_file, userns)
+        if not result.ok:
+            if userns is not None:
+                userns.close()
+            return result.reason
+        self._userns = userns
+        cfg.isolation = "bwrap"
+        cfg.bwrap_path = bwrap_path
+        cfg.userns = userns
+        cfg.bwrap = bw.BwrapCommand(self.python, cfg.runtime_file,
+                                    userns_fd=userns.fd if userns else None)
+        return ""
+
+    def _compile_runtime(self) -> Path:
+        """Byte-compile runtime.py once (a script run from source is re-compiled every start)."""
+        src = Path(__file__).with_name("runtime.py")
+        digest = hashlib.sha256(src.read_bytes() + sys.version.encode()).hexdigest()[:16]
+        out_dir = self.data_dir / "sandbox" / "runtime"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / f"runtime-{digest}.pyc"
+        if not target.exists():
+            tmp = out_dir / f".runtime-{digest}-{os.getpid()}.pyc"
+            py_compile.compile(str(src), cfile=str(tmp), dfile=f"{bw.RUNTIME_DIR}/runtime.py",
+                               doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        return target
+
+    async def close(self) -> None:
+        self._closed = True
+        workers: list[Worker] = []
+        for st in self._fns.values():
+            workers += st.idle + list(st.busy)
+            st.idle.clear()
+            while st.waiters:  # let them through: each gets a "pool closed" report
+                fut = st.waiters.popleft()
+                if not fut.done():
+                    st.active += 1
+                    fut.set_result(None)
+        for w in workers:
+            w.kill()
+        await asyncio.gather(*(w.wait_closed() for w in workers), return_exceptions=True)
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
+        if self._userns is not None:
+            self._userns.close()
+            self._userns = None
+
+    async def retire(self, name: str) -> None:
+        """Stop every worker of a function; busy ones stop as soon as their invocation ends."""
+        st = self._fns.get(name)
+        if st is None:
+            return
+        st.version = None
+        idle, st.idle = st.idle, []
+        for w in idle:
+            w.kill()
+        await asyncio.gather(*(w.wait_closed() for w in idle), return_exceptions=True)
+        self._maybe_forget(st)
+
+    # ------------------------------------------------------------------ invoke
+
+    async def invoke(self, fn: FunctionRuntime, event: dict[str, Any],
+                     ctx: InvokeContext) -> InvocationReport:
+        if not self._started:
+            await self.start()
+        blog = log.bind(function=fn.name, version=fn.version, invocation_id=ctx.invocation_id,
+                        trigger=ctx.trigger)
+        st = self._fns.get(fn.name)
+        if st is None:
+            st = self._fns[fn.name] = _Function(fn.name)
+        if st.version != fn.version:
+            self._switch_version(st, fn.version)
+        st.max_concurrency = max(1, fn.max_concurrency)
+        st.invocations_total += 1
+
+        if st.active >= st.max_concurrency or st.waiters:
+            st.throttled_total += 1
+            if len(st.waiters) >= self.max_queue:
+                st.rejected_total += 1
+                blog.info("invocation throttled: queue full", queued=len(st.waiters))
+                return InvocationReport(status=Status.throttled, error={
+                    "type": "Throttled",
+                    "message": f"function {fn.name} is at max_concurrency={st.max_concurrency} "
+                               f"and its queue is full ({self.max_queue} waiting)",
+                    "traceback": ""})
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            st.waiters.append(fut)
+            try:
+                await fut  # the releaser hands its slot over (st.active already counts us)
+            except asyncio.CancelledError:
+                if fut in st.waiters:
+                    st.waiters.remove(fut)
+                elif fut.done() and not fut.cancelled():
+                    self._release_slot(st)
+                raise
+        else:
+            st.active += 1
+        try:
+            if self._closed:
+                return pool_closed_report()
+            return await self._run(st, fn, event, ctx, blog)
+        except Exception as exc:  # a bug of ours must not look like the function's failure
+            blog.exception("worker pool internal error")
+            return InvocationReport(status=Status.crashed, error={
+                "type": "PoolError", "message": f"internal error in the worker pool: {exc!r}",
+                "traceback": ""})
+        finally:
+            self._release_slot(st)
+
+    def _release_slot(self, st: _Function) -> None:
+        st.active -= 1
+        while st.waiters and st.active < st.max_concurrency:
+            fut = st.waiters.popleft()
+            if not fut.done():
+                st.active += 1
+                fut.set_result(None)
+        self._maybe_forget(st)
+
+    def _switch_version(self, st: _Function, version: str) -> None:
+        old, st.idle = st.idle, []
+        st.version = version
+        for w in old:
+            self._stop_later(w)
+
+    async def _run(self, st: _Function, fn: FunctionRuntime, event: dict[str, Any],
+                   ctx: InvokeContext, blog: Any) -> InvocationReport:
+        assert self._cfg is not None
+        worker = self._take_idle(st, fn.version)
+        cold = worker is None
+        if worker is None:
+            st.cold_starts_total += 1
+            worker = Worker(fn, self._cfg)
+            worker.on_exit = lambda w, st=st: self._forget_idle(st, w)
+            st.busy.add(worker)
+            try:
+                init = await worker.start(max(self.init_timeout_s, 0.1))
+            except BaseException:
+                st.busy.discard(worker)
+                self._stop_later(worker)
+                raise
+            if init.kind is not Kind.ready:
+                st.busy.discard(worker)
+                self._stop_later(worker)
+                report = init_failure_report(fn, init, worker.init_ms, self.init_timeout_s)
+                blog.info("worker init failed", status=report.status.value,
+                          error_type=(report.error or {}).get("type"), pid=worker.pid)
+                return report
+            blog.debug("worker started", pid=worker.pid, uid=worker.uid,
+                       init_ms=round(worker.init_ms or 0.0, 2))
+        else:
+            st.busy.add(worker)
+        request = {
+            "id": ctx.invocation_id,
+            "trigger": ctx.trigger,
+            "attempt": ctx.attempt,
+            "deadline": time.time() + fn.timeout_s,
+            "event": event,
+        }
+        try:
+            data = json.dumps(request, separators=(",", ":"), default=str).encode()
+        except (TypeError, ValueError) as exc:  # e.g. a circular structure
+            st.busy.discard(worker)
+            self._park(st, worker)
+            return InvocationReport(status=Status.failed, cold_start=cold, error={
+                "type": "InvalidEvent", "message": f"event is not JSON serializable: {exc}",
+                "traceback": ""})
+        try:
+            outcome = await worker.call(data, fn.timeout_s)
+        except BaseException:  # cancelled mid-invocation: the worker's state is unknown
+            st.busy.discard(worker)
+            self._stop_later(worker)
+            raise
+        st.busy.discard(worker)
+        report = invocation_report(fn, outcome)
+        report.cold_start = cold
+        if cold:
+            report.init_duration_ms = worker.init_ms
+        keep = (outcome.kind is Kind.result and report.status in (Status.succeeded, Status.failed)
+                and worker.alive and not self._closed and st.version == fn.version
+                and worker.cpu_s + fn.timeout_s + 2 < self.limits.cpu_budget_for(fn))
+        if keep and worker.strays:
+            # Lambda freezes an idle sandbox; we cannot, so background processes end with the
+            # invocation that started them (a fork bomb's children included).
+            keep = False
+            blog.info("function left processes running; worker stopped", strays=worker.strays)
+        if keep:
+            self._park(st, worker)
+        else:
+            self._stop_later(worker)
+        if report.status in (Status.succeeded, Status.failed):
+            blog.debug("invocation finished", status=report.status.value, cold=cold,
+                       duration_ms=round(report.duration_ms, 3))
+        else:
+            blog.info("invocation ended abnormally; worker stopped", status=report.status.value,
+                      message=(report.error or {}).get("message"), pid=worker.pid,
+                      exit_code=report.exit_code, signal=report.signal)
+        return report
+
+    # ------------------------------------------------------------------ workers
+
+    def _take_idle(self, st: _Function, version: str) -> Worker | None:
+        while st.idle:
+            w = st.idle.pop()
+            if w.idle_handle is not None:
+                w.idle_handle.cancel()
+                w.idle_handle = None
+            if w.alive and w.version == version:
+                return w
+            self._stop_later(w)
+        return None
+
+    def _park(self, st: _Function, w: Worker) -> None:
+        st.idle.append(w)
+        w.idle_handle = asyncio.get_running_loop().call_later(self.idle_ttl_s, self._reap, st, w)
+
+    def _forget_idle(self, st: _Function, w: Worker) -> None:
+        """An idle worker died on its own (or was killed): it is no longer warm."""
+        if w in st.idle:
+            st.idle.remove(w)
+            self._stop_later(w)
+            self._maybe_forget(st)
+
+    def _reap(self, st: _Function, w: Worker) -> None:
+        w.idle_handle = None
+        if w in st.idle:
+            st.idle.remove(w)
+            log.debug("idle worker reaped", function=st.name, version=w.version, pid=w.pid)
+            self._stop_later(w)
+            self._maybe_forget(st)
+
+    def _stop_later(self, w: Worker) -> None:
+        w.kill()
+        task = asyncio.get_running_loop().create_task(w.wait_closed())
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    def _maybe_forget(self, st: _Function) -> None:
+        if (st.version is None and st.active == 0 and not st.idle and not st.busy
+                and not st.waiters and self._fns.get(st.name) is st):
+            del self._fns[st.name]
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, Any]:
+        fns: dict[str, Any] = {}
+        totals = {"warm": 0, "busy": 0, "queued": 0, "throttled_total": 0, "rejected_total": 0,
+                  "invocations_total": 0, "cold_starts_total": 0}
+        for name, st in self._fns.items():
+            row = {
+                "version": st.version,
+                "warm": len(st.idle),
+                "busy": len(st.busy),
+                "queued": len(st.waiters),
+                "throttled_total": st.throttled_total,
+                "rejected_total": st.rejected_total,
+                "invocations_total": st.invocations_total,
+                "cold_starts_total": st.cold_starts_total,
+            }
+            fns[name] = row
+            for k in totals:
+                totals[k] += row[k]  # type: ignore[operator]
+        return {"isolation": self.isolation, "functions": fns, "totals": totals}
+
+    def workers(self, name: str | None = None) -> list[Worker]:
+        """Live workers (idle and busy), e.g. to measure their memory."""
+        out: list[Worker] = []
+        for st in self._fns.values():
+            if name is None or st.name == name:
+                out += st.idle + list(st.busy)
+        return out

@@ -1,0 +1,565 @@
+"""Worker-side runtime: runs *inside* the sandbox, one process per warm worker.
+
+STANDARD LIBRARY ONLY, and as little of it as possible: every module imported here is paid on
+every cold start. That is why this file avoids ``json`` (which drags in ``re``, ``enum`` and
+friends, ~8 ms) in favour of the C accelerator ``_json`` directly, and imports ``traceback``,
+``logging`` and ``asyncio`` only when a function actually needs them.
+
+Life of a worker::
+
+    python -I -S runtime.pyc '<config json>'
+      -> apply rlimits, import the handler once (cold start)
+      -> send {"op": "ready"} or {"op": "init_error"}
+      -> loop: read an invoke frame, run the handler, send one response frame
+
+Protocol: a single socket (fd number in the config), frames of a 4-byte big-endian length and a
+UTF-8 JSON document. The function's own stdout/stderr are plain pipes on fds 1/2, so nothing a
+function prints can corrupt the protocol. Frames the worker sends:
+
+- ``{"op": "ready", "init_ms": F}``
+- ``{"op": "init_error", "error": {type, message, traceback}}`` then exit
+- ``{"op": "result", "ok": true, "result": ..., "rss_kb": N, "cpu_s": F}``
+- ``{"op": "result", "ok": false, "oom": bool, "error": {...}, "rss_kb": N, "cpu_s": F}``
+- ``{"op": "exit", "code": N}`` right before a voluntary exit (``sys.exit`` in a handler)
+
+The worker is untrusted once the handler is imported; the pool never believes anything in these
+frames that matters for billing or isolation (it measures durations itself).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # never true at run time: ``typing`` costs milliseconds of cold start
+    from collections.abc import Callable
+    from types import ModuleType, TracebackType
+    from typing import Any
+
+    Doc = dict[str, Any]
+
+try:
+    import _json
+
+    def _make_decoder() -> Callable[[str], Any]:
+        class _Ctx:
+            strict = True
+            object_hook = None
+            object_pairs_hook = None
+            parse_float = float
+            parse_int = int
+            memo = None
+
+            @staticmethod
+            def parse_constant(name: str) -> float:
+                return {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[name]
+
+        scan = _json.make_scanner(_Ctx)  # type: ignore[arg-type]
+
+        def loads(text: str) -> Any:
+            obj, _end = scan(text, 0)
+            return obj
+
+        return loads
+
+    def _not_json(obj: object) -> Any:
+        raise TypeError("Object of type %s is not JSON serializable" % type(obj).__name__)
+
+    _loads = _make_decoder()
+    _encode = _json.make_encoder(
+        {}, _not_json, _json.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def _dumps(obj: object) -> str:
+        return "".join(_encode(obj, 0))
+
+except ImportError:  # pragma: no cover - interpreters built without the accelerator
+    import json as _jsonmod
+
+    _loads = _jsonmod.loads
+
+    def _dumps(obj: object) -> str:
+        return _jsonmod.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+MAX_RESULT_BYTES = 6 * 1024 * 1024  # Lambda's synchronous response limit
+
+_fd = -1
+_forked = False  # True in a child the function forked: it must never touch the protocol
+_current_id = ""
+_loop: Any = None
+_logger: Any = None
+_function_name = ""
+
+
+# ---------------------------------------------------------------------------- framing
+
+
+def _send_bytes(data: bytes) -> None:
+    n = len(data)
+    buf = n.to_bytes(4, "big") + data
+    view = memoryview(buf)
+    while view:
+        written = os.write(_fd, view)
+        view = view[written:]
+
+
+def _send(doc: Doc) -> None:
+    _send_bytes(_dumps(doc).encode("ascii"))
+
+
+def _read_exact(n: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while n:
+        chunk = os.read(_fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv() -> Any:
+    head = _read_exact(4)
+    if head is None:
+        return None
+    body = _read_exact(int.from_bytes(head, "big"))
+    if body is None:
+        return None
+    return _loads(body.decode("utf-8"))
+
+
+# ---------------------------------------------------------------------------- limits & metering
+
+
+def _apply_limits(limits: Doc) -> ModuleType:
+    import resource
+
+    def setl(which: int, value: Any) -> None:
+        if value is None:
+            return
+        soft, hard = resource.getrlimit(which)
+        value = int(value)
+        if hard != resource.RLIM_INFINITY and value > hard:
+            value = hard
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError) as exc:
+            sys.stderr.write("runtime: could not set rlimit %d=%d: %s\n" % (which, value, exc))
+
+    setl(resource.RLIMIT_CORE, 0)
+    setl(resource.RLIMIT_NOFILE, limits.get("nofile"))
+    setl(resource.RLIMIT_FSIZE, limits.get("fsize"))
+    setl(resource.RLIMIT_NPROC, limits.get("nproc"))
+    as_bytes = limits.get("as")
+    if as_bytes:
+        setl(resource.RLIMIT_AS, as_bytes)
+    cpu = limits.get("cpu")
+    if cpu:
+        # Hard limit = the worker's lifetime CPU budget (the pool recycles workers that get
+        # close to it); the soft limit is moved per invocation, see _arm_cpu.
+        try:
+            resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu)))
+        except (ValueError, OSError):
+            pass
+    # Writes past RLIMIT_FSIZE fail with EFBIG (a clear OSError) instead of killing the worker.
+    try:
+        import _signal
+
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+    except Exception:
+        pass
+    return resource
+
+
+def _cpu_seconds(resource: ModuleType) -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return float(ru.ru_utime + ru.ru_stime)
+
+
+def _arm_cpu(resource: ModuleType, timeout_s: float) -> None:
+    """Soft RLIMIT_CPU = CPU used so far + this invocation's timeout (+1 s slack).
+
+    The pool's wall-clock timeout normally fires first; this catches multi-threaded spinning
+    that burns CPU faster than wall time. SIGXCPU then ends the worker; the pool reports it as
+    a timeout.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard == resource.RLIM_INFINITY:
+            return
+        want = int(_cpu_seconds(resource)) + int(timeout_s) + 2
+        resource.setrlimit(resource.RLIMIT_CPU, (min(want, hard), hard))
+    except (ValueError, OSError):
+        pass
+
+
+def _reset_peak() -> None:
+    # Linux >= 4.0: writing 5 resets VmHWM, so the peak we report is this invocation's.
+    try:
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _peak_rss_kb(resource: ModuleType) -> int:
+    peak = 0
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    peak = int(line.split()[1])
+                    break
+    except (OSError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    except OSError:
+        pass
+    return peak
+
+
+def _last_pid() -> int:
+    # /proc/loadavg's 5th field: the last pid allocated *in our pid namespace*.
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[4])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _stray_processes(baseline: int) -> int:
+    """Processes the function left running (sandbox only: we are pid 2 in our own pid ns).
+
+    Costs one small read unless the function ever started a process.
+    """
+    if _last_pid() <= baseline:
+        return 0
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:  # reap what already ended
+            pass
+    except ChildProcessError:
+        pass
+    me = str(os.getpid())
+    try:
+        return sum(1 for n in os.listdir("/proc") if n.isdigit() and n != "1" and n != me)
+    except OSError:
+        return 0
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _clear_frames(tb: TracebackType | None) -> None:
+    """Drop the locals of every frame in a traceback (frees a memory bomb's data)."""
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:
+            pass
+        tb = tb.tb_next
+
+
+def _is_runtime_frame(frame: Any) -> bool:
+    filename = frame.f_code.co_filename
+    return filename == _RUNTIME_FILE or "/asyncio/" in filename
+
+
+def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback without the runtime's (and asyncio's) own frames."""
+    kept: list[TracebackType] = []
+    while tb is not None:
+        if not _is_runtime_frame(tb.tb_frame):
+            kept.append(tb)
+        tb = tb.tb_next
+    new: TracebackType | None = None
+    for entry in reversed(kept):
+        new = type(entry)(new, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return new
+
+
+def _error_doc(exc: BaseException) -> Doc:
+    try:
+        import traceback
+
+        text = "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc.__traceback__)))
+    except Exception:  # formatting can fail under memory pressure
+        text = ""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable %s>" % type(exc).__name__
+    return {"type": type(exc).__name__, "message": message, "traceback": text}
+
+
+# ---------------------------------------------------------------------------- context
+
+
+class _InvocationIdFilter:
+    def filter(self, record: Any) -> bool:
+        record.invocation_id = _current_id
+        return True
+
+
+def _get_logger() -> Any:
+    global _logger
+    if _logger is None:
+        import logging
+
+        logger = logging.getLogger("function." + (_function_name or "handler"))
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("[%(levelname)s]\t%(asctime)s\t%(invocation_id)s\t%(message)s")
+        )
+        handler.addFilter(_InvocationIdFilter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        _logger = logger
+    return _logger
+
+
+class Context:
+    """What a handler gets as ``context`` (Lambda-style)."""
+
+    __slots__ = (
+        "invocation_id",
+        "function_name",
+        "function_version",
+        "trigger",
+        "attempt",
+        "deadline",
+        "memory_limit_mb",
+    )
+
+    def __init__(self, invocation_id: str, function_name: str, function_version: str,
+                 trigger: str | None, attempt: int, deadline: float,
+                 memory_limit_mb: int | None) -> None:
+        self.invocation_id = invocation_id
+        self.function_name = function_name
+        self.function_version = function_version
+        self.trigger = trigger
+        self.attempt = attempt
+        self.deadline = deadline
+        self.memory_limit_mb = memory_limit_mb
+
+    @property
+    def aws_request_id(self) -> str:
+        return self.invocation_id
+
+    @property
+    def logger(self) -> Any:
+        return _get_logger()
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.time()) * 1000))
+
+    def __repr__(self) -> str:
+        return "Context(invocation_id=%r, function_name=%r, function_version=%r)" % (
+            self.invocation_id, self.function_name, self.function_version)
+
+
+# ---------------------------------------------------------------------------- main loop
+
+
+def _load_handler(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError("handler must look like 'module.function', got %r" % spec)
+    __import__(module_name)
+    module = sys.modules[module_name]
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(
+            "module %r has no attribute %r (handler %r)" % (module_name, attr, spec)) from None
+    if not callable(fn):
+        raise TypeError("handler %r is not callable" % spec)
+    handler: Callable[..., Any] = fn
+    return handler
+
+
+_RUNTIME_FILE = _load_handler.__code__.co_filename
+
+
+def _after_fork_in_child() -> None:
+    global _forked, _fd
+    _forked = True
+    try:
+        os.close(_fd)
+    except OSError:
+        pass
+    _fd = -1
+
+
+def _child_exit() -> None:
+    """A forked child got back into the runtime (the handler returned/raised in it): leave."""
+    _flush_std()
+    os._exit(0)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _event_loop() -> Any:
+    global _loop
+    if _loop is None:
+        import asyncio
+
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop
+
+
+def _run(handler: Callable[..., Any], event: Any, ctx: Context) -> Any:
+    result = handler(event, ctx)
+    if hasattr(result, "__await__"):
+        result = _event_loop().run_until_complete(result)
+    return result
+
+
+def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleType,
+            oom_frame: Doc) -> str | Doc:
+    global _current_id
+    _current_id = req.get("id", "")
+    ctx = Context(_current_id, cfg.get("name", ""), cfg.get("version", ""), req.get("trigger"),
+                  req.get("attempt", 1), req.get("deadline", 0.0), cfg.get("memory_mb"))
+    _reset_peak()
+    _arm_cpu(resource, cfg.get("timeout_s", 30))
+    try:
+        try:
+            result = _run(handler, req.get("event"), ctx)
+        except MemoryError as exc:
+            _clear_frames(exc.__traceback__)
+            err = _error_doc(exc)
+            err["message"] = "memory limit of %s MB exceeded%s" % (
+                cfg.get("memory_mb"), (": " + err["message"]) if err["message"] else "")
+            return {"op": "result", "ok": False, "oom": True, "error": err}
+        except SystemExit as exc:
+            code = exc.code
+            if code is None:
+                code = 0
+            elif not isinstance(code, int):
+                try:
+                    sys.stderr.write(str(code) + "\n")
+                except Exception:
+                    pass
+                code = 1
+            _flush_std()
+            if _forked:
+                os._exit(code & 0xFF)
+            try:
+                _send({"op": "exit", "code": code})
+            finally:
+                os._exit(code & 0xFF)
+        except BaseException as exc:
+            if _forked:
+                _child_exit()
+            return {"op": "result", "ok": False, "oom": False, "error": _error_doc(exc)}
+        if _forked:
+            _child_exit()
+        try:
+            payload = _dumps(result)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return {"op": "result", "ok": False, "oom": False, "error": {
+                "type": "TypeError",
+                "message": "result is not JSON serializable: %s" % exc,
+                "traceback": "",
+            }}
+        if len(payload) > MAX_RESULT_BYTES:
+            return {"op": "result", "ok": False, "oom": False, "error": {
+                "type": "ResultTooLarge",
+                "message": "result is %d bytes; the limit is %d" % (len(payload), MAX_RESULT_BYTES),
+                "traceback": "",
+            }}
+        return payload
+    except MemoryError:
+        return oom_frame
+
+
+def _meter(resource: ModuleType) -> tuple[int, float]:
+    return _peak_rss_kb(resource), _cpu_seconds(resource)
+
+
+def main(argv: list[str] | None = None) -> None:
+    global _fd, _function_name
+    argv = sys.argv if argv is None else argv
+    cfg = _loads(argv[1])
+    _fd = int(cfg["fd"])
+    os.set_inheritable(_fd, False)  # the function's own subprocesses never see the protocol
+    # Nothing else leaks in (bwrap leaves e.g. its --userns fd open).
+    os.closerange(3, _fd)
+    os.closerange(_fd + 1, 65536)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _function_name = cfg.get("name", "")
+    resource = _apply_limits(cfg.get("limits") or {})
+    oom_frame = {"op": "result", "ok": False, "oom": True, "error": {
+        "type": "MemoryError",
+        "message": "memory limit of %s MB exceeded" % cfg.get("memory_mb"),
+        "traceback": "",
+    }}
+    code_dir = cfg.get("code_dir") or os.getcwd()
+    sys.path.insert(0, code_dir)
+    sys.argv = [cfg.get("handler", "")]
+    t0 = time.perf_counter()
+    try:
+        handler = _load_handler(cfg["handler"])
+        if getattr(getattr(handler, "__code__", None), "co_flags", 0) & 0x80:  # CO_COROUTINE
+            _event_loop()  # asyncio's import belongs to the cold start, not the first invocation
+    except BaseException as exc:
+        if isinstance(exc, MemoryError):
+            _clear_frames(exc.__traceback__)
+        err = _error_doc(exc)
+        if isinstance(exc, ImportError) and not os.access(code_dir, os.R_OK | os.X_OK):
+            err["message"] += (
+                " (the code directory %s is not readable by the sandbox user uid %d: "
+                "code must be world-readable, 0755 directories and 0644 files)"
+                % (code_dir, os.getuid()))
+        _flush_std()
+        _send({"op": "init_error", "error": err, "oom": isinstance(exc, MemoryError)})
+        os._exit(0)
+    _flush_std()
+    pidns = bool(cfg.get("pidns"))
+    baseline = _last_pid() if pidns else 0
+    _send({"op": "ready", "init_ms": (time.perf_counter() - t0) * 1000.0})
+    while True:
+        req = _recv()
+        if req is None:
+            os._exit(0)
+        out = _invoke(handler, req, cfg, resource, oom_frame)
+        if _forked:
+            _child_exit()
+        _flush_std()
+        try:
+            rss_kb, cpu_s = _meter(resource)
+        except Exception:
+            rss_kb, cpu_s = 0, 0.0
+        strays = _stray_processes(baseline) if pidns else 0
+        try:
+            if isinstance(out, str):
+                _send_bytes(('{"op":"result","ok":true,"rss_kb":%d,"cpu_s":%.4f,"strays":%d,'
+                             '"result":%s}' % (rss_kb, cpu_s, strays, out)).encode("ascii"))
+            else:
+                out["rss_kb"] = rss_kb
+                out["cpu_s"] = cpu_s
+                out["strays"] = strays
+                _send(out)
+        except MemoryError:
+            oom_frame["rss_kb"] = rss_kb
+            _send(oom_frame)
+        del out  # a big result must not stay alive while the worker idles
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""One worker process: spawn it (sandboxed or not), talk to it, watch it, kill it.
+
+Everything is event-loop driven without helper threads: the protocol socket, the function's
+stdout/stderr pipes and a pidfd for the process are all registered with ``loop.add_reader``.
+That makes "what did the function print during this invocation" exact: the runtime flushes
+stdout/stderr *before* it writes its response frame, so when the response arrives, every byte of
+the invocation's output is already in the pipes and one non-blocking drain collects it.
+
+The worker is untrusted: frames are size-checked JSON, anything unexpected is a protocol error
+that ends the worker, and the durations we report are measured here, not taken from the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from hub.sandbox.base import FunctionRuntime
+from hub.sandbox.bwrap import SpawnConfig, worker_command
+from hub.sandbox.outcome import (
+    Kind,
+    Outcome,
+    OutputCapture,
+    as_float,
+    as_int,
+    descendants,
+    is_signal,
+    tree_rss_bytes,
+)
+
+MAX_FRAME = 6 * 1024 * 1024 + 256 * 1024  # 6 MB result + envelope
+_READ_CHUNK = 256 * 1024
+_DRAIN_MAX_READS = 64  # per callback / drain: bounds how long a chatty worker can hold the loop
+
+
+class Worker:
+    """A single worker process for one version of one function. One invocation at a time."""
+
+    _ids = 0
+
+    def __init__(self, fn: FunctionRuntime, cfg: SpawnConfig) -> None:
+        Worker._ids += 1
+        self.wid = Worker._ids
+        self.fn = fn
+        self.version = fn.version
+        self.cfg = cfg
+        self.pid: int | None = None
+        self.uid: int | None = None
+        self.init_ms: float | None = None
+        self.cpu_s = 0.0
+        self.strays = 0  # processes the function left running after its last invocation
+        self.invocations = 0
+        self.last_used = time.monotonic()
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.on_exit: Callable[[Worker], None] | None = None  # the pool drops dead idle workers
+        self._loop = asyncio.get_running_loop()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._out_fds: list[int] = []
+        self._captures = [OutputCapture(cfg.output_limit), OutputCapture(cfg.output_limit)]
+        self._pidfd: int | None = None
+        self._rbuf = bytearray()
+        self._frames: deque[dict[str, Any]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._killed = False
+        self._protocol_error = ""
+        self._announced_exit: int | None = None
+        self._expecting = False  # exactly one frame may arrive per request (ready or response)
+        self._scratch: Path | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def alive(self) -> bool:
+        return not self._exited.done() and not self._killed and not self._protocol_error
+
+    async def start(self, init_timeout_s: float) -> Outcome:
+        """Spawn and wait for the runtime to import the handler. Never raises."""
+        t0 = time.perf_counter()
+        self._expecting = True
+        try:
+            self._spawn()
+        except Exception as exc:  # bwrap/python missing, fd exhaustion, ...
+            if not self._exited.done():
+                self._exited.set_result(-1)
+            self._cleanup()
+            return Outcome(Kind.exited, message=f"could not start the worker: {exc!r}",
+                           exit_code=None)
+        out = await self._next(init_timeout_s, t0)
+        self.init_ms = (time.perf_counter() - t0) * 1000.0
+        if out.kind is Kind.result:
+            # The runtime's first frame must be ready/init_error.
+            op = out.frame.get("op")
+            if op == "ready":
+                out.kind = Kind.ready
+            elif op == "init_error":
+                out.kind = Kind.init_error
+            else:
+                self._protocol(f"unexpected first frame {op!r}")
+                out = Outcome(Kind.protocol, message=self._protocol_error)
+        if out.kind is not Kind.ready:
+            out.stdout, out.stderr, out.truncated = self.take_output()
+        return out
+
+    def _spawn(self) -> None:
+        cfg = self.cfg
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = parent
+        parent.setblocking(False)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self._out_fds = [out_r, err_r]
+        config = {
+            "fd": child.fileno(),
+            "handler": self.fn.handler,
+            "name": self.fn.name,
+            "version": self.fn.version,
+            "memory_mb": self.fn.memory_mb,
+            "timeout_s": self.fn.timeout_s,
+            "pidns": cfg.isolation == "bwrap",
+            "limits": cfg.limits.rlimits_for(self.fn, sandboxed=cfg.isolation == "bwrap"),
+        }
+        try:
+            cmd = worker_command(self.fn, cfg, config, uid_of=self._allocate_uid,
+                                 scratch=self._make_scratch)
+        except BaseException:
+            child.close()
+            os.close(out_w)
+            os.close(err_w)
+            raise
+        try:
+            self._proc = subprocess.Popen(
+                cmd.argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                pass_fds=[child.fileno(), *cmd.pass_fds], close_fds=True, env=cmd.env,
+                cwd=cmd.cwd, start_new_session=True)
+        finally:
+            child.close()
+            for fd in (out_w, err_w, *cmd.close_after):
+                os.close(fd)
+        self.pid = self._proc.pid
+        loop = self._loop
+        for i, fd in enumerate(self._out_fds):
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_output, i)
+        loop.add_reader(parent.fileno(), self._on_sock)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+            loop.add_reader(self._pidfd, self._on_exit)
+        except (AttributeError, OSError):  # kernel < 5.3: poll instead
+            self._pidfd = None
+            loop.call_later(0.05, self._poll_exit)
+
+    def _allocate_uid(self) -> int | None:
+        if self.cfg.userns is None:
+            return None
+        self.uid = self.cfg.userns.allocate_uid()
+        return self.uid
+
+    def _make_scratch(self) -> Path | None:
+        if self.cfg.scratch_dir is None:
+            return None
+        self._scratch = self.cfg.scratch_dir / f"w{os.getpid()}-{self.wid}"
+        self._scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self._scratch
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started. Idempotent; see :meth:`wait_closed`."""
+        if self._killed:
+            return
+        self._killed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        if self.pid is None or self._exited.done():
+            self._cleanup()
+            return
+        victims = descendants(self.pid) if self.cfg.isolation != "bwrap" else []
+        try:
+            # Our child leads its own session/process group. Under bwrap, killing the monitor
+            # kills bwrap's init (PDEATHSIG) and with it the whole pid namespace.
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in victims:  # process mode: children that escaped into their own session
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._wake()
+
+    async def wait_closed(self, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._cleanup()
+
+    # ------------------------------------------------------------------ invocation
+
+    async def call(self, data: bytes, timeout_s: float) -> Outcome:
+        """Send one invoke frame (JSON bytes) and wait for its response, the timeout or the end."""
+        assert self._sock is not None
+        self.invocations += 1
+        self.last_used = time.monotonic()
+        frame = len(data).to_bytes(4, "big") + data
+        t0 = time.perf_counter()
+        self._expecting = True
+        try:
+            sent = self._sock.send(frame)  # the common case: all of it, without a loop round trip
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(frame)  # it died; _next reports how
+        if sent < len(frame):
+            try:
+                await asyncio.wait_for(self._loop.sock_sendall(self._sock, frame[sent:]), timeout_s)
+            except asyncio.TimeoutError:  # it stopped reading: as good as hung
+                self.kill()
+                await self._wait_exit(5.0)
+                out = Outcome(Kind.timeout, duration_ms=(time.perf_counter() - t0) * 1000.0)
+                out.stdout, out.stderr, out.truncated = self.take_output()
+                return out
+            except OSError:
+                pass
+        out = await self._next(timeout_s, t0)
+        out.stdout, out.stderr, out.truncated = self.take_output()
+        if out.kind is Kind.result and self._protocol_error:
+            # More than one frame came back (someone else wrote to the socket): trust none.
+            self.kill()
+            out.kind, out.message, out.frame = Kind.protocol, self._protocol_error, {}
+        if out.kind is Kind.result:
+            op = out.frame.get("op")
+            if op == "exit":  # sys.exit() in the handler: the process ends right after this
+                self._announced_exit = as_int(out.frame.get("code"))
+                code = await self._wait_exit(2.0)
+                out = Outcome(Kind.exited, duration_ms=out.duration_ms, stdout=out.stdout,
+                              stderr=out.stderr, truncated=out.truncated)
+                self._fill_exit(out, code)
+            elif op != "result":
+                self._protocol(f"unexpected frame {op!r}")
+                out.kind, out.message = Kind.protocol, self._protocol_error
+            else:
+                self.cpu_s = as_float(out.frame.get("cpu_s"))
+                self.strays = int(as_float(out.frame.get("strays")))
+        return out
+
+    async def _next(self, timeout_s: float, t0: float) -> Outcome:
+        deadline = self._loop.time() + timeout_s
+        while True:
+            if self._frames:
+                frame = self._frames.popleft()
+                return Outcome(Kind.result, frame=frame,
+                               duration_ms=(time.perf_counter() - t0) * 1000.0)
+            dur = (time.perf_counter() - t0) * 1000.0
+            if self._protocol_error:
+                self.kill()
+                await self._wait_exit(5.0)
+                return Outcome(Kind.protocol, duration_ms=dur, message=self._protocol_error)
+            if self._eof or self._exited.done() or self._killed:
+                if not self._eof and self._sock is not None:
+                    self._on_sock()  # a last frame may still sit in the socket
+                    if self._frames or self._protocol_error:
+                        continue
+                code = await self._wait_exit(5.0)
+                out = Outcome(Kind.exited, duration_ms=(time.perf_counter() - t0) * 1000.0)
+                self._fill_exit(out, code)
+                return out
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                self.kill()
+                await self._wait_exit(5.0)
+                return Outcome(Kind.timeout, duration_ms=(time.perf_counter() - t0) * 1000.0)
+            self._waiter = self._loop.create_future()
+            handle = self._loop.call_at(deadline, self._wake)
+            try:
+                await self._waiter
+            finally:
+                handle.cancel()
+                self._waiter = None
+
+    async def _wait_exit(self, timeout: float) -> int | None:
+        if not self._exited.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited), timeout)
+            except asyncio.TimeoutError:
+                self.kill()
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._exited), 5.0)
+                except asyncio.TimeoutError:
+                    return None
+        return self._exited.result()
+
+    def _fill_exit(self, out: Outcome, code: int | None) -> None:
+        """Translate a wait status into exit code / signal (bwrap reports 128+N for signals)."""
+        out.kind = Kind.exited
+        if code is None:
+            out.message = "worker did not exit"
+            return
+        if code < 0:
+            out.signal = -code
+        elif self._announced_exit is not None:
+            out.exit_code = self._announced_exit
+            out.voluntary_exit = True
+        elif self.cfg.isolation == "bwrap" and code > 128 and is_signal(code - 128):
+            out.signal = code - 128
+        else:
+            out.exit_code = code
+
+    def take_output(self) -> tuple[str, str, bool]:
+        for i, fd in enumerate(self._out_fds):
+            if fd >= 0:
+                self._drain(i)
+        out, t1 = self._captures[0].take()
+        err, t2 = self._captures[1].take()
+        return out, err, t1 or t2
+
+    # ------------------------------------------------------------------ loop callbacks
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _protocol(self, message: str) -> None:
+        if not self._protocol_error:
+            self._protocol_error = f"protocol error: {message}"
+        if self._waiter is None:  # idle: nobody will look, so end it now
+            self.kill()
+        self._wake()
+
+    def _on_sock(self) -> None:
+        assert self._sock is not None
+        for _ in range(_DRAIN_MAX_READS):
+            try:
+                chunk = self._sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                self._loop.remove_reader(self._sock.fileno())
+                break
+            self._rbuf += chunk
+            if len(self._rbuf) < _READ_CHUNK:
+                break
+        self._parse()
+        self._wake()
+
+    def _parse(self) -> None:
+        buf = self._rbuf
+        while len(buf) >= 4:
+            n = int.from_bytes(buf[:4], "big")
+            if n > MAX_FRAME:
+                self._protocol(f"frame of {n} bytes exceeds {MAX_FRAME}")
+                buf.clear()
+                return
+            if len(buf) < 4 + n:
+                return
+            body = bytes(buf[4:4 + n])
+            del buf[:4 + n]
+            try:
+                frame = json.loads(body)
+            except ValueError as exc:
+                self._protocol(f"invalid JSON frame: {exc}")
+                return
+            if not isinstance(frame, dict):
+                self._protocol("frame is not an object")
+                return
+            if not self._expecting:
+                # Nobody asked: a function writing to the protocol socket behind our back.
+                self._protocol(f"unsolicited frame {str(frame.get('op'))[:40]!r}")
+                return
+            self._expecting = False
+            self._frames.append(frame)
+
+    def _on_output(self, i: int) -> None:
+        self._drain(i)
+
+    def _drain(self, i: int) -> None:
+        fd = self._out_fds[i]
+        if fd < 0:
+            return
+        cap = self._captures[i]
+        for _ in range(_DRAIN_MAX_READS):
+            try:
+                data = os.read(fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._loop.remove_reader(fd)
+                os.close(fd)
+                self._out_fds[i] = -1
+                return
+            cap.feed(data)
+
+    def _on_exit(self) -> None:
+        assert self._proc is not None
+        code = self._proc.poll()
+        if code is None:
+            return
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if not self._exited.done():
+            self._exited.set_result(code)
+        self._wake()
+        if self.on_exit is not None:
+            self.on_exit(self)
+
+    def _poll_exit(self) -> None:
+        if self._proc is None or self._exited.done():
+            return
+        if self._proc.poll() is None:
+            self._loop.call_later(0.05, self._poll_exit)
+        else:
+            self._on_exit()
+
+    def _cleanup(self) -> None:
+        if self._sock is not None:
+            try:
+                self._loop.remove_reader(self._sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self._sock.close()
+            self._sock = None
+        for i, fd in enumerate(self._out_fds):
+            if fd >= 0:
+                self._loop.remove_reader(fd)
+                os.close(fd)
+                self._out_fds[i] = -1
+        if self._pidfd is not None and self._exited.done():
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.uid is not None and self.cfg.userns is not None and self._exited.done():
+            self.cfg.userns.release_uid(self.uid)
+            self.uid = None
+        if self._scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    # ------------------------------------------------------------------ introspection
+
+    def process_ids(self) -> list[int]:
+        """Host pids of the worker's processes (bwrap monitor and init, runtime, children)."""
+        if self.pid is None or self._exited.done():
+            return []
+        return [self.pid, *descendants(self.pid)]
+
+    def rss_bytes(self) -> int:
+        """Resident memory summed over the worker's processes."""
+        if self.pid is None or self._exited.done():
+            return 0
+        return tree_rss_bytes(self.pid)

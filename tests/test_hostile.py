@@ -1,0 +1,529 @@
+"""Hostile functions against the real sandbox. After each one, the pool must keep serving.
+
+Every test here runs against bubblewrap isolation; the ones marked ``both`` also run against the
+plain-process fallback (which contains CPU, memory, output and crashes, but not file, network or
+/proc access).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hub.sandbox.pool as pool_module
+from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
+from hub.sandbox.pool import SandboxPool
+
+pytestmark = pytest.mark.timeout(90)
+
+HUB_SECRET = "hub-secret-" + uuid.uuid4().hex
+
+
+def write_fn(root: Path, source: str, **kw: Any) -> FunctionRuntime:
+    body = textwrap.dedent(source)
+    version = hashlib.sha256(body.encode()).hexdigest()[:12]
+    code = root / f"code-{version}-{uuid.uuid4().hex[:6]}"
+    code.mkdir(mode=0o755)
+    os.chmod(code, 0o755)
+    (code / "main.py").write_text(body)
+    os.chmod(code / "main.py", 0o644)
+    kw.setdefault("timeout_s", 2.0)
+    kw.setdefault("handler", "main.handler")
+    return FunctionRuntime(name=f"hostile-{uuid.uuid4().hex[:8]}", version=version,
+                           code_dir=code, **kw)
+
+
+def ctx() -> InvokeContext:
+    return InvokeContext(invocation_id=uuid.uuid4().hex, trigger="t")
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+GOOD = """
+def handler(event, context):
+    return {"ok": True, "n": event.get("n")}
+"""
+
+
+async def _pool(tmp: Path, isolation: str) -> SandboxPool:
+    os.environ["HUB_API_TOKEN_FOR_TEST"] = HUB_SECRET  # the hub's environment holds a secret
+    p = SandboxPool(isolation, data_dir=tmp, idle_ttl_s=30.0)
+    try:
+        await p.start()
+    except RuntimeError as exc:
+        pytest.skip(f"bubblewrap does not work here: {exc}")
+    return p
+
+
+@pytest.fixture(scope="module")
+async def bwrap_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SandboxPool]:
+    p = await _pool(tmp_path_factory.mktemp("hostile-bwrap"), "bwrap")
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="module")
+async def process_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SandboxPool]:
+    p = await _pool(tmp_path_factory.mktemp("hostile-process"), "process")
+    yield p
+    await p.close()
+
+
+@pytest.fixture(params=["bwrap", "process"])
+def both(request: pytest.FixtureRequest) -> SandboxPool:
+    """The key hostile cases run in both isolation modes."""
+    p: SandboxPool = request.getfixturevalue(f"{request.param}_pool")
+    return p
+
+
+@pytest.fixture
+def pool(bwrap_pool: SandboxPool) -> SandboxPool:
+    return bwrap_pool
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> FunctionRuntime:
+    return write_fn(tmp_path_factory.mktemp("good"), GOOD)
+
+
+async def still_serving(p: SandboxPool, good: FunctionRuntime) -> None:
+    rep = await p.invoke(good, {"n": 7}, ctx())
+    assert rep.status is Status.succeeded and rep.result == {"ok": True, "n": 7}, rep
+
+
+def gone(pid: int | None) -> bool:
+    return pid is not None and not os.path.exists(f"/proc/{pid}")
+
+
+# --------------------------------------------------------------------------- CPU, memory, processes
+
+
+async def test_infinite_loop(both: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "def handler(event, context):\n    while True:\n        pass\n",
+                  timeout_s=1.0)
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.timeout
+    assert "Task timed out after 1.00 seconds" in (rep.error or {})["message"]
+    assert both.stats()["functions"][fn.name]["warm"] == 0  # killed, not kept
+    await still_serving(both, good)
+
+
+async def test_cpu_rlimit_is_armed_per_invocation(pool: SandboxPool, tmp_path: Path) -> None:
+    """RLIMIT_CPU backs up the wall-clock timeout (threads outside the GIL burn CPU faster)."""
+    fn = write_fn(tmp_path, """
+        import resource
+        def handler(event, context):
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+            return {"used": ru.ru_utime + ru.ru_stime, "soft": soft, "hard": hard}
+    """, timeout_s=3.0)
+    got = (await pool.invoke(fn, {}, ctx())).result
+    assert got["used"] + 3 <= got["soft"] <= got["used"] + 6
+    assert got["hard"] == pool.limits.cpu_budget_for(fn)
+
+
+async def test_cpu_limit_signal_is_a_timeout(both: SandboxPool, good: FunctionRuntime,
+                                             tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        import os, signal
+        def handler(event, context):
+            os.kill(os.getpid(), signal.SIGXCPU)  # what the kernel sends at the soft limit
+    """)
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.timeout and rep.signal == signal.SIGXCPU, rep
+    assert "CPU time limit exceeded" in (rep.error or {})["message"]
+    await still_serving(both, good)
+
+
+async def test_memory_bomb(both: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        def handler(event, context):
+            hoard = []
+            while True:
+                hoard.append(bytearray(1024 * 1024))
+    """, memory_mb=96)
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.out_of_memory, rep
+    assert (rep.error or {})["type"] == "MemoryError"
+    assert "memory limit of 96 MB exceeded" in (rep.error or {})["message"]
+    assert both.stats()["functions"][fn.name]["warm"] == 0  # not reused after OOM
+    await still_serving(both, good)
+
+
+async def test_single_huge_allocation(pool: SandboxPool, good: FunctionRuntime,
+                                      tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "def handler(event, context):\n    return len(bytearray(8 << 30))\n",
+                  memory_mb=128)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.out_of_memory
+    assert rep.max_memory_mb is not None and rep.max_memory_mb < 128
+    await still_serving(pool, good)
+
+
+async def test_memory_bomb_at_import(pool: SandboxPool, good: FunctionRuntime,
+                                     tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "HOARD = bytearray(1 << 30)\ndef handler(event, context):\n    pass\n",
+                  memory_mb=64)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.out_of_memory and (rep.error or {}).get("phase") == "init"
+    await still_serving(pool, good)
+
+
+async def test_fork_bomb(pool: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        import os
+        def handler(event, context):
+            while True:
+                os.fork()
+    """, timeout_s=5.0)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.failed, rep
+    assert (rep.error or {})["type"] == "BlockingIOError"
+    assert "Resource temporarily unavailable" in (rep.error or {})["message"]
+    assert pool.stats()["functions"][fn.name]["warm"] == 0  # its children die with the worker
+    await still_serving(pool, good)
+
+
+async def test_fork_bomb_is_bounded_by_the_process_limit(pool: SandboxPool, good: FunctionRuntime,
+                                                         tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        import os, time
+        def handler(event, context):
+            n = 0
+            try:
+                while True:
+                    if os.fork() == 0:
+                        time.sleep(60)
+                        os._exit(0)
+                    n += 1
+            except OSError as exc:
+                return {"forked": n, "error": type(exc).__name__}
+    """, timeout_s=10.0)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.succeeded, rep
+    assert rep.result["error"] == "BlockingIOError"
+    assert 0 < rep.result["forked"] < pool.limits.nproc
+    assert pool.stats()["functions"][fn.name]["warm"] == 0  # stray processes: worker stopped
+    await still_serving(pool, good)
+
+
+async def test_abort(both: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "import os\ndef handler(event, context):\n    os.abort()\n")
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.crashed and rep.signal == signal.SIGABRT, rep
+    assert "killed by SIGABRT" in (rep.error or {})["message"]
+    await still_serving(both, good)
+
+
+async def test_segfault(pool: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "import ctypes\ndef handler(event, context):\n    ctypes.string_at(0)\n")
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.crashed and rep.signal == signal.SIGSEGV, rep
+    assert "killed by SIGSEGV" in (rep.error or {})["message"]
+    await still_serving(pool, good)
+
+
+async def test_sys_exit(both: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "import sys\ndef handler(event, context):\n    sys.exit(3)\n")
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.crashed and rep.exit_code == 3 and rep.signal is None, rep
+    assert "exited with code 3" in (rep.error or {})["message"]
+    again = await both.invoke(fn, {}, ctx())  # a new worker each time
+    assert again.status is Status.crashed and again.cold_start
+    await still_serving(both, good)
+
+
+# --------------------------------------------------------------------------- secrets and files
+
+
+SPY = """
+import os
+def handler(event, context):
+    out = {}
+    for path in event["read"]:
+        try:
+            with open(path, "rb") as f:
+                out[path] = "read:" + f.read(200).decode("latin-1")
+        except Exception as exc:
+            out[path] = "error:" + type(exc).__name__
+    for path in event["list"]:
+        try:
+            out["ls " + path] = "read:" + ",".join(sorted(os.listdir(path)))
+        except Exception as exc:
+            out["ls " + path] = "error:" + type(exc).__name__
+    out["environ"] = dict(os.environ)
+    out["proc"] = sorted(p for p in os.listdir("/proc") if p.isdigit())
+    out["uid"] = os.getuid()
+    return out
+"""
+
+
+async def test_cannot_read_hub_secrets_or_files(pool: SandboxPool, good: FunctionRuntime,
+                                                tmp_path: Path) -> None:
+    repo = Path(pool_module.__file__).resolve().parents[2]
+    data_file = pool.data_dir / "secret.txt"
+    data_file.write_text(HUB_SECRET)
+    fn = write_fn(tmp_path, SPY)
+    reads = ["/etc/shadow", "/etc/passwd", "/etc/gshadow", "/proc/1/environ",
+             f"/proc/{os.getpid()}/environ", f"/proc/{os.getppid()}/environ",
+             "/proc/self/environ", str(repo / "pyproject.toml"), str(data_file),
+             str(Path(pool_module.__file__).resolve()), "/root/.bash_history"]
+    lists = [str(repo), str(pool.data_dir), "/home", "/work"]
+    rep = await pool.invoke(fn, {"read": reads, "list": lists}, ctx())
+    got = rep.result
+    assert rep.status is Status.succeeded, rep
+    assert HUB_SECRET not in repr(got) and HUB_SECRET not in rep.stdout + rep.stderr
+    for path in reads:
+        if path == "/proc/self/environ":  # its own environment: only what the function was given
+            continue
+        assert got[path].startswith("error:"), (path, got[path])
+    for path in lists:
+        assert got["ls " + path].startswith("error:"), (path, got["ls " + path])
+    assert not [k for k in got["environ"] if k.startswith("HUB_")]
+    assert got["proc"] == ["1", "2"]  # its own pid namespace: the hub is not even visible
+    assert got["uid"] != 0
+    await still_serving(pool, good)
+
+
+async def test_cannot_write_outside_tmp(pool: SandboxPool, good: FunctionRuntime,
+                                        tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        import os
+        def handler(event, context):
+            out = {}
+            for path in event["paths"]:
+                try:
+                    with open(path, "w") as f:
+                        f.write("x")
+                    out[path] = "written"
+                except Exception as exc:
+                    out[path] = type(exc).__name__
+            return out
+    """)
+    targets = ["/var/task/evil.py", "/evil", "/usr/evil", "/etc/evil", "/var/runtime/evil",
+               "/root/evil", "/proc/sys/kernel/hostname", "/dev/evil",
+               str(pool.data_dir / "evil"), str(tmp_path / "evil"), "/tmp/fine", "/dev/shm/fine"]
+    rep = await pool.invoke(fn, {"paths": targets}, ctx())
+    got = rep.result
+    assert rep.status is Status.succeeded, rep
+    assert got.pop("/tmp/fine") == "written" and got.pop("/dev/shm/fine") == "written"
+    assert all(v != "written" for v in got.values()), got
+    assert not (fn.code_dir / "evil.py").exists() and not (pool.data_dir / "evil").exists()
+    assert not (tmp_path / "evil").exists()
+    await still_serving(pool, good)
+
+
+async def test_tmp_size_is_limited(pool: SandboxPool, good: FunctionRuntime,
+                                   tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        def handler(event, context):
+            with open("/tmp/big", "wb") as f:
+                for _ in range(1024):
+                    f.write(b"x" * (1024 * 1024))
+    """, timeout_s=10.0)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.failed and (rep.error or {})["type"] == "OSError", rep
+    assert "File too large" in (rep.error or {})["message"] or \
+        "No space left" in (rep.error or {})["message"]
+    await still_serving(pool, good)
+
+
+# --------------------------------------------------------------------------- network
+
+
+NET = """
+import socket
+def handler(event, context):
+    out = {}
+    for name, port in event["ports"].items():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n" if name == "http" else b"\\x3a\\x00\\x00\\x00")
+                out[name] = "connected:" + s.recv(100).decode("latin-1")
+        except Exception as exc:
+            out[name] = "error:" + type(exc).__name__
+    return out
+"""
+
+
+@pytest.fixture
+async def listeners() -> AsyncIterator[tuple[dict[str, int], list[str]]]:
+    """An HTTP port and a MongoDB-like TCP port on the host's 127.0.0.1."""
+    seen: list[str] = []
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append("http")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        await writer.drain()
+        writer.close()
+
+    async def mongo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append("mongo")
+        writer.write(b"mongo-like")
+        await writer.drain()
+        writer.close()
+
+    s1 = await asyncio.start_server(http, "127.0.0.1", 0)
+    s2 = await asyncio.start_server(mongo, "127.0.0.1", 0)
+    ports = {"http": s1.sockets[0].getsockname()[1], "mongo": s2.sockets[0].getsockname()[1]}
+    yield ports, seen
+    s1.close()
+    s2.close()
+
+
+async def test_network_off_blocks_loopback(pool: SandboxPool, good: FunctionRuntime,
+                                           tmp_path: Path, listeners: Any) -> None:
+    ports, seen = listeners
+    fn = write_fn(tmp_path, NET)
+    rep = await pool.invoke(fn, {"ports": ports}, ctx())
+    assert rep.status is Status.succeeded, rep
+    assert rep.result["http"].startswith("error:") and rep.result["mongo"].startswith("error:")
+    assert seen == []
+    await still_serving(pool, good)
+
+
+async def test_network_on_is_opt_in(pool: SandboxPool, tmp_path: Path, listeners: Any) -> None:
+    ports, seen = listeners
+    fn = write_fn(tmp_path, NET, network=True)
+    rep = await pool.invoke(fn, {"ports": ports}, ctx())
+    assert rep.status is Status.succeeded, rep
+    assert rep.result["http"].startswith("connected:HTTP/1.0 200")
+    assert rep.result["mongo"] == "connected:mongo-like"
+    assert sorted(seen) == ["http", "mongo"]
+
+
+# --------------------------------------------------------------------------- output and results
+
+
+async def test_print_100mb(both: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        import sys
+        def handler(event, context):
+            chunk = "x" * (1024 * 1024)
+            for _ in range(100):
+                sys.stdout.write(chunk)
+            print("to stderr", file=sys.stderr)
+            return "printed"
+    """, timeout_s=30.0)
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.succeeded and rep.result == "printed", rep.error
+    assert rep.output_truncated
+    assert len(rep.stdout) < 70_000 and "more bytes not shown" in rep.stdout
+    assert rep.stderr == "to stderr\n"
+    await still_serving(both, good)
+
+
+@pytest.mark.parametrize("expr, detail", [
+    ("{1, 2}", "Object of type set is not JSON serializable"),
+    ("object()", "Object of type object is not JSON serializable"),
+    ("float('nan')", "Out of range float values are not JSON compliant"),
+    ("b'bytes'", "Object of type bytes is not JSON serializable"),
+])
+async def test_non_json_result(both: SandboxPool, good: FunctionRuntime, tmp_path: Path,
+                               expr: str, detail: str) -> None:
+    fn = write_fn(tmp_path, f"def handler(event, context):\n    return {{'value': {expr}}}\n")
+    rep = await both.invoke(fn, {}, ctx())
+    assert rep.status is Status.failed
+    assert (rep.error or {})["message"] == f"result is not JSON serializable: {detail}"
+    await still_serving(both, good)
+
+
+async def test_result_too_large(pool: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "def handler(event, context):\n    return 'x' * (7 << 20)\n")
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.failed and (rep.error or {})["type"] == "ResultTooLarge"
+    await still_serving(pool, good)
+
+
+async def test_forged_protocol_frames(pool: SandboxPool, good: FunctionRuntime,
+                                      tmp_path: Path) -> None:
+    """Writing to the runtime's protocol socket behind its back ends the worker, nothing else."""
+    fn = write_fn(tmp_path, """
+        import json, os
+        def handler(event, context):
+            fake = json.dumps({"op": "result", "ok": True, "result": "forged"}).encode()
+            for fd in range(3, 1024):
+                try:
+                    os.write(fd, len(fake).to_bytes(4, "big") + fake + b"garbage")
+                except OSError:
+                    pass
+            return "real"
+    """)
+    rep = await pool.invoke(fn, {}, ctx())
+    # The forged frame may win the race, but the worker never survives to serve again.
+    assert rep.status in (Status.crashed, Status.succeeded)
+    if rep.status is Status.crashed:
+        assert (rep.error or {})["type"] == "ProtocolError"
+    await until(lambda: pool.stats()["functions"][fn.name]["warm"] == 0
+                and pool.stats()["functions"][fn.name]["busy"] == 0)
+    await still_serving(pool, good)
+
+
+# --------------------------------------------------------------------------- broken code
+
+
+@pytest.mark.parametrize("source, etype", [
+    ("import does_not_exist_xyz\ndef handler(event, context):\n    pass\n", "ModuleNotFoundError"),
+    ("def handler(event, context:\n    pass\n", "SyntaxError"),
+    ("1 / 0\ndef handler(event, context):\n    pass\n", "ZeroDivisionError"),
+])
+async def test_import_error(both: SandboxPool, good: FunctionRuntime, tmp_path: Path,
+                            source: str, etype: str) -> None:
+    fn = write_fn(tmp_path, source)
+    for _ in range(2):  # reported on every invocation; the broken worker is never kept
+        rep = await both.invoke(fn, {}, ctx())
+        assert rep.status is Status.failed and rep.cold_start
+        err = rep.error or {}
+        assert err["type"] == etype and err.get("phase") == "init"
+        assert "main.py" in err["traceback"] and "runtime.py" not in err["traceback"]
+    assert both.stats()["functions"][fn.name]["warm"] == 0
+    await still_serving(both, good)
+
+
+async def test_unreadable_code_is_explained(pool: SandboxPool, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, GOOD)
+    os.chmod(fn.code_dir, 0o700)  # e.g. left as tempfile.mkdtemp() made it
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.failed and (rep.error or {})["type"] == "ModuleNotFoundError"
+    assert "not readable by the sandbox user" in (rep.error or {})["message"]
+
+
+async def test_hung_import_times_out(tmp_path_factory: pytest.TempPathFactory,
+                                     good: FunctionRuntime, tmp_path: Path) -> None:
+    p = SandboxPool("bwrap", data_dir=tmp_path_factory.mktemp("hung"), init_timeout_s=1.0)
+    try:
+        try:
+            await p.start()
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+        fn = write_fn(tmp_path, "while True:\n    pass\ndef handler(event, context):\n    pass\n")
+        rep = await p.invoke(fn, {}, ctx())
+        assert rep.status is Status.timeout and (rep.error or {})["type"] == "InitTimeout"
+        await still_serving(p, good)
+    finally:
+        await p.close()
+
+
+async def test_report_is_never_an_exception(pool: SandboxPool, tmp_path: Path) -> None:
+    """Code dir missing entirely: still a report, not an exception."""
+    fn = FunctionRuntime(name="ghost", version="v0", handler="main.handler",
+                         code_dir=tmp_path / "does-not-exist")
+    rep = await pool.invoke(fn, {}, ctx())
+    assert isinstance(rep, InvocationReport) and rep.status is Status.crashed
+    assert "does-not-exist" in rep.stderr
