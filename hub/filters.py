@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeGuard
