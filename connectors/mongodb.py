@@ -20,7 +20,7 @@ from connectors.base import Sink, SupervisedLoop
 from hub.events import Event
 
 # Server error codes meaning "the resume point is gone from the oplog".
-HISTORY_LOST = {136, 280, 286}
+HISTORY_LOST = {136, 286}  # CappedPositionLost, ChangeStreamHistoryLost
 STREAM_ENDERS = {"invalidate", "drop", "dropDatabase", "rename"}
 
 LoadPosition = Callable[[], Awaitable[dict[str, Any] | None]]
@@ -37,13 +37,13 @@ def change_event(change: dict[str, Any], database: str, collection: str) -> Even
     token = change["_id"]["_data"]
     data = to_json({k: v for k, v in change.items() if k != "_id"})
     data["resume_token"] = token
-    wall = change.get("wallTime")
+    wall = change.get("wallTime") or change["clusterTime"].as_datetime()
     return Event(
         id=f"mongodb:{token}",  # the resume token names exactly one change, stable on redelivery
         source=f"mongodb://{database}/{collection}",
         type=f"mongodb.{op}",
         subject=json.dumps(to_json(change.get("documentKey")), sort_keys=True),
-        time=wall.isoformat().replace("+00:00", "Z") if wall is not None else data.get("clusterTime", ""),
+        time=wall.isoformat().replace("+00:00", "Z"),
         data=data,
     )
 

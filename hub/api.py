@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from bson.errors import InvalidDocument, InvalidStringData
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import DocumentTooLarge
 
 from connectors.s3_records import NotificationError, SubscriptionConfirmation, parse_notification
 from hub.dispatch import Target
@@ -24,6 +26,7 @@ from hub.events import Event
 from hub.models import NAME_RE, FunctionSpec, RetryPolicy, TriggerSpec
 from hub.openapi import openapi_spec
 from hub.registry import CodeError, public_function
+from hub.store import unstorable_reason
 from hub.triggers import TriggerError, public_trigger
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hub.api")
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub")
 MAX_BODY = 16 * 1024 * 1024
+MAX_ASYNC_PAYLOAD = 1024 * 1024  # queued in a MongoDB document (Lambda's async limit is 256 KB)
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/sources/s3/events"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,6 +129,11 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return reply({"error": exc.message}, exc.status)
     except CodeError as exc:
         return reply({"error": f"invalid code: {exc}"}, 400)
+    except DocumentTooLarge as exc:
+        return reply({"error": f"too large to store: {exc}"}, 413)
+    except (InvalidDocument, InvalidStringData, OverflowError) as exc:
+        return reply({"error": f"a value cannot be stored (e.g. an integer beyond 64 bits or invalid "
+                               f"unicode): {exc}"}, 400)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return reply({"error": exc.reason}, exc.status)
@@ -197,6 +206,11 @@ async def invoke_function(request: web.Request) -> web.Response:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     event = Event(id=f"invoke:{uuid.uuid4().hex}", source=f"invoke://{name}", type="hub.invoke", data=payload)
     if mode == "async":
+        if len(raw) > MAX_ASYNC_PAYLOAD:
+            raise ApiError(413, f"async payload is {len(raw)} bytes; the limit is {MAX_ASYNC_PAYLOAD}")
+        problem = unstorable_reason({"data": payload})
+        if problem:
+            raise ApiError(400, f"payload cannot be queued: {problem}")
         request_id = await hub.inbox.put_invoke(name, event)
         return reply({"invocation_id": request_id, "status": "queued"}, 202)
     invocation_id = uuid.uuid4().hex
@@ -333,6 +347,10 @@ async def s3_webhook(request: web.Request) -> web.Response:
         raise ApiError(400, f"not an S3 notification: {exc}") from None
     hub.metrics.events.labels("s3").inc(len(events))
     wanted = [e for e in events if hub.router.match_s3(e)]
+    if len(wanted) < len(events):
+        # The trigger may be new and made through another instance: look again before dropping.
+        await hub.sync_triggers()
+        wanted = [e for e in events if hub.router.match_s3(e)]
     await hub.inbox.put_events(wanted)
     return reply({"received": len(events), "queued": len(wanted)})
 

@@ -47,7 +47,7 @@ class Hub:
         self.settings = settings
         self.instance_id = settings.instance_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics()
-        self.store = Store(settings.mongo_url, settings.mongo_db)
+        self.store = Store(settings.mongo_url, settings.mongo_db, settings.completion_ttl_s)
         self.registry = Registry(self.store, settings.data_dir)
         self.pool = pool or make_pool(settings)
         self.router = Router()
@@ -57,7 +57,7 @@ class Hub:
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
             lease_s=settings.inbox_lease_s, poll_interval_s=settings.inbox_poll_interval_s,
         )
-        self.sources = Sources(settings, self.store, self.router, self.on_source_event)
+        self.sources = Sources(settings, self.store, self.router, self.on_source_event, self.instance_id)
         self.triggers = TriggerService(self.store, settings, self.sync_triggers)
         self.web = make_app(self)
         self._runner: web.AppRunner | None = None

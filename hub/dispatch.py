@@ -67,18 +67,22 @@ class Dispatcher:
         self.metrics = metrics
         # (target, event id) pairs being delivered right now: a duplicate that arrives meanwhile
         # (a webhook retry, a rebalance) waits for the first and is then skipped, not run in parallel.
-        self._inflight: dict[str, asyncio.Lock] = {}
+        self._inflight: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def deliver(self, target: Target, event: Event, request_id: str | None = None) -> str:
         """Run ``event`` through ``target`` until it succeeds or is dead-lettered. Returns the outcome."""
         key = f"{target.key}|{event.id}"
-        lock = self._inflight.setdefault(key, asyncio.Lock())
+        lock, users = self._inflight.get(key, (asyncio.Lock(), 0))
+        self._inflight[key] = (lock, users + 1)
         try:
             async with lock:
                 return await self._deliver(target, event, request_id)
         finally:
-            if not lock.locked() and self._inflight.get(key) is lock:
+            lock, users = self._inflight[key]
+            if users == 1:
                 del self._inflight[key]
+            else:
+                self._inflight[key] = (lock, users - 1)
 
     async def _deliver(self, target: Target, event: Event, request_id: str | None) -> str:
         done = await self.store.is_completed(target.key, event.id)
@@ -89,14 +93,26 @@ class Dispatcher:
         request_id = request_id or uuid.uuid4().hex
         attempts: list[dict[str, Any]] = []
         policy = target.retry
-        for attempt in range(1, policy.max_attempts + 1):
+        attempt = 0
+        throttled = 0
+        while attempt < policy.max_attempts:
             age = self._age_s(event)
-            if attempt > 1 and age is not None and age > policy.max_event_age_s:
-                attempts.append({"attempt": attempt, "status": "expired",
-                                 "error": {"type": "EventTooOld", "message": f"event is {age:.0f}s old; max_event_age_s is {policy.max_event_age_s}"}})
+            if (attempt or throttled) and age is not None and age > policy.max_event_age_s:
+                attempts.append({"attempt": attempt + 1, "status": "expired", "at": now(), "error": {
+                    "type": "EventTooOld",
+                    "message": f"event is {age:.0f}s old; max_event_age_s is {policy.max_event_age_s}"}})
                 break
-            invocation_id = request_id if attempt == 1 else f"{request_id}-{attempt}"
+            attempt += 1
+            suffix = f"-{attempt}" if attempt > 1 else ""
+            invocation_id = f"{request_id}{suffix}" + (f"-t{throttled}" if throttled else "")
             record = await self.run_once(target, event, invocation_id, request_id, attempt)
+            if record["status"] == Status.throttled.value:
+                # Our own capacity, not the function's fault: wait and try again without using up
+                # an attempt (bounded by max_event_age_s, as Lambda does for throttled events).
+                attempt -= 1
+                throttled += 1
+                await asyncio.sleep(backoff_delay(policy, min(throttled, 8)) or 0.1)
+                continue
             attempts.append({
                 "attempt": attempt, "invocation_id": invocation_id, "status": record["status"],
                 "error": record["error"], "at": record["finished_at"],

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from hub.dispatch import Dispatcher, Target
+from hub.dispatch import Dispatcher, Target, dead_letter_id
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.models import RetryPolicy
@@ -25,6 +25,9 @@ log = structlog.get_logger("hub.inbox")
 
 # Lambda's async invocation default: the first try plus two retries.
 ASYNC_INVOKE_RETRY = RetryPolicy(max_attempts=3, backoff_s=1.0, max_backoff_s=60.0)
+# Deliveries of one inbox item (hub-side failures such as a MongoDB outage) before it is
+# dead-lettered; with the growing delay between them this is about an hour.
+MAX_DELIVERIES = 20
 
 
 class Inbox:
@@ -69,8 +72,9 @@ class Inbox:
 
     @staticmethod
     def _item(kind: str, event: Event, **fields: Any) -> dict[str, Any]:
+        t = now()
         return {"_id": ObjectId(), "kind": kind, "event": event.to_cloudevent(), "state": "pending",
-                "created_at": now(), "deliveries": 0, **fields}
+                "created_at": t, "not_before": t, "deliveries": 0, **fields}
 
     async def _put(self, items: list[dict[str, Any]]) -> None:
         await self.store.inbox_put(items)
@@ -92,14 +96,18 @@ class Inbox:
         self._tasks = []
 
     async def _worker(self, index: int) -> None:
+        failures = 0
         while True:
             try:
                 item = await self.store.inbox_claim(self.owner, self.lease_s)
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("inbox claim failed", error=str(exc))
-                await asyncio.sleep(1.0)
+                failures += 1
+                if failures == 1 and index == 0:
+                    log.warning("inbox unavailable; retrying", error=str(exc))
+                await asyncio.sleep(min(0.5 * 2**failures, 10.0))
                 continue
             if item is None:
                 self._wake.clear()
@@ -115,39 +123,64 @@ class Inbox:
     async def _process(self, item: dict[str, Any]) -> None:
         renew = asyncio.create_task(self._renew(item["_id"]))
         try:
-            await self._run(item)
+            if item["deliveries"] > MAX_DELIVERIES:
+                await self._give_up(item)
+            else:
+                await self._run(item)
             await self.store.inbox_done(item["_id"])
         except asyncio.CancelledError:
             # shutting down: hand the item back at once rather than after the lease
             await asyncio.shield(self._release_quietly(item["_id"]))
             raise
         except Exception as exc:
-            # Not acked: the lease runs out and the item is claimed again.
+            delay = min(2.0 ** item["deliveries"], 300.0)
             log.warning("inbox item failed; it will be retried", item=str(item["_id"]), error=str(exc),
-                        exc_info=True)
-            await asyncio.sleep(1.0)
+                        deliveries=item["deliveries"], retry_in_s=delay, exc_info=True)
+            await self._release_quietly(item["_id"], delay, f"{type(exc).__name__}: {exc}")
         finally:
             renew.cancel()
 
-    async def _release_quietly(self, item_id: Any) -> None:
+    async def _give_up(self, item: dict[str, Any]) -> None:
+        """An item that failed every delivery (not the function: the hub could not process it)."""
+        event = Event.from_cloudevent(item["event"])
+        target_key = item.get("trigger") or f"inbox:{item['kind']}"
+        await self.store.put_dead_letter({
+            "_id": dead_letter_id(target_key, event.id),
+            "trigger": item.get("trigger"),
+            "function": item.get("function"),
+            "event": item["event"],
+            "attempts": [],
+            "last_status": "undeliverable",
+            "last_error": {"type": "InboxDeliveryFailed",
+                           "message": f"gave up after {item['deliveries'] - 1} deliveries: {item.get('last_error')}"},
+            "created_at": now(),
+        })
+        log.error("inbox item dead-lettered after repeated failures", item=str(item["_id"]),
+                  last_error=item.get("last_error"))
+
+    async def _release_quietly(self, item_id: Any, delay_s: float = 0.0, error: str | None = None) -> None:
         try:
-            await self.store.inbox_release(item_id)
+            await self.store.inbox_release(item_id, self.owner, delay_s, error)
         except Exception:
-            pass
+            pass  # the lease runs out and the item is claimed again
 
     async def _renew(self, item_id: Any) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await self.store.inbox_renew(item_id, self.owner, self.lease_s)
+            try:
+                if not await self.store.inbox_renew(item_id, self.owner, self.lease_s):
+                    log.warning("inbox lease lost; another instance may run this item too", item=str(item_id))
+                    return
+            except Exception as exc:
+                log.warning("inbox lease renewal failed; retrying", item=str(item_id), error=str(exc))
 
     async def _run(self, item: dict[str, Any]) -> None:
         event = Event.from_cloudevent(item["event"])
         kind = item["kind"]
         if kind == "s3":
-            triggers = self.router.match_s3(event)
-            await asyncio.gather(*(
-                self.dispatcher.deliver(Target(t.function, t.name, t.retry), event) for t in triggers
-            ))
+            async with asyncio.TaskGroup() as group:  # one failing delivery cancels the rest
+                for t in self.router.match_s3(event):
+                    group.create_task(self.dispatcher.deliver(Target(t.function, t.name, t.retry), event))
         elif kind == "invoke":
             target = Target(item["function"], None, ASYNC_INVOKE_RETRY)
             await self.dispatcher.deliver(target, event, request_id=item["request_id"])
@@ -166,7 +199,7 @@ class Inbox:
                 log.warning("replay dropped: trigger no longer exists", trigger=name)
                 return
             target = Target(trigger.function, trigger.name, trigger.retry)
-        await self.store.forget_completion(target.key, event.id)
+        await self.store.forget_dead_lettered(target.key, event.id, item["dead_letter_id"])
         outcome = await self.dispatcher.deliver(target, event)
         if outcome == "succeeded":
             await self.store.delete_dead_letter(item["dead_letter_id"])

@@ -6,7 +6,6 @@ so re-sending the same definition is a no-op and any change makes a new version.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import base64
 import binascii
@@ -16,22 +15,24 @@ import json
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+from hub import codecheck
 from hub.models import FunctionSpec
 from hub.sandbox.base import FunctionRuntime
 from hub.store import Store, now
 
 MAX_CODE_BYTES = 8 * 1024 * 1024  # stays well inside MongoDB's 16 MB document limit
 MAX_FILES = 1000
+CODE_CHECK_TIMEOUT_S = 60.0
 
 
-class CodeError(ValueError):
-    """The submitted code cannot run: says which file and line."""
-
+CodeError = codecheck.CodeError
 
 class Conflict(Exception):
     pass
@@ -49,7 +50,10 @@ def unpack_code(spec: FunctionSpec) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     if spec.code.files is not None:
         for path, text in spec.code.files.items():
-            files[_check_path(path)] = text.encode()
+            try:
+                files[_check_path(path)] = text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise CodeError(f"{path} is not valid unicode text: {exc.reason}") from None
     else:
         try:
             raw = base64.b64decode(spec.code.zip_base64 or "", validate=True)
@@ -66,6 +70,9 @@ def unpack_code(spec: FunctionSpec) -> dict[str, bytes]:
                     files[_check_path(info.filename)] = zf.read(info)
         except zipfile.BadZipFile as exc:
             raise CodeError(f"code.zip_base64 is not a zip file: {exc}") from None
+        except (RuntimeError, NotImplementedError, zlib.error, EOFError, OSError) as exc:
+            # encrypted members, unsupported compression, truncated or corrupt data
+            raise CodeError(f"code.zip_base64 cannot be unpacked: {exc}") from None
     if not files:
         raise CodeError("the function has no files")
     if sum(len(b) for b in files.values()) > MAX_CODE_BYTES:
@@ -73,45 +80,30 @@ def unpack_code(spec: FunctionSpec) -> dict[str, bytes]:
     return files
 
 
-def check_code(files: dict[str, bytes], handler: str) -> None:
-    """Reject code that cannot possibly run: syntax errors (with file:line) and a missing handler."""
-    for path, data in sorted(files.items()):
-        if not path.endswith(".py"):
-            continue
-        try:
-            source = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CodeError(f"{path} is not UTF-8 text") from None
-        try:
-            compile(source, path, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            col = f", column {exc.offset}" if exc.offset else ""
-            raise CodeError(f"syntax error in {path}, line {exc.lineno}{col}: {exc.msg}") from None
-    module, _, attr = handler.rpartition(".")
-    rel = module.replace(".", "/")
-    candidates = [f"{rel}.py", f"{rel}/__init__.py"]
-    found = next((c for c in candidates if c in files), None)
-    if found is None:
-        raise CodeError(f"handler {handler!r}: no file {candidates[0]} in the code")
-    tree = ast.parse(files[found].decode("utf-8"), found)
-    if attr not in _top_level_names(tree):
-        raise CodeError(f"handler {handler!r}: {found} defines no top-level {attr!r}")
-
-
-def _top_level_names(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
-            names.add(node.target.id)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, (ast.If, ast.Try)):
-            names.update(_top_level_names(ast.Module(body=node.body, type_ignores=[])))
-    return names
+async def check_code(files: dict[str, bytes], handler: str) -> None:
+    """Reject code that cannot possibly run (see ``hub.codecheck``), in a child process: compiling
+    megabytes of Python holds the GIL for seconds, and hostile source can crash the compiler."""
+    request = json.dumps({
+        "handler": handler,
+        "files": {p: base64.b64encode(d).decode() for p, d in files.items() if p.endswith(".py")},
+    }).encode()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", str(Path(codecheck.__file__)),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(request), CODE_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CodeError(f"checking the code took longer than {CODE_CHECK_TIMEOUT_S:.0f}s") from None
+    try:
+        verdict = json.loads(out)
+    except ValueError:
+        raise CodeError(f"the code could not be checked (checker exit {proc.returncode}: "
+                        f"{err.decode(errors='replace')[-300:]})") from None
+    if verdict.get("error"):
+        raise CodeError(verdict["error"])
 
 
 def version_of(spec: FunctionSpec, files: dict[str, bytes]) -> str:
@@ -135,7 +127,7 @@ class Registry:
 
     async def put(self, name: str, spec: FunctionSpec) -> tuple[dict[str, Any], bool]:
         files = unpack_code(spec)
-        check_code(files, spec.handler)
+        await check_code(files, spec.handler)
         version = version_of(spec, files)
         t = now()
         config = spec.model_dump(exclude={"code"})

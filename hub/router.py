@@ -24,6 +24,7 @@ class Trigger:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     enabled: bool = True
     source_hash: str = ""  # changes when the source changes; its subscription is then restarted
+    source_identity: str = ""  # what is read (db/collection, topic); progress is kept per identity
 
     @property
     def source_type(self) -> str:
@@ -39,6 +40,7 @@ class Trigger:
             retry=RetryPolicy.model_validate(doc.get("retry") or {}),
             enabled=bool(doc.get("enabled", True)),
             source_hash=str(doc.get("source_hash", "")),
+            source_identity=str(doc.get("source_identity", "")),
         )
 
 

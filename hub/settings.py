@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     inbox_concurrency: int = 16
     # How often the trigger set is re-read from MongoDB (other instances' changes).
     trigger_sync_interval_s: float = 2.0
+    # A change stream is read by one instance at a time, under a lease renewed on every trigger
+    # sync; another instance takes over this long after its holder stopped renewing.
+    lease_ttl_s: float = 15.0
+    completion_ttl_s: float = 14 * 86400
     instance_id: str = Field(default="")
 
     def base_url(self) -> str:

@@ -3,6 +3,10 @@
 ``reconcile`` is called after every trigger change and on the sync timer: it starts what is
 missing, stops what was deleted or disabled, and restarts a subscription whose source changed.
 (s3 triggers need no subscription: their events arrive through the webhook and the inbox.)
+
+Kafka shares partitions between hub instances through the consumer group. A change stream has
+no such engine, so each one is read by a single instance holding a MongoDB lease, renewed on
+every reconcile; when its holder dies, another instance takes over after the lease runs out.
 """
 
 from __future__ import annotations
@@ -27,24 +31,27 @@ OnEvent = Callable[[str, Event], Awaitable[None]]
 
 
 class Sources:
-    def __init__(self, settings: Settings, store: Store, router: Router, on_event: OnEvent) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, router: Router, on_event: OnEvent, owner: str
+    ) -> None:
         self.settings = settings
         self.store = store
         self.router = router
         self.on_event = on_event
+        self.owner = owner
         self.running: dict[str, tuple[str, Subscription]] = {}
 
     async def reconcile(self) -> None:
         wanted: dict[str, tuple[str, Trigger]] = {}
         for t in self.router.triggers.values():
             if t.enabled and t.source_type in ("kafka", "mongodb"):
+                if t.source_type == "mongodb" and not await self._hold_lease(t):
+                    continue
                 wanted[t.name] = (self._key(t), t)
         for name in list(self.running):
             key, sub = self.running[name]
             if name not in wanted or wanted[name][0] != key:
-                await sub.stop()
-                del self.running[name]
-                log.info("subscription stopped", trigger=name)
+                await self._stop(name)
         for name, (key, trigger) in wanted.items():
             if name not in self.running:
                 sub = await self._subscription(trigger)
@@ -52,10 +59,25 @@ class Sources:
                 self.running[name] = (key, sub)
                 log.info("subscription started", trigger=name, source=trigger.source)
 
+    async def _hold_lease(self, t: Trigger) -> bool:
+        return await self.store.acquire_lease(self._lease_key(t.name), self.owner, self.settings.lease_ttl_s)
+
+    @staticmethod
+    def _lease_key(name: str) -> str:
+        return f"stream:{name}"
+
+    async def _stop(self, name: str) -> None:
+        _, sub = self.running.pop(name)
+        await sub.stop()
+        try:
+            await self.store.release_lease(self._lease_key(name), self.owner)
+        except Exception:
+            pass  # it runs out by itself
+        log.info("subscription stopped", trigger=name)
+
     async def stop(self) -> None:
-        for _, sub in self.running.values():
-            await sub.stop()
-        self.running.clear()
+        for name in list(self.running):
+            await self._stop(name)
 
     def states(self) -> dict[str, str]:
         return {name: sub.state for name, (_, sub) in self.running.items()}
@@ -66,22 +88,18 @@ class Sources:
 
     async def _subscription(self, t: Trigger) -> Subscription:
         src = t.source
-        state_key = source_state_key(t.name, t.source_hash)
+        state_key = source_state_key(t.name, t.source_identity)
 
         async def sink(event: Event, name: str = t.name) -> None:
             await self.on_event(name, event)
 
         if t.source_type == "kafka":
-            state = await self.store.get_source_state(state_key) or {}
-            offsets = state.get("start_offsets")
             return KafkaSubscription(
                 name=t.name,
                 bootstrap=self.settings.kafka_bootstrap,
                 topic=src["topic"],
-                group_id=kafka_group_id(t.name, t.source_hash),
-                start=src.get("start", "latest"),
+                group_id=kafka_group_id(t.name, t.source_identity),
                 sink=sink,
-                start_offsets={int(p): int(o) for p, o in offsets.items()} if offsets is not None else None,
                 session_timeout_ms=self.settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
             )

@@ -15,9 +15,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import bson
+from bson.errors import InvalidDocument, InvalidStringData
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def now() -> dt.datetime:
@@ -28,8 +32,43 @@ def completion_key(trigger: str, event_id: str) -> str:
     return f"{trigger}|{event_id}"
 
 
+def unstorable_reason(doc: dict[str, Any]) -> str | None:
+    """Why MongoDB would refuse ``doc`` (None when it is fine)."""
+    try:
+        bson.encode(doc)
+    except (OverflowError, InvalidDocument, InvalidStringData, UnicodeEncodeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def storable(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as MongoDB will take it: function results and event payloads are user data and may
+    hold integers beyond int64, lone surrogates or NUL in keys. Those are turned into text rather
+    than letting a record fail to save (and the event be retried forever)."""
+    if unstorable_reason(doc) is None:
+        return doc
+    out = _sanitise(doc)
+    assert isinstance(out, dict)
+    return out
+
+
+def _sanitise(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_sanitise(str(k)).replace("\x00", "\\x00"): _sanitise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitise(v) for v in value]
+    return value
+
+
 class Store:
-    def __init__(self, url: str, db_name: str) -> None:
+    def __init__(self, url: str, db_name: str, completion_ttl_s: float = 14 * 86400) -> None:
+        self.completion_ttl_s = completion_ttl_s
         # tz_aware so datetimes read back compare with now(); short server selection so an outage
         # surfaces as an error quickly instead of hanging a request for 30 s.
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -45,7 +84,10 @@ class Store:
         await db.invocations.create_index([("request_id", ASCENDING)])
         await db.invocations.create_index([("started_at", DESCENDING)])
         await db.dead_letters.create_index([("trigger", ASCENDING), ("created_at", DESCENDING)])
+        await db.inbox.create_index([("state", ASCENDING), ("not_before", ASCENDING), ("created_at", ASCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("lease_until", ASCENDING)])
+        # Completions only need to outlive redeliveries; without a TTL they would grow forever.
+        await db.completions.create_index("at", expireAfterSeconds=int(self.completion_ttl_s))
         await db.inbox.create_index([("request_id", ASCENDING)], sparse=True)
         await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
 
@@ -116,7 +158,7 @@ class Store:
 
     # -- invocations and completions --------------------------------------------------------
     async def record_invocation(self, doc: dict[str, Any]) -> None:
-        await self.db.invocations.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        await self.db.invocations.replace_one({"_id": doc["_id"]}, storable(doc), upsert=True)
 
     async def get_invocation(self, invocation_id: str) -> dict[str, Any] | None:
         doc = await self.db.invocations.find_one({"_id": invocation_id})
@@ -140,13 +182,16 @@ class Store:
             upsert=True,
         )
 
-    async def forget_completion(self, trigger: str, event_id: str) -> None:
-        await self.db.completions.delete_one({"_id": completion_key(trigger, event_id)})
+    async def forget_dead_lettered(self, trigger: str, event_id: str, dead_letter_id: str) -> None:
+        """Let a dead-lettered event run again (replay); a success is never forgotten."""
+        await self.db.completions.delete_one(
+            {"_id": completion_key(trigger, event_id), "outcome": "dead_lettered", "ref": dead_letter_id}
+        )
 
     # -- dead letters -----------------------------------------------------------------------
     async def put_dead_letter(self, doc: dict[str, Any]) -> None:
         """Upsert: the id is derived from (trigger, event), so a redelivered failure replaces, not adds."""
-        await self.db.dead_letters.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        await self.db.dead_letters.replace_one({"_id": doc["_id"]}, storable(doc), upsert=True)
 
     async def list_dead_letters(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         cursor = self.db.dead_letters.find(query).sort("created_at", DESCENDING).limit(limit)
@@ -167,12 +212,13 @@ class Store:
     async def inbox_put(self, items: list[dict[str, Any]]) -> None:
         """Durably queue items; returns only once MongoDB has them (majority on a replica set)."""
         if items:
-            await self.db.inbox.insert_many(items, ordered=True)
+            await self.db.inbox.insert_many([storable(i) for i in items], ordered=True)
 
     async def inbox_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
         t = now()
         return await self.db.inbox.find_one_and_update(
-            {"$or": [{"state": "pending"}, {"state": "leased", "lease_until": {"$lt": t}}]},
+            {"$or": [{"state": "pending", "not_before": {"$lte": t}},
+                     {"state": "leased", "lease_until": {"$lt": t}}]},
             {
                 "$set": {"state": "leased", "owner": owner, "lease_until": t + dt.timedelta(seconds=lease_s)},
                 "$inc": {"deliveries": 1},
@@ -181,20 +227,42 @@ class Store:
             return_document=ReturnDocument.AFTER,
         )
 
+    async def inbox_renew(self, item_id: Any, owner: str, lease_s: float) -> bool:
+        """Extend our lease; False when it was lost (another instance has the item now)."""
+        res = await self.db.inbox.update_one(
+            {"_id": item_id, "owner": owner, "state": "leased"},
+            {"$set": {"lease_until": now() + dt.timedelta(seconds=lease_s)}},
+        )
+        return res.matched_count == 1
+
     async def inbox_done(self, item_id: Any) -> None:
         await self.db.inbox.delete_one({"_id": item_id})
 
-    async def inbox_renew(self, item_id: Any, owner: str, lease_s: float) -> None:
-        await self.db.inbox.update_one(
-            {"_id": item_id, "owner": owner},
-            {"$set": {"lease_until": now() + dt.timedelta(seconds=lease_s)}},
-        )
-
-    async def inbox_release(self, item_id: Any) -> None:
-        await self.db.inbox.update_one({"_id": item_id}, {"$set": {"state": "pending"}})
+    async def inbox_release(self, item_id: Any, owner: str, delay_s: float = 0.0, error: str | None = None) -> None:
+        """Hand an item back (shutdown, or a failure to retry after ``delay_s``)."""
+        fields: dict[str, Any] = {"state": "pending", "not_before": now() + dt.timedelta(seconds=delay_s)}
+        if error is not None:
+            fields["last_error"] = error
+        await self.db.inbox.update_one({"_id": item_id, "owner": owner}, {"$set": fields})
 
     async def inbox_find_request(self, request_id: str) -> dict[str, Any] | None:
         return await self.db.inbox.find_one({"request_id": request_id})
 
     async def inbox_depth(self) -> int:
         return await self.db.inbox.count_documents({})
+
+    # -- leases (single-reader sources across hub instances) -------------------------------
+    async def acquire_lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        t = now()
+        try:
+            await self.db.leases.find_one_and_update(
+                {"_id": key, "$or": [{"owner": owner}, {"until": {"$lt": t}}]},
+                {"$set": {"owner": owner, "until": t + dt.timedelta(seconds=ttl_s)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # the lease exists and is someone else's
+            return False
+        return True
+
+    async def release_lease(self, key: str, owner: str) -> None:
+        await self.db.leases.delete_one({"_id": key, "owner": owner})

@@ -12,12 +12,16 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
+
 from connectors import kafka as kafka_source
 from connectors.s3 import S3Server, S3SetupError, ensure_bucket_notifications
 from hub import filters
 from hub.models import TriggerSpec
 from hub.settings import Settings
 from hub.store import Store, now
+
+log = structlog.get_logger("hub.triggers")
 
 
 class TriggerError(Exception):
@@ -31,13 +35,22 @@ def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def source_state_key(trigger: str, source_hash: str) -> str:
-    return f"{trigger}:{source_hash}"
+def source_identity(source: dict[str, Any]) -> str:
+    """What the trigger reads, as opposed to how: progress (resume token, consumer group) belongs
+    to this, so changing operations, full_document or a filter keeps the position and backlog."""
+    if source["type"] == "mongodb":
+        return _hash(["mongodb", source["database"], source["collection"]])
+    if source["type"] == "kafka":
+        return _hash(["kafka", source["topic"]])
+    return _hash(["s3", source["bucket"]])
 
 
-def kafka_group_id(trigger: str, source_hash: str) -> str:
-    # A changed source (another topic) gets a fresh group; a changed filter or retry keeps offsets.
-    return f"trigger-hub.{trigger}.{source_hash}"
+def source_state_key(trigger: str, identity: str) -> str:
+    return f"{trigger}:{identity}"
+
+
+def kafka_group_id(trigger: str, identity: str) -> str:
+    return f"trigger-hub.{trigger}.{identity}"
 
 
 def public_trigger(doc: dict[str, Any]) -> dict[str, Any]:
@@ -58,43 +71,61 @@ class TriggerService:
         except filters.PatternError as exc:
             raise TriggerError(400, f"filter: {exc}") from None
         source = spec.source.model_dump()
-        source_hash = _hash(source)
+        identity = source_identity(source)
         old = await self.store.get_trigger(name)
-        source_changed = old is None or old.get("source_hash") != source_hash
+        new_stream = old is None or old.get("source_identity") != identity
         extra: dict[str, Any] = {}
         if source["type"] == "s3":
             extra["notifications"] = await self._prepare_s3(source)
-        elif source_changed and source["type"] == "mongodb":
-            await self.store.set_source_state(
-                source_state_key(name, source_hash), name,
-                {"start_at_operation_time": await self.store.cluster_time(), "resume_token": None, "start_after": None},
-            )
-        elif source_changed and source["type"] == "kafka" and source["start"] == "latest":
-            offsets = await self._kafka_end_offsets(source["topic"])
-            await self.store.set_source_state(
-                source_state_key(name, source_hash), name,
-                {"start_offsets": {str(p): o for p, o in offsets.items()}},
-            )
+        elif source["type"] == "mongodb":
+            await self._check_mongodb(source)
+            if new_stream:
+                await self.store.set_source_state(
+                    source_state_key(name, identity), name,
+                    {"start_at_operation_time": await self.store.cluster_time(), "resume_token": None,
+                     "start_after": None},
+                )
+        elif source["type"] == "kafka" and new_stream:
+            await self._kafka_start(source["topic"], kafka_group_id(name, identity), source["start"])
         t = now()
         doc = {
             "_id": name,
             **spec.model_dump(),
             "source": source,
-            "source_hash": source_hash,
+            "source_hash": _hash(source),
+            "source_identity": identity,
             "revision": _hash(spec.model_dump()),
             **extra,
             "created_at": old["created_at"] if old else t,
             "updated_at": t,
         }
         await self.store.put_trigger(doc)
-        await self.on_change()
+        await self._changed()
         return doc, old is None
 
     async def delete(self, name: str) -> bool:
         deleted = await self.store.delete_trigger(name)
         if deleted:
-            await self.on_change()
+            await self._changed()
         return deleted
+
+    async def _changed(self) -> None:
+        # The trigger is saved; if starting its subscription fails now, the sync timer retries.
+        try:
+            await self.on_change()
+        except Exception as exc:
+            log.warning("applying trigger change failed; will retry", error=str(exc))
+
+    async def _check_mongodb(self, source: dict[str, Any]) -> None:
+        """``full_document: required`` fails on every update of a collection without post-images;
+        refuse it now rather than let the stream crash-loop later."""
+        if source["full_document"] != "required":
+            return
+        infos = await self.store.client[source["database"]].list_collections(filter={"name": source["collection"]})
+        options = next(iter(await infos.to_list(1)), {}).get("options", {})
+        if not options.get("changeStreamPreAndPostImages", {}).get("enabled"):
+            raise TriggerError(400, f"full_document 'required' needs changeStreamPreAndPostImages enabled on "
+                               f"{source['database']}.{source['collection']}; enable it or use 'updateLookup'")
 
     async def _prepare_s3(self, source: dict[str, Any]) -> dict[str, Any]:
         if source["transport"] != "webhook":
@@ -116,8 +147,11 @@ class TriggerService:
     def webhook_url(self) -> str:
         return f"{self.settings.base_url()}/v1/sources/s3/events?token={self.settings.webhook_token}"
 
-    async def _kafka_end_offsets(self, topic: str) -> dict[int, int]:
+    async def _kafka_start(self, topic: str, group_id: str, start: str) -> None:
+        """Commit the group's start offsets now, so messages produced right after this call run
+        even before the consumer group has joined."""
         try:
-            return await kafka_source.end_offsets(self.settings.kafka_bootstrap, topic)
+            await kafka_source.commit_start_offsets(self.settings.kafka_bootstrap, topic, group_id, start)
         except Exception as exc:
-            raise TriggerError(503, f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from None
+            raise TriggerError(503, f"cannot set up the consumer group on Kafka at "
+                               f"{self.settings.kafka_bootstrap}: {type(exc).__name__}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import zipfile
@@ -150,3 +151,62 @@ async def test_health_metrics_openapi(api: Api) -> None:
         assert "hub_invocations_total" in await r.text()
     spec = await api.ok("GET", "/v1/openapi.json")
     assert "/v1/triggers/{name}" in spec["paths"] and "FunctionSpec" in spec["components"]["schemas"]
+
+
+def _encrypted_zip() -> bytes:
+    """A zip whose member claims to be encrypted (stdlib cannot write real ZipCrypto)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("main.py", "def handler(e, c):\n    return 1\n")
+    data = bytearray(buf.getvalue())
+    for sig, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        pos = data.find(sig)
+        data[pos + flag_at] |= 1
+    return bytes(data)
+
+
+async def test_input_that_cannot_be_stored_is_a_clear_4xx(api: Api, unique: str) -> None:
+    status, reply = await api.call("PUT", f"/v1/functions/enc-{unique}", {
+        "handler": "main.handler", "code": {"zip_base64": base64.b64encode(_encrypted_zip()).decode()}})
+    assert status == 400 and "cannot be unpacked" in reply["error"], reply
+    surrogate = b'{"handler": "main.handler", "code": {"files": {"main.py": "x = \'\\ud800\'\\ndef handler(e, c): pass\\n"}}}'
+    status, reply = await api.call("PUT", f"/v1/functions/sur-{unique}", data=surrogate,
+                                   headers={"Content-Type": "application/json"})
+    assert status == 400 and "not valid unicode" in reply["error"], reply
+
+    await api.put_function(f"echo-{unique}", ECHO)
+    status, reply = await api.call("POST", f"/v1/functions/echo-{unique}/invoke?mode=async",
+                                   data=b'{"n": 123456789012345678901234567890}')
+    assert status == 400 and "cannot be queued" in reply["error"], reply
+    status, reply = await api.call("POST", f"/v1/functions/echo-{unique}/invoke?mode=async",
+                                   data=b'"' + b"x" * (2 * 1024 * 1024) + b'"')
+    assert status == 413, reply
+
+
+async def test_result_mongodb_cannot_hold_is_recorded_as_text(api: Api, unique: str) -> None:
+    await api.put_function(f"big-{unique}", "def handler(e, c):\n    return {'id': 2 ** 70}\n")
+    out = await api.ok("POST", f"/v1/functions/big-{unique}/invoke", {})
+    assert out["status"] == "succeeded"
+    record = await api.ok("GET", f"/v1/invocations/{out['invocation_id']}")
+    assert record["result"] == {"id": str(2**70)}
+
+
+async def test_huge_code_is_checked_without_stalling_the_hub(api: Api, unique: str) -> None:
+    big = "x = [" + "1," * 2_000_000 + "]\n\ndef handler(e, c):\n    return len(x)\n"
+    task = asyncio.create_task(api.call("PUT", f"/v1/functions/huge-{unique}",
+                                        {"handler": "main.handler", "code": {"files": {"main.py": big}}}))
+    # while the code is being compiled, the hub still answers
+    while not task.done():
+        async with api.session.get(api.base + "/healthz") as r:
+            assert r.status == 200
+        await asyncio.sleep(0.05)
+    status, reply = await task
+    assert status == 201, reply
+
+
+async def test_full_document_required_needs_post_images(api: Api, unique: str) -> None:
+    await api.put_function(f"fn-{unique}", ECHO)
+    status, reply = await api.call("PUT", f"/v1/triggers/req-{unique}", {
+        "function": f"fn-{unique}",
+        "source": {"type": "mongodb", "database": f"db_{unique}", "collection": "c", "full_document": "required"}})
+    assert status == 400 and "changeStreamPreAndPostImages" in reply["error"]

@@ -1,0 +1,88 @@
+"""Two hub instances on one MongoDB: change streams have a single reader (lease) that fails over;
+a trigger made through one instance works for webhook events arriving at the other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pymongo import AsyncMongoClient
+
+from hub.app import Hub
+from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
+from tests.test_sources import RECORD, minio_client
+
+
+async def _hub(servers: dict[str, Any], data_dir: Path, db: str) -> Hub:
+    hub = Hub(make_settings(servers, data_dir, db, lease_ttl_s=2.0, trigger_sync_interval_s=0.3))
+    await hub.start()
+    return hub
+
+
+async def test_change_stream_single_reader_and_failover(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    db = f"scale_{unique}"
+    a = await _hub(servers, tmp_path / "a", db)
+    b = await _hub(servers, tmp_path / "b", db)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    hubs = [a, b]
+    try:
+        api = Api(http, a.url)
+        await api.put_function("rec", RECORD)
+        await api.put_trigger("t", "rec", {"type": "mongodb", "database": f"app_{unique}", "collection": "c"})
+
+        async def readers() -> list[Hub] | None:
+            found = [h for h in hubs if h.sources.states().get("t") == "running"]
+            return found if found else None
+
+        (holder,) = await eventually(readers)
+        coll = mongo[f"app_{unique}"]["c"]
+        await coll.insert_many([{"n": n} for n in range(5)])
+        await api.wait_invocations(5, trigger="t")
+        await b.sources.reconcile()  # one more round: still only one reader
+        assert [h for h in hubs if "t" in h.sources.states()] == [holder]
+
+        hubs.remove(holder)
+        await holder.stop()
+        (survivor,) = await eventually(readers)
+        assert survivor is hubs[0]
+        await coll.insert_many([{"n": n} for n in range(5, 8)])
+        api = Api(http, survivor.url)
+        invs = await api.wait_invocations(8, trigger="t")
+        ran = Counter(i["result"]["data"]["fullDocument"]["n"] for i in invs if i["status"] == "succeeded")
+        assert ran == {n: 1 for n in range(8)}, ran
+    finally:
+        for h in hubs:
+            await h.stop()
+        await mongo.close()
+
+
+async def test_webhook_at_another_instance_sees_a_new_trigger(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    db = f"hook_{unique}"
+    # a long sync interval: only the look-again on a miss can make B know the trigger in time
+    a = Hub(make_settings(servers, tmp_path / "a", db, trigger_sync_interval_s=3600))
+    b = Hub(make_settings(servers, tmp_path / "b", db, trigger_sync_interval_s=3600))
+    await a.start()
+    await b.start()
+    try:
+        bucket = f"late-{unique}"
+        await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
+        api_a = Api(http, a.url)
+        await api_a.put_function("rec", RECORD)
+        await api_a.put_trigger("s3", "rec", {"type": "s3", "bucket": bucket})
+        body = json.loads((Path(__file__).parent / "data/s3/rgw_put.json").read_text())
+        body["Records"][0]["s3"]["bucket"]["name"] = bucket
+        async with http.post(b.url + f"/v1/sources/s3/events?token={WEBHOOK_TOKEN}", json=body) as r:
+            assert r.status == 200
+            assert (await r.json())["queued"] == 1
+        await Api(http, b.url).wait_invocations(1, trigger="s3")
+    finally:
+        await a.stop()
+        await b.stop()
