@@ -14,13 +14,18 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bson.errors import InvalidDocument, InvalidStringData
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import DocumentTooLarge
 
-from connectors.s3_records import NotificationError, SubscriptionConfirmation, parse_notification
+from connectors.s3_records import (
+    NotificationError,
+    SubscriptionConfirmation,
+    is_aws_sns_url,
+    parse_notification,
+)
 from hub.dispatch import Target
 from hub.events import Event
 from hub.models import NAME_RE, FunctionSpec, RetryPolicy, TriggerSpec
@@ -340,9 +345,7 @@ async def s3_webhook(request: web.Request) -> web.Response:
     try:
         events = parse_notification(raw)
     except SubscriptionConfirmation as confirm:
-        log.warning("SNS subscription confirmation received; open the SubscribeURL to confirm",
-                    subscribe_url=confirm.subscribe_url)
-        return reply({"status": "subscription confirmation logged"})
+        return reply(await _confirm_sns(confirm))
     except NotificationError as exc:
         raise ApiError(400, f"not an S3 notification: {exc}") from None
     hub.metrics.events.labels("s3").inc(len(events))
@@ -353,6 +356,26 @@ async def s3_webhook(request: web.Request) -> web.Response:
         wanted = [e for e in events if hub.router.match_s3(e)]
     await hub.inbox.put_events(wanted)
     return reply({"received": len(events), "queued": len(wanted)})
+
+
+async def _confirm_sns(confirm: SubscriptionConfirmation) -> dict[str, Any]:
+    """Confirm an AWS SNS subscription by fetching its SubscribeURL, but only an AWS SNS one: the
+    webhook must not become a way to make the hub GET arbitrary URLs."""
+    if not is_aws_sns_url(confirm.subscribe_url):
+        log.warning("SNS subscription confirmation with a SubscribeURL that is not AWS SNS; ignored",
+                    subscribe_url=confirm.subscribe_url)
+        return {"status": "ignored: SubscribeURL is not an AWS SNS endpoint"}
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=15)) as session:
+            async with session.get(confirm.subscribe_url) as resp:
+                ok = resp.status == 200
+    except Exception as exc:
+        log.warning("SNS subscription confirmation failed", topic=confirm.topic_arn, error=str(exc))
+        raise ApiError(502, f"could not confirm the SNS subscription: {exc}") from None
+    if not ok:
+        raise ApiError(502, f"SNS answered {resp.status} to the subscription confirmation")
+    log.info("SNS subscription confirmed", topic=confirm.topic_arn)
+    return {"status": "subscription confirmed"}
 
 
 # -- health ---------------------------------------------------------------------------------

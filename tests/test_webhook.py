@@ -78,3 +78,11 @@ async def test_webhook_rejects_bad_token_and_malformed_bodies(api: Api, hub: Hub
         assert status == 400, (bad, reply)
         assert "not an S3 notification" in reply["error"]
     assert await hub.store.inbox_depth() <= before
+
+
+async def test_sns_subscription_confirmation_only_follows_aws_urls(api: Api) -> None:
+    body = json.loads((DATA / "aws_sns_subscription_confirmation.json").read_text())
+    # a SubscribeURL pointing anywhere but AWS SNS (here: the hub itself) is not fetched
+    body["SubscribeURL"] = api.base + "/v1/functions"
+    status, reply = await _post(api, body, header=WEBHOOK_TOKEN)
+    assert status == 200 and reply["status"].startswith("ignored")
