@@ -352,7 +352,7 @@ async def s3_webhook(request: web.Request) -> web.Response:
     wanted = [e for e in events if hub.router.match_s3(e)]
     if len(wanted) < len(events):
         # The trigger may be new and made through another instance: look again before dropping.
-        await hub.sync_triggers()
+        await hub.reload_triggers()
         wanted = [e for e in events if hub.router.match_s3(e)]
     await hub.inbox.put_events(wanted)
     return reply({"received": len(events), "queued": len(wanted)})

@@ -106,6 +106,10 @@ class Hub:
             self.router.load(await self.store.list_triggers())
             await self.sources.reconcile()
 
+    async def reload_triggers(self) -> None:
+        """Re-read the trigger set only (cheap; for the webhook's look-again on a miss)."""
+        self.router.load(await self.store.list_triggers())
+
     async def _sync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.trigger_sync_interval_s)

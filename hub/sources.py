@@ -51,7 +51,8 @@ class Sources:
         for name in list(self.running):
             key, sub = self.running[name]
             if name not in wanted or wanted[name][0] != key:
-                await self._stop(name)
+                # a changed source restarts under the lease just renewed; only a drop releases it
+                await self._stop(name, release=name not in wanted)
         for name, (key, trigger) in wanted.items():
             if name not in self.running:
                 sub = await self._subscription(trigger)
@@ -66,13 +67,14 @@ class Sources:
     def _lease_key(name: str) -> str:
         return f"stream:{name}"
 
-    async def _stop(self, name: str) -> None:
+    async def _stop(self, name: str, release: bool = True) -> None:
         _, sub = self.running.pop(name)
         await sub.stop()
-        try:
-            await self.store.release_lease(self._lease_key(name), self.owner)
-        except Exception:
-            pass  # it runs out by itself
+        if release:
+            try:
+                await self.store.release_lease(self._lease_key(name), self.owner)
+            except Exception:
+                pass  # it runs out by itself
         log.info("subscription stopped", trigger=name)
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ import pytest
 import hub.sandbox.pool as pool_module
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
 from hub.sandbox.pool import SandboxPool
+from tests.test_sandbox import make_pool
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -63,12 +64,7 @@ def handler(event, context):
 
 async def _pool(tmp: Path, isolation: str) -> SandboxPool:
     os.environ["HUB_API_TOKEN_FOR_TEST"] = HUB_SECRET  # the hub's environment holds a secret
-    p = SandboxPool(isolation, data_dir=tmp, idle_ttl_s=30.0)
-    try:
-        await p.start()
-    except RuntimeError as exc:
-        pytest.skip(f"bubblewrap does not work here: {exc}")
-    return p
+    return await make_pool(tmp, isolation, idle_ttl_s=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -506,12 +502,8 @@ async def test_unreadable_code_is_explained(pool: SandboxPool, tmp_path: Path) -
 
 async def test_hung_import_times_out(tmp_path_factory: pytest.TempPathFactory,
                                      good: FunctionRuntime, tmp_path: Path) -> None:
-    p = SandboxPool("bwrap", data_dir=tmp_path_factory.mktemp("hung"), init_timeout_s=1.0)
+    p = await make_pool(tmp_path_factory.mktemp("hung"), init_timeout_s=1.0)
     try:
-        try:
-            await p.start()
-        except RuntimeError as exc:
-            pytest.skip(str(exc))
         fn = write_fn(tmp_path, "while True:\n    pass\ndef handler(event, context):\n    pass\n")
         rep = await p.invoke(fn, {}, ctx())
         assert rep.status is Status.timeout and (rep.error or {})["type"] == "InitTimeout"

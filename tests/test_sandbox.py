@@ -61,7 +61,8 @@ async def make_pool(tmp: Path, isolation: str = "bwrap", **kw: Any) -> SandboxPo
     try:
         await pool.start()
     except RuntimeError as exc:
-        pytest.skip(f"bubblewrap does not work here: {exc}")
+        # bwrap is installed by ./scripts/setup; a sandbox test that cannot sandbox must fail
+        pytest.fail(f"bubblewrap does not work here (run ./scripts/setup?): {exc}", pytrace=False)
     return pool
 
 
