@@ -93,7 +93,7 @@ def path_name(request: web.Request) -> str:
     import re
 
     name = request.match_info["name"]
-    if not re.match(NAME_RE, name):
+    if not re.fullmatch(NAME_RE, name):
         raise ApiError(400, f"bad name {name!r}: use letters, digits, '_', '-', '.' (max 63)")
     return name
 

@@ -44,9 +44,14 @@ class FunctionSpec(_Strict):
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        for key, value in env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"env name {key!r} is not a valid variable name")
+            # NUL cannot be in an environment variable (and would split sandbox arguments)
+            if "\x00" in value:
+                raise ValueError(f"env {key}: values cannot contain NUL characters")
+        if sum(len(k) + len(v) for k, v in env.items()) > 4096:
+            raise ValueError("env is larger than 4 KB in total (Lambda's limit)")
         return env
 
 

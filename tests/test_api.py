@@ -93,6 +93,11 @@ async def test_function_validation_errors(api: Api, unique: str) -> None:
         ({"handler": "main.handler"}, "code: Field required"),
         ({"handler": "main.handler", "code": {"files": {"main.py": "x=1"}}, "memory_mb": 1}, "memory_mb"),
         ({"handler": "main.handler", "code": {"files": {"main.py": "x=1"}}, "bogus": 1}, "bogus"),
+        # NUL would split the sandbox's NUL-separated arguments: never accepted
+        ({"handler": "main.handler", "code": {"files": {"main.py": "x=1"}},
+          "env": {"X": "a\x00--ro-bind\x00/\x00/tmp"}}, "cannot contain NUL"),
+        ({"handler": "main.handler", "code": {"files": {"main.py": "x=1"}}, "env": {"X\n": "a"}},
+         "not a valid variable name"),
     ]
     for body, message in cases:
         status, reply = await api.call("PUT", f"/v1/functions/bad-{unique}", body)
