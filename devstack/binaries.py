@@ -33,6 +33,25 @@ log = logging.getLogger("devstack")
 SETUP_HINT = "run ./scripts/setup (it installs the server wheels and the Debian packages)"
 
 
+class Managed:
+    """``with Server(...) as s:`` starts it and always stops it (subclasses define start/stop)."""
+
+    def start(self: _M) -> _M:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _M) -> _M:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+_M = TypeVar("_M", bound=Managed)
+
+
 class ServerError(RuntimeError):
     """A server could not be found, started or reached. The message says why and what to do."""
 

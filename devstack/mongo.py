@@ -11,13 +11,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
 from devstack.binaries import (
+    Managed,
     Arg,
     ServerError,
     ensure_port_free,
@@ -32,7 +32,7 @@ from devstack.binaries import (
 NOT_YET_INITIALIZED = 94
 
 
-class MongoServer:
+class MongoServer(Managed):
     """mongod on 127.0.0.1:port with its dbpath and log under data_dir.
 
     Use ``with MongoServer(dir) as mongo: mongo.url`` or ``start()`` / ``stop()``.
@@ -151,17 +151,6 @@ class MongoServer:
         """SIGTERM (mongod flushes and exits), SIGKILL after a grace period. Idempotent."""
         proc, self.proc = self.proc, None
         stop_process(proc, timeout=30.0, pidfile=self.pidfile)
-
-    def __enter__(self) -> MongoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"MongoServer(url={self.url!r}, data_dir={str(self.data_dir)!r}, pid={self.pid})"

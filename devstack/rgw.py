@@ -24,10 +24,10 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from devstack.binaries import (
+    Managed,
     Arg,
     ServerError,
     ensure_port_free,
@@ -48,7 +48,7 @@ RGW_NAME = "client.rgw.a"
 STATE_FILE = "cluster.json"
 
 
-class CephRGW:
+class CephRGW(Managed):
     """Ceph mon + OSD + radosgw with one S3 user (access_key / secret_key)."""
 
     def __init__(
@@ -107,17 +107,6 @@ class CephRGW:
         for name in ("rgw", "osd", "mon"):
             proc = self.procs.pop(name, None)
             stop_process(proc, timeout=20.0, pidfile=self._pidfile(name))
-
-    def __enter__(self) -> CephRGW:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"CephRGW(endpoint={self.endpoint!r}, data_dir={str(self.data_dir)!r}, pids={self.pids})"

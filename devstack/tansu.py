@@ -11,9 +11,9 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from devstack.binaries import (
+    Managed,
     Arg,
     ServerError,
     ensure_port_free,
@@ -32,7 +32,7 @@ _TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_
               "SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
-class TansuServer:
+class TansuServer(Managed):
     """A broker on 127.0.0.1:port; its log goes to data_dir/tansu.log."""
 
     def __init__(
@@ -92,17 +92,6 @@ class TansuServer:
         """Idempotent; the broker's data (memory) goes with it."""
         proc, self.proc = self.proc, None
         stop_process(proc, timeout=10.0, pidfile=self.pidfile)
-
-    def __enter__(self) -> TansuServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"TansuServer(bootstrap={self.bootstrap!r}, pid={self.pid})"
