@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import signal
+import sys
 import textwrap
 import time
 import uuid
@@ -327,16 +329,203 @@ async def test_cannot_write_outside_tmp(pool: SandboxPool, good: FunctionRuntime
 
 async def test_tmp_size_is_limited(pool: SandboxPool, good: FunctionRuntime,
                                    tmp_path: Path) -> None:
+    """Each 40 MB file is within RLIMIT_FSIZE; together they overflow the 64 MB /tmp."""
     fn = write_fn(tmp_path, """
+        def handler(event, context):
+            out = {}
+            for name in ("/tmp/a", "/tmp/b"):
+                try:
+                    with open(name, "wb") as f:
+                        for _ in range(40):
+                            f.write(b"x" * (1024 * 1024))
+                    out[name] = "ok"
+                except OSError as exc:
+                    out[name] = "%s %s" % (exc.errno, exc.strerror)
+            return out
+    """, timeout_s=10.0)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.succeeded, rep
+    assert rep.result["/tmp/a"] == "ok", rep.result
+    assert rep.result["/tmp/b"].startswith("28 "), rep.result  # ENOSPC
+    big = write_fn(tmp_path, """
         def handler(event, context):
             with open("/tmp/big", "wb") as f:
                 for _ in range(1024):
                     f.write(b"x" * (1024 * 1024))
     """, timeout_s=10.0)
-    rep = await pool.invoke(fn, {}, ctx())
+    rep = await pool.invoke(big, {}, ctx())
     assert rep.status is Status.failed and (rep.error or {})["type"] == "OSError", rep
     assert "File too large" in (rep.error or {})["message"] or \
         "No space left" in (rep.error or {})["message"]
+    await still_serving(pool, good)
+
+
+async def test_env_nul_cannot_inject_bwrap_options(pool: SandboxPool, good: FunctionRuntime,
+                                                   tmp_path: Path) -> None:
+    """bwrap's --args list is NUL-separated: a NUL in env must not become extra options."""
+    fn = write_fn(tmp_path, """
+        import os
+        def handler(event, context):
+            return sorted(os.listdir("/tmp"))
+    """, env={"X": "a\0--ro-bind\0/\0/tmp"})
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.failed, rep
+    err = rep.error or {}
+    assert err["type"] == "InvalidConfiguration" and "NUL" in err["message"], err
+    for env in ({"A\0B": "x"}, {"A=B": "x"}):  # names too
+        bad = write_fn(tmp_path, GOOD, env=env)
+        rep = await pool.invoke(bad, {}, ctx())
+        assert rep.status is Status.failed and (rep.error or {})["type"] == "InvalidConfiguration"
+    await still_serving(pool, good)
+
+
+def test_bwrap_args_refuse_nul(tmp_path: Path) -> None:
+    from hub.sandbox import bwrap as bw
+
+    with pytest.raises(ValueError):
+        bw.args_memfd(["--setenv", "X", "a\0--ro-bind\0/\0/tmp"])
+    cmd = bw.BwrapCommand(bw.interpreter(), Path(pool_module.__file__), userns_fd=None)
+    fn = write_fn(tmp_path, GOOD, env={"X": "a\0b"})
+    with pytest.raises(ValueError):
+        cmd.argv(fn, limits=bw.SandboxLimits(), uid=None, config={})
+
+
+async def test_nested_user_namespaces_are_blocked(pool: SandboxPool, good: FunctionRuntime,
+                                                  tmp_path: Path) -> None:
+    """A nested userns would give mount powers (an unbounded tmpfs past /tmp and RLIMIT_AS)."""
+    fn = write_fn(tmp_path, """
+        import ctypes, os, shutil, subprocess
+        def handler(event, context):
+            libc = ctypes.CDLL(None, use_errno=True)
+            out = {"unshare": libc.unshare(0x10000000), "errno": ctypes.get_errno()}
+            if shutil.which("unshare"):
+                p = subprocess.run(["unshare", "-r", "true"], capture_output=True)
+                out["cli"] = p.returncode
+            return out
+    """, timeout_s=10.0)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.succeeded, rep
+    assert rep.result["unshare"] == -1 and rep.result["errno"] != 0, rep.result
+    assert rep.result.get("cli", 1) != 0, rep.result
+    await still_serving(pool, good)
+
+
+async def test_stray_processes_are_counted_by_the_hub(pool: SandboxPool, good: FunctionRuntime,
+                                                      tmp_path: Path) -> None:
+    """A function that silences the runtime's own stray check still loses its daemon."""
+    fn = write_fn(tmp_path, """
+        import os, time, __main__
+        __main__._stray_processes = lambda baseline: 0
+        def handler(event, context):
+            if event.get("spawn"):
+                if os.fork() == 0:
+                    os.setsid()
+                    while True:
+                        time.sleep(0.2)
+            return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    """)
+    first = await pool.invoke(fn, {"spawn": True}, ctx())
+    assert first.status is Status.succeeded and len(first.result) == 3, first
+    second = await pool.invoke(fn, {}, ctx())
+    assert second.status is Status.succeeded, second
+    assert second.cold_start, "a worker with a leftover process was reused"
+    assert second.result == [1, 2], second.result
+    await still_serving(pool, good)
+
+
+FORGED = """
+    import os, __main__
+    def handler(event, context):
+        __main__._send_bytes(event["frame"].encode())
+        if event.get("die"):
+            os._exit(0)
+        return "real"
+"""
+
+
+@pytest.mark.parametrize("frame", [
+    '{"op":"result","ok":true,"result":1,"strays":1e999,"cpu_s":1e999,"rss_kb":1e999}',
+    '{"op":"result","ok":true,"result":1,"strays":-1e999,"cpu_s":NaN,"rss_kb":-Infinity}',
+    '{"op":"result","ok":true,"result":1,"strays":"x","cpu_s":[],"rss_kb":{}}',
+    '{"op":"exit","code":1e999}',
+])
+async def test_forged_numbers_do_not_break_the_pool(pool: SandboxPool, good: FunctionRuntime,
+                                                    tmp_path: Path, frame: str) -> None:
+    fn = write_fn(tmp_path, FORGED)
+    for die in (True, False):
+        rep = await pool.invoke(fn, {"frame": frame, "die": die}, ctx())
+        assert rep.status in (Status.succeeded, Status.crashed), rep
+        assert (rep.error or {}).get("type") != "PoolError", rep
+        if rep.max_memory_mb is not None:
+            assert math.isfinite(rep.max_memory_mb) and rep.max_memory_mb <= fn.memory_mb + 64
+    await still_serving(pool, good)
+
+
+async def test_deeply_nested_frame_is_a_protocol_error(pool: SandboxPool, good: FunctionRuntime,
+                                                       tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, """
+        import os, __main__
+        def handler(event, context):
+            nested = (b"[" * event["n"]) + (b"]" * event["n"])
+            body = b'{"op":"result","ok":true,"result":' + nested + b'}'
+            os.write(__main__._fd, len(body).to_bytes(4, "big") + body)
+            return "real"
+    """, timeout_s=30.0)
+    for n in (200_000, 500):
+        rep = await pool.invoke(fn, {"n": n}, ctx())
+        # Not a timeout: the pool notices at once and ends the worker.
+        assert rep.status is Status.crashed, rep
+        err = rep.error or {}
+        assert err["type"] == "ProtocolError" and "nested too deeply" in err["message"], err
+    await still_serving(pool, good)
+
+
+@pytest.mark.parametrize("depth, ok", [(100, True), (101, False), (500, False), (995, False)])
+async def test_result_nested_too_deeply(both: SandboxPool, good: FunctionRuntime, tmp_path: Path,
+                                        depth: int, ok: bool) -> None:
+    fn = write_fn(tmp_path, """
+        def handler(event, context):
+            x = 0
+            for _ in range(event["d"]):
+                x = [x]
+            return x
+    """)
+    rep = await both.invoke(fn, {"d": depth}, ctx())
+    if ok:
+        assert rep.status is Status.succeeded, rep
+    else:
+        assert rep.status is Status.failed, rep
+        assert (rep.error or {})["type"] == "ResultTooDeep"
+        assert "result nested too deeply" in (rep.error or {})["message"]
+    await still_serving(both, good)
+
+
+async def test_memory_is_limited_across_child_processes(pool: SandboxPool, good: FunctionRuntime,
+                                                        tmp_path: Path) -> None:
+    """RLIMIT_AS is per process: the pool measures the whole tree against memory_mb."""
+    fn = write_fn(tmp_path, """
+        import os, time
+        def handler(event, context):
+            kids = []
+            for i in range(10):
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        b = bytearray(50 << 20)
+                        for j in range(0, len(b), 4096):
+                            b[j] = 1
+                        time.sleep(3)
+                    finally:
+                        os._exit(0)
+                kids.append(pid)
+            for k in kids:
+                os.waitpid(k, 0)
+            return "done"
+    """, memory_mb=64, timeout_s=20.0)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert rep.status is Status.out_of_memory, rep
+    assert "memory limit of 64 MB exceeded" in (rep.error or {})["message"]
+    assert pool.stats()["functions"][fn.name]["warm"] == 0
     await still_serving(pool, good)
 
 
@@ -519,3 +708,42 @@ async def test_report_is_never_an_exception(pool: SandboxPool, tmp_path: Path) -
     rep = await pool.invoke(fn, {}, ctx())
     assert isinstance(rep, InvocationReport) and rep.status is Status.crashed
     assert "does-not-exist" in rep.stderr
+
+
+HUB_DIES = """
+import asyncio, os, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from hub.sandbox.base import FunctionRuntime, InvokeContext
+from hub.sandbox.pool import SandboxPool
+
+async def main():
+    p = SandboxPool("process", data_dir=Path(sys.argv[2]), idle_ttl_s=30)
+    await p.start()
+    fn = FunctionRuntime(name="sleeper", version="v1", handler="main.handler",
+                         code_dir=Path(sys.argv[3]), timeout_s=60)
+    def report():
+        print("PIDS", " ".join(str(pid) for w in p.workers() for pid in w.process_ids()), flush=True)
+        os.kill(os.getpid(), 9)  # the hub dies without any cleanup
+    asyncio.get_running_loop().call_later(1.0, report)
+    await p.invoke(fn, {}, InvokeContext("i", "t"))
+
+asyncio.run(main())
+"""
+
+
+async def test_process_mode_workers_die_with_the_hub(tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, "import time\ndef handler(event, context):\n    time.sleep(60)\n")
+    script = tmp_path / "hub.py"
+    script.write_text(HUB_DIES)
+    repo = str(Path(pool_module.__file__).resolve().parents[2])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), repo, str(tmp_path / "data"), str(fn.code_dir),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("PIDS")]
+    assert lines, out
+    pids = [int(x) for x in lines[-1].split()[1:]]
+    assert pids, "the worker was not running"
+    await until(lambda: all(gone(pid) for pid in pids))

@@ -81,11 +81,32 @@ def interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
+class SandboxConfigError(ValueError):
+    """The function's configuration cannot be expressed safely (e.g. a NUL in ``env``)."""
+
+
+def check_arg(arg: str, what: str = "argument") -> str:
+    """Refuse anything that could break out of its slot in a NUL-separated argument list."""
+    if not isinstance(arg, str):
+        raise SandboxConfigError(f"{what} must be a string, not {type(arg).__name__}")
+    if "\0" in arg:
+        raise SandboxConfigError(f"{what} contains a NUL character: {arg[:60]!r}")
+    return arg
+
+
 def clean_env(fn: FunctionRuntime) -> dict[str, str]:
-    """The only environment a function sees: a few neutral defaults plus its own ``env``."""
+    """The only environment a function sees: a few neutral defaults plus its own ``env``.
+
+    Raises :class:`SandboxConfigError` for names/values that cannot be passed safely (NUL, or a
+    name containing ``=``).
+    """
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
            "TMPDIR": "/tmp"}
-    env.update({str(k): str(v) for k, v in fn.env.items()})
+    for k, v in fn.env.items():
+        name, value = check_arg(str(k), "env name"), check_arg(str(v), f"env value of {k!r}")
+        if not name or "=" in name:
+            raise SandboxConfigError(f"invalid env name {name[:60]!r}")
+        env[name] = value
     return env
 
 
@@ -142,7 +163,8 @@ class BwrapCommand:
         if self.userns_fd is not None:
             a += ["--userns", str(self.userns_fd)]
         else:
-            a += ["--unshare-user"]
+            # No nested user namespaces (they would grant mount/tmpfs powers inside).
+            a += ["--unshare-user", "--disable-userns"]
         a += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         if not fn.network:
             a += ["--unshare-net"]
@@ -164,6 +186,8 @@ class BwrapCommand:
                     "--inh-caps=-all", "--bounding-set=-all"]
         cmd += [self.python, "-I", "-S", "-B", f"{RUNTIME_DIR}/{self.runtime_file.name}"]
         cmd += [_config_json(config)]
+        for arg in (*a, *cmd):  # last line of defence for the NUL-separated --args list
+            check_arg(arg)
         return a, cmd
 
 
@@ -175,6 +199,9 @@ def _config_json(config: dict[str, Any]) -> str:
 
 def args_memfd(args: list[str]) -> int:
     """A sealed-by-convention memfd holding NUL-separated args for ``bwrap --args``."""
+    for a in args:
+        if "\0" in a:  # one arg must stay one arg: a NUL would inject bwrap options
+            raise SandboxConfigError(f"bwrap argument contains a NUL character: {a[:60]!r}")
     fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
     data = b"".join(a.encode() + b"\0" for a in args)
     view = memoryview(data)
@@ -255,12 +282,21 @@ class UserNamespace:
             "libc=ctypes.CDLL(None,use_errno=True)\n"
             "if libc.unshare(0x10000000)!=0:\n"
             "    sys.stdout.write('error %d\\n'%ctypes.get_errno());sys.stdout.flush();raise SystemExit(1)\n"
+            "sys.stdout.write('ok\\n');sys.stdout.flush()\n"
+            "sys.stdin.readline()\n"  # the parent has written our uid/gid maps
+            # No user namespaces below this one: a nested userns would give the function
+            # CAP_SYS_ADMIN over fresh mount namespaces (unbounded tmpfs, ...). The sysctl is
+            # per user namespace: the host's value is untouched.
+            "try:\n"
+            "    f=open('/proc/sys/user/max_user_namespaces','w');f.write('0');f.close()\n"
+            "except OSError as e:\n"
+            "    sys.stdout.write('error max_user_namespaces: %s\\n'%e);sys.stdout.flush();raise SystemExit(1)\n"
             "sys.stdout.write('ok\\n');sys.stdout.flush();sys.stdin.read()\n"
         )
         proc = subprocess.Popen([python, "-I", "-S", "-c", helper], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env={})
         try:
-            assert proc.stdout is not None
+            assert proc.stdout is not None and proc.stdin is not None
             line = proc.stdout.readline().decode().strip()
             if line != "ok":
                 raise OSError(f"unshare(CLONE_NEWUSER) failed: {line or 'no answer'}")
@@ -268,6 +304,11 @@ class UserNamespace:
             for name in ("uid_map", "gid_map"):
                 with open(f"/proc/{proc.pid}/{name}", "w") as f:
                     f.write(mapping)
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline().decode().strip()
+            if line != "ok":
+                raise OSError(f"cannot disable nested user namespaces: {line or 'no answer'}")
             fd = os.open(f"/proc/{proc.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             proc.kill()
@@ -308,7 +349,7 @@ async def probe(python: str, runtime_file: Path, userns: UserNamespace | None) -
     if userns is not None:
         a += ["--userns", str(userns.fd)]
     else:
-        a += ["--unshare-user"]
+        a += ["--unshare-user", "--disable-userns"]
     a += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
           "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if userns is not None:

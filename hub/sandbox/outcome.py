@@ -41,6 +41,8 @@ class Outcome:
     signal: int | None = None
     voluntary_exit: bool = False  # the runtime announced the exit (sys.exit in the handler)
     message: str = ""
+    oom_killed: bool = False  # the pool killed it: its processes together exceeded memory_mb
+    peak_bytes: int = 0  # the pool's own measurement of the worker's memory (all processes)
 
 
 class OutputCapture:
@@ -105,9 +107,14 @@ def invocation_report(fn: FunctionRuntime, out: Outcome) -> InvocationReport:
         else:
             status = Status.out_of_memory if frame.get("oom") else Status.failed
             report = InvocationReport(status=status, error=clean_error(frame.get("error")))
+        # rss_kb comes from the worker (informational only): bounded, never trusted.
         rss_kb = frame.get("rss_kb")
-        if isinstance(rss_kb, (int, float)) and rss_kb > 0:
-            report.max_memory_mb = round(rss_kb / 1024.0, 2)
+        peak_mb = out.peak_bytes / (1024.0 * 1024.0)
+        if (isinstance(rss_kb, (int, float)) and not isinstance(rss_kb, bool)
+                and math.isfinite(rss_kb) and 0 < rss_kb < 1 << 40):
+            peak_mb = max(peak_mb, min(rss_kb / 1024.0, float(fn.memory_mb)))
+        if peak_mb > 0:
+            report.max_memory_mb = round(peak_mb, 2)
     elif out.kind is Kind.timeout:
         report = InvocationReport(status=Status.timeout, error={
             "type": "Timeout",
@@ -123,6 +130,16 @@ def invocation_report(fn: FunctionRuntime, out: Outcome) -> InvocationReport:
 
 def abnormal_report(fn: FunctionRuntime, out: Outcome) -> InvocationReport:
     """The worker process ended (or broke the protocol) without a response."""
+    if out.oom_killed:
+        report = InvocationReport(
+            status=Status.out_of_memory, exit_code=out.exit_code, signal=out.signal,
+            error={"type": "MemoryError", "traceback": "",
+                   "message": f"memory limit of {fn.memory_mb} MB exceeded: the worker's "
+                              f"processes used {out.peak_bytes / 1048576:.0f} MB together; "
+                              "the worker was killed"})
+        if out.peak_bytes:
+            report.max_memory_mb = round(out.peak_bytes / 1048576, 2)
+        return report
     if out.kind is Kind.protocol:
         return InvocationReport(status=Status.crashed, error={
             "type": "ProtocolError", "message": out.message, "traceback": ""})
@@ -181,18 +198,83 @@ def signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def as_int(v: Any, default: int = 1) -> int:
-    try:
+def as_int(v: Any, default: int = 1, lo: int = -(1 << 31), hi: int = (1 << 31) - 1) -> int:
+    """An untrusted number as a bounded int (``default`` for junk, inf, NaN or out of range)."""
+    if isinstance(v, bool):
         return int(v)
-    except (TypeError, ValueError):
-        return default
-
-
-def as_float(v: Any) -> float:
     try:
-        return float(v)
-    except (TypeError, ValueError):
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return n if lo <= n <= hi else default
+
+
+def as_float(v: Any, lo: float = 0.0, hi: float = 1e9) -> float:
+    """An untrusted number as a finite float clamped to [lo, hi] (0.0 for junk)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
         return 0.0
+    if not math.isfinite(f):
+        return 0.0
+    return min(max(f, lo), hi)
+
+
+def json_depth_exceeds(obj: Any, limit: int) -> bool:
+    """True if ``obj`` has more than ``limit`` levels of lists/dicts (iterative)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        cur, depth = stack.pop()
+        if isinstance(cur, dict):
+            items: Any = cur.values()
+        elif isinstance(cur, list):
+            items = cur
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((x, depth + 1) for x in items if isinstance(x, (dict, list)))
+    return False
+
+
+def _live(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2:][:1]
+    return state not in (b"Z", b"X", b"")
+
+
+def live_descendants(pid: int) -> list[int]:
+    return [p for p in descendants(pid) if _live(p)]
+
+
+def tree_memory_bytes(pid: int) -> int:
+    """Memory of ``pid`` and its descendants: PSS (shared pages split, so forks are not
+    counted twice), VmRSS where smaps_rollup is unavailable."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        key, path = b"Pss:", f"/proc/{p}/smaps_rollup"
+        try:
+            f = open(path, "rb")
+        except OSError:
+            key, path = b"VmRSS:", f"/proc/{p}/status"
+            try:
+                f = open(path, "rb")
+            except OSError:
+                continue
+        try:
+            with f:
+                for line in f:
+                    if line.startswith(key):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def descendants(pid: int) -> list[int]:

@@ -85,6 +85,7 @@ except ImportError:  # pragma: no cover - interpreters built without the acceler
 
 
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # Lambda's synchronous response limit
+MAX_RESULT_DEPTH = 100  # MongoDB's nesting limit: deeper results could never be stored
 
 _fd = -1
 _forked = False  # True in a child the function forked: it must never touch the protocol
@@ -471,12 +472,17 @@ def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleTyp
             _child_exit()
         try:
             payload = _dumps(result)
-        except (TypeError, ValueError, RecursionError) as exc:
+        except RecursionError:
+            return _too_deep()
+        except (TypeError, ValueError) as exc:
             return {"op": "result", "ok": False, "oom": False, "error": {
                 "type": "TypeError",
                 "message": "result is not JSON serializable: %s" % exc,
                 "traceback": "",
             }}
+        if (payload.count("[") + payload.count("{") > MAX_RESULT_DEPTH
+                and _nesting_exceeds(result, MAX_RESULT_DEPTH)):
+            return _too_deep()
         if len(payload) > MAX_RESULT_BYTES:
             return {"op": "result", "ok": False, "oom": False, "error": {
                 "type": "ResultTooLarge",
@@ -486,6 +492,34 @@ def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleTyp
         return payload
     except MemoryError:
         return oom_frame
+
+
+def _too_deep() -> Doc:
+    return {"op": "result", "ok": False, "oom": False, "error": {
+        "type": "ResultTooDeep",
+        "message": "result nested too deeply: more than %d levels of lists/objects"
+                   % MAX_RESULT_DEPTH,
+        "traceback": "",
+    }}
+
+
+def _nesting_exceeds(obj: Any, limit: int) -> bool:
+    """True if ``obj`` has more than ``limit`` levels of lists/dicts (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        cur, depth = stack.pop()
+        if isinstance(cur, dict):
+            items: Any = cur.values()
+        elif isinstance(cur, (list, tuple)):
+            items = cur
+        else:
+            continue
+        if depth > limit:
+            return True
+        for item in items:
+            if isinstance(item, (dict, list, tuple)):
+                stack.append((item, depth + 1))
+    return False
 
 
 def _meter(resource: ModuleType) -> tuple[int, float]:

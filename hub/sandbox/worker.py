@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hub.sandbox.base import FunctionRuntime
-from hub.sandbox.bwrap import SpawnConfig, worker_command
+from hub.sandbox.bwrap import SandboxConfigError, SpawnConfig, worker_command
 from hub.sandbox.outcome import (
     Kind,
     Outcome,
@@ -33,12 +33,38 @@ from hub.sandbox.outcome import (
     as_int,
     descendants,
     is_signal,
+    json_depth_exceeds,
+    live_descendants,
+    tree_memory_bytes,
     tree_rss_bytes,
 )
 
 MAX_FRAME = 6 * 1024 * 1024 + 256 * 1024  # 6 MB result + envelope
 _READ_CHUNK = 256 * 1024
 _DRAIN_MAX_READS = 64  # per callback / drain: bounds how long a chatty worker can hold the loop
+MEMORY_SAMPLE_S = 0.05  # how often a busy worker's process tree is measured
+MEMORY_SLACK_MB = 16  # bwrap's own two processes and measurement jitter
+MAX_FRAME_DEPTH = 102  # the runtime refuses results deeper than 100; +1 for the envelope
+# Processes a healthy worker has below the process we spawned: bwrap's pid-1 and the runtime.
+_EXPECTED_DESCENDANTS = {"bwrap": 2, "process": 0}
+
+
+def _load_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child, before exec: SIGKILL us when the hub's spawning thread dies."""
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 class Worker:
@@ -77,6 +103,9 @@ class Worker:
         self._announced_exit: int | None = None
         self._expecting = False  # exactly one frame may arrive per request (ready or response)
         self._scratch: Path | None = None
+        self._mem_handle: asyncio.TimerHandle | None = None
+        self._mem_peak = 0
+        self._oom_killed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,6 +119,13 @@ class Worker:
         self._expecting = True
         try:
             self._spawn()
+        except SandboxConfigError as exc:  # e.g. a NUL in env: the function's fault, not ours
+            if not self._exited.done():
+                self._exited.set_result(-1)
+            self._cleanup()
+            return Outcome(Kind.init_error, frame={"error": {
+                "type": "InvalidConfiguration", "message": f"refused to start the worker: {exc}",
+                "traceback": ""}}, message=str(exc))
         except Exception as exc:  # bwrap/python missing, fd exhaustion, ...
             if not self._exited.done():
                 self._exited.set_result(-1)
@@ -138,11 +174,13 @@ class Worker:
             os.close(out_w)
             os.close(err_w)
             raise
+        # bwrap has --die-with-parent; a plain process gets SIGKILL when the hub dies.
+        preexec = _die_with_parent if cfg.isolation != "bwrap" and _PRCTL is not None else None
         try:
             self._proc = subprocess.Popen(
                 cmd.argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                 pass_fds=[child.fileno(), *cmd.pass_fds], close_fds=True, env=cmd.env,
-                cwd=cmd.cwd, start_new_session=True)
+                cwd=cmd.cwd, start_new_session=True, preexec_fn=preexec)
         finally:
             child.close()
             for fd in (out_w, err_w, *cmd.close_after):
@@ -232,8 +270,22 @@ class Worker:
                 return out
             except OSError:
                 pass
-        out = await self._next(timeout_s, t0)
+        self._mem_peak = 0
+        self._mem_handle = self._loop.call_later(MEMORY_SAMPLE_S, self._sample_memory)
+        try:
+            out = await self._next(timeout_s, t0)
+        finally:
+            if self._mem_handle is not None:
+                self._mem_handle.cancel()
+                self._mem_handle = None
+        out.peak_bytes = self._mem_peak
         out.stdout, out.stderr, out.truncated = self.take_output()
+        if self._oom_killed:
+            # Its processes together went over memory_mb (RLIMIT_AS is per process only).
+            code = await self._wait_exit(5.0)
+            self._fill_exit(out, code)
+            out.kind, out.frame, out.oom_killed = Kind.exited, {}, True
+            return out
         if out.kind is Kind.result and self._protocol_error:
             # More than one frame came back (someone else wrote to the socket): trust none.
             self.kill()
@@ -250,9 +302,35 @@ class Worker:
                 self._protocol(f"unexpected frame {op!r}")
                 out.kind, out.message = Kind.protocol, self._protocol_error
             else:
+                # Informational only (bounded); the kernel enforces the CPU budget itself.
                 self.cpu_s = as_float(out.frame.get("cpu_s"))
-                self.strays = int(as_float(out.frame.get("strays")))
+                # Never believe the worker about its own processes: count them from here.
+                self.strays = self.count_strays()
         return out
+
+    def count_strays(self) -> int:
+        """Live processes beyond the worker's own (bwrap init + runtime), counted by the hub."""
+        if self.pid is None or self._exited.done():
+            return 0
+        expected = _EXPECTED_DESCENDANTS.get(self.cfg.isolation, 0)
+        return max(0, len(live_descendants(self.pid)) - expected)
+
+    def memory_limit_bytes(self) -> int:
+        mb = max(self.fn.memory_mb, self.cfg.limits.min_memory_mb) + MEMORY_SLACK_MB
+        return mb * 1024 * 1024
+
+    def _sample_memory(self) -> None:
+        """Every MEMORY_SAMPLE_S during an invocation: the whole tree against memory_mb."""
+        self._mem_handle = None
+        if self.pid is None or self._exited.done() or self._killed:
+            return
+        used = tree_memory_bytes(self.pid)
+        self._mem_peak = max(self._mem_peak, used)
+        if used > self.memory_limit_bytes():
+            self._oom_killed = True
+            self.kill()
+            return
+        self._mem_handle = self._loop.call_later(MEMORY_SAMPLE_S, self._sample_memory)
 
     async def _next(self, timeout_s: float, t0: float) -> Outcome:
         deadline = self._loop.time() + timeout_s
@@ -353,7 +431,11 @@ class Worker:
             self._rbuf += chunk
             if len(self._rbuf) < _READ_CHUNK:
                 break
-        self._parse()
+        try:
+            self._parse()
+        except Exception as exc:  # never let a forged frame escape into the event loop
+            self._rbuf.clear()
+            self._protocol(f"unreadable frame: {type(exc).__name__}")
         self._wake()
 
     def _parse(self) -> None:
@@ -370,11 +452,18 @@ class Worker:
             del buf[:4 + n]
             try:
                 frame = json.loads(body)
-            except ValueError as exc:
-                self._protocol(f"invalid JSON frame: {exc}")
+            except RecursionError:
+                self._protocol("invalid JSON frame: nested too deeply")
+                return
+            except Exception as exc:  # anything a forged frame can provoke ends the worker
+                self._protocol(f"invalid JSON frame: {type(exc).__name__}: {str(exc)[:200]}")
                 return
             if not isinstance(frame, dict):
                 self._protocol("frame is not an object")
+                return
+            if (body.count(b"[") + body.count(b"{") > MAX_FRAME_DEPTH
+                    and json_depth_exceeds(frame, MAX_FRAME_DEPTH)):
+                self._protocol("frame nested too deeply")
                 return
             if not self._expecting:
                 # Nobody asked: a function writing to the protocol socket behind our back.
