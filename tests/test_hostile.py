@@ -8,54 +8,25 @@ plain-process fallback (which contains CPU, memory, output and crashes, but not 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import signal
 import sys
-import textwrap
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import hub.sandbox.pool as pool_module
-from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
+from hub.sandbox.base import FunctionRuntime, InvocationReport, Status
 from hub.sandbox.pool import SandboxPool
-from tests.test_sandbox import make_pool
+from tests.test_sandbox import ctx, make_pool, until, write_fn
 
 pytestmark = pytest.mark.timeout(90)
 
 HUB_SECRET = "hub-secret-" + uuid.uuid4().hex
-
-
-def write_fn(root: Path, source: str, **kw: Any) -> FunctionRuntime:
-    body = textwrap.dedent(source)
-    version = hashlib.sha256(body.encode()).hexdigest()[:12]
-    code = root / f"code-{version}-{uuid.uuid4().hex[:6]}"
-    code.mkdir(mode=0o755)
-    os.chmod(code, 0o755)
-    (code / "main.py").write_text(body)
-    os.chmod(code / "main.py", 0o644)
-    kw.setdefault("timeout_s", 2.0)
-    kw.setdefault("handler", "main.handler")
-    return FunctionRuntime(name=f"hostile-{uuid.uuid4().hex[:8]}", version=version,
-                           code_dir=code, **kw)
-
-
-def ctx() -> InvokeContext:
-    return InvokeContext(invocation_id=uuid.uuid4().hex, trigger="t")
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 GOOD = """

@@ -16,7 +16,7 @@ from minio import Minio
 from pymongo import AsyncMongoClient
 
 from hub.app import Hub
-from tests.hubfixtures import Api, eventually
+from tests.hubfixtures import Api
 
 RECORD = "def handler(event, context):\n    return {'id': event['id'], 'type': event['type'], 'subject': event['subject'], 'data': event['data'], 'source': event['source'], 'specversion': event['specversion']}\n"
 
