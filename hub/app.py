@@ -83,19 +83,18 @@ class Hub:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        self.port = int(self._runner.addresses[0][1])
         log.info("hub started", url=self.url, instance=self.instance_id, isolation=self.pool.isolation)
 
     async def stop(self) -> None:
+        # Stop taking requests first, then events; whatever is unfinished is not acked and returns.
+        if self._runner:
+            await self._runner.cleanup()
         if self._sync_task:
             self._sync_task.cancel()
             await asyncio.gather(self._sync_task, return_exceptions=True)
         await self.sources.stop()
         await self.inbox.stop()
-        if self._runner:
-            await self._runner.cleanup()
         await self.pool.close()
         await self.store.close()
         log.info("hub stopped", instance=self.instance_id)
@@ -103,7 +102,7 @@ class Hub:
     async def sync_triggers(self) -> None:
         """Re-read triggers and bring subscriptions in line (after a write, and on a timer)."""
         async with self._sync_lock:
-            self.router.load(await self.store.list_triggers())
+            await self.reload_triggers()
             await self.sources.reconcile()
 
     async def reload_triggers(self) -> None:

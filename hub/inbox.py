@@ -88,6 +88,19 @@ class Inbox:
     # -- processing -------------------------------------------------------------------------
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(i), name=f"inbox-{i}") for i in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._poll(), name="inbox-poll"))
+
+    async def _poll(self) -> None:
+        """Wake the workers for items they were not told about (written by other instances,
+        retries coming due, expired leases): one cheap query per interval, so an idle hub with
+        many workers does not hammer MongoDB."""
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                if await self.store.inbox_ready():
+                    self._wake.set()
+            except Exception:
+                pass  # the workers report outages when they next claim
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -111,10 +124,7 @@ class Inbox:
                 continue
             if item is None:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-                except TimeoutError:
-                    pass
+                await self._wake.wait()
                 continue
             # others may be waiting too: there may be more
             self._wake.set()

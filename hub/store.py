@@ -32,6 +32,12 @@ def completion_key(trigger: str, event_id: str) -> str:
     return f"{trigger}|{event_id}"
 
 
+def _claimable(t: dt.datetime) -> dict[str, Any]:
+    """Inbox items free to claim at ``t``: pending and due, or leased by someone whose lease ran out."""
+    return {"$or": [{"state": "pending", "not_before": {"$lte": t}},
+                    {"state": "leased", "lease_until": {"$lt": t}}]}
+
+
 def unstorable_reason(doc: dict[str, Any]) -> str | None:
     """Why MongoDB would refuse ``doc`` (None when it is fine)."""
     try:
@@ -217,8 +223,7 @@ class Store:
     async def inbox_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
         t = now()
         return await self.db.inbox.find_one_and_update(
-            {"$or": [{"state": "pending", "not_before": {"$lte": t}},
-                     {"state": "leased", "lease_until": {"$lt": t}}]},
+            _claimable(t),
             {
                 "$set": {"state": "leased", "owner": owner, "lease_until": t + dt.timedelta(seconds=lease_s)},
                 "$inc": {"deliveries": 1},
@@ -226,6 +231,9 @@ class Store:
             sort=[("created_at", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
+
+    async def inbox_ready(self) -> bool:
+        return await self.db.inbox.find_one(_claimable(now()), {"_id": 1}) is not None
 
     async def inbox_renew(self, item_id: Any, owner: str, lease_s: float) -> bool:
         """Extend our lease; False when it was lost (another instance has the item now)."""
