@@ -139,3 +139,23 @@ async def test_hub_metrics_count_invocations(api: Api, hub: Hub, unique: str) ->
     async with api.session.get(api.base + "/metrics") as r:
         text = await r.text()
     assert f'hub_invocations_total{{function="m-{unique}",status="succeeded"}} 1.0' in text
+
+
+async def test_mongodb_collection_dropped_and_recreated_keeps_running(
+    api: Api, servers: dict[str, Any], unique: str
+) -> None:
+    db_name = f"drop_{unique}"
+    await api.put_function(f"rec-{unique}", RECORD)
+    await api.put_trigger(f"d-{unique}", f"rec-{unique}", {
+        "type": "mongodb", "database": db_name, "collection": "items", "operations": ["insert"]})
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    try:
+        coll = client[db_name]["items"]
+        await coll.insert_one({"_id": "before"})
+        await api.wait_invocations(1, trigger=f"d-{unique}")
+        await coll.drop()  # invalidates the change stream
+        await coll.insert_one({"_id": "after"})
+        invs = await api.wait_invocations(2, trigger=f"d-{unique}")
+    finally:
+        await client.close()
+    assert sorted(i["result"]["data"]["documentKey"]["_id"] for i in invs) == ["after", "before"]
