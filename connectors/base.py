@@ -1,13 +1,17 @@
-"""What every connector hands to the hub: events, and an await that means "finished, ack it".
+"""What every connector hands to the hub: ordered chunks of events, and an await that means
+"finished, ack them".
 
-A connector calls ``await sink(event)``; when that returns, the event has succeeded or been
-dead-lettered and the connector may ack it (commit the offset, persist the resume token). If the
-sink raises, the connector must not ack: it backs off and the event is delivered again.
+A connector calls ``await sink(events)`` with a chunk of events in source order; when that
+returns, every event has succeeded or been dead-lettered and the connector may ack the chunk
+(commit the offset, persist the resume token, delete the inbox items). If only a prefix
+finished, the sink raises :class:`Unfinished` saying how many: the connector acks those and
+delivers the rest again. Any other exception means nothing was finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -15,15 +19,29 @@ import structlog
 
 from hub.events import Event
 
-Sink = Callable[[Event], Awaitable[None]]
+Sink = Callable[[list[Event]], Awaitable[None]]
+
+
+class Unfinished(Exception):
+    """Only the first ``finished`` events of a chunk are finished; ``cause`` says why not the rest."""
+
+    def __init__(self, finished: int, cause: BaseException) -> None:
+        super().__init__(f"{finished} event(s) finished, then: {type(cause).__name__}: {cause}")
+        self.finished = finished
+        self.cause = cause
 
 
 class Subscription(Protocol):
-    state: str  # "starting", "running", or "error: <reason>"
+    state: str  # "starting", "running", "stopped" or "error: <reason>"
+    state_since: float  # time.monotonic() of the last state change
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def progress(self) -> dict[str, object]:
+        """Where the subscription stands (positions, buffered events), for /readyz."""
+        ...
 
 
 class SupervisedLoop:
@@ -33,31 +51,51 @@ class SupervisedLoop:
     event; restarting from the last acked position is always safe.
     """
 
+    # How long stop() lets run_once wind down by itself (it watches ``stopping``) before it
+    # cancels it: a cancel can land inside a database driver call, which not every driver survives.
+    stop_grace_s = 15.0
+
     def __init__(self, name: str) -> None:
         self.name = name
-        self.state = "starting"
+        self._state = "starting"
+        self.state_since = time.monotonic()
         self.log = structlog.get_logger("connectors").bind(subscription=name)
+        self.stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        if value != self._state:
+            self._state = value
+            self.state_since = time.monotonic()
 
     async def run_once(self) -> None:
         raise NotImplementedError
+
+    def progress(self) -> dict[str, object]:
+        return {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"subscription:{self.name}")
 
     async def stop(self) -> None:
+        self.stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._task], timeout=self.stop_grace_s)
+            if not self._task.done():
+                self.log.warning("subscription did not stop in time; cancelling it", grace_s=self.stop_grace_s)
+                self._task.cancel()
+                await asyncio.wait([self._task])
             self._task = None
         self.state = "stopped"
 
     async def _supervise(self) -> None:
         delay = 0.5
-        while True:
+        while not self.stopping.is_set():
             try:
                 await self.run_once()
                 delay = 0.5
@@ -67,5 +105,13 @@ class SupervisedLoop:
                 self.state = f"error: {type(exc).__name__}: {exc}"
                 self.log.warning("subscription failed; restarting", error=str(exc), retry_in_s=delay,
                                  exc_info=True)
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep, but wake at once when stopping; True if stopping."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+        return self.stopping.is_set()

@@ -1,15 +1,20 @@
 """Kafka source: one consumer group per trigger, offsets committed only for finished events.
 
-Partitions are worked on concurrently, each strictly in order; after a partition's batch is
-finished its next offset is committed. A crash before the commit redelivers the batch, and the
-dispatcher's completion records keep already-succeeded events from running twice.
+One fetch loop reads every assigned partition and feeds a lane per partition
+(:mod:`connectors.lanes`): partitions are worked on concurrently, each strictly in order (or,
+with ``ordering="key"``, each key in order), in batches. A partition whose lane is full is
+paused, so a backlog never piles up in memory. After a chunk is finished its next offset is
+marked, and the marks of all partitions are committed together, at most every
+``commit_interval_s``. A crash before the commit redelivers those events, and the hub's
+completion markers keep already-succeeded events from running twice.
 
 Where a new group starts is committed once, when the trigger is created
 (:func:`commit_start_offsets`), so the consumer itself always resets to ``earliest``: a partition
 or topic without a committed offset appeared after the trigger and holds only newer messages.
 
-A rebalance waits for the in-flight batch (the revoke callback awaits it, and it commits what it
-finished), so a partition is never worked on by two members at once.
+A rebalance waits for the chunks in flight on the revoked partitions (the revoke callback
+awaits them and commits what they finished), so a partition is never worked on by two members
+at once.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import json
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from connectors.base import Sink, SupervisedLoop
+from connectors.lanes import Item, Lane
 from hub.events import Event, utc_now_iso
 
 
@@ -114,26 +120,26 @@ async def commit_start_offsets(bootstrap: str, topic: str, group_id: str, start:
         await asyncio.shield(consumer.stop())
 
 
-Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-
-# How long the group waits for a member to finish its in-flight batch and rejoin during a
-# rebalance; a batch still running after REVOKE_GRACE_S is cancelled instead (its events run again
+# How long the group waits for a member to finish its in-flight chunks and rejoin during a
+# rebalance; a chunk still running after REVOKE_GRACE_S is cancelled instead (its events run again
 # on the new owner), so no partition is worked on by two members at once.
 REBALANCE_TIMEOUT_MS = 300_000
 REVOKE_GRACE_S = 240.0
 
 
-class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Holds the rebalance until the batch fetched under the old assignment is finished."""
+class _FinishLanesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds the rebalance until the chunks fetched under the old assignment are finished."""
 
-    def __init__(self, sub: KafkaSubscription) -> None:
+    def __init__(self, sub: KafkaSubscription, consumer: AIOKafkaConsumer) -> None:
         self.sub = sub
-        self.batch: asyncio.Task[None] | None = None
+        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.sub._finish_batch(self.batch, revoked)
+        self.sub._rebalancing = True
+        await self.sub._close_lanes(self.consumer, list(revoked), REVOKE_GRACE_S)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.sub._rebalancing = False
         self.sub.log.info("kafka partitions assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
@@ -148,17 +154,44 @@ class KafkaSubscription(SupervisedLoop):
         sink: Sink,
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 1000,
-        max_records: int = 200,
+        fetch_max_wait_ms: int = 100,
+        batch_size: int = 1,
+        batch_window_s: float = 0.0,
+        ordering: str = "partition",
+        parallelism: int = 4,
+        max_chunk: int = 500,
+        lane_capacity: int = 2000,
+        commit_interval_s: float = 0.2,
+        shutdown_grace_s: float = 10.0,
     ) -> None:
         super().__init__(name)
+        self.shutdown_grace_s = shutdown_grace_s
+        self.stop_grace_s = shutdown_grace_s + 5.0
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
         self.sink = sink
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
-        self.max_records = max_records
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.batch_size = batch_size
+        self.batch_window_s = batch_window_s
+        self.ordering = ordering
+        self.parallelism = parallelism
+        self.max_chunk = max_chunk
+        self.lane_capacity = max(lane_capacity, batch_size)
+        self.commit_interval_s = commit_interval_s
         self.consumer: AIOKafkaConsumer | None = None  # the current one, for inspection only
+        self.lanes: dict[TopicPartition, Lane] = {}
+        self._marks: dict[TopicPartition, int] = {}  # finished offsets not yet committed
+        self._marked = asyncio.Event()
+        # From a revoke until the new assignment, fetched records are dropped: their partitions
+        # may be going to another member, and the consumer restarts every partition from its
+        # committed offset once the rebalance is over.
+        self._rebalancing = False
+
+    def progress(self) -> dict[str, object]:
+        return {str(tp.partition): lane.progress() for tp, lane in sorted(self.lanes.items())}
 
     async def run_once(self) -> None:
         consumer = self.consumer = AIOKafkaConsumer(
@@ -171,75 +204,106 @@ class KafkaSubscription(SupervisedLoop):
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
-            # A function may retry with backoff for a while before its batch is finished.
+            # A function may retry with backoff for a while before its chunk is finished.
             max_poll_interval_ms=3_600_000,
             # A topic created after the trigger (by its first produce) is noticed within seconds.
             metadata_max_age_ms=3000,
+            # How long the broker may hold a fetch when there is nothing new: the latency of the
+            # first message after a quiet spell, against fetch requests per second while idle.
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
-        listener = _FinishBatchOnRevoke(self)
+        committer: asyncio.Task[None] | None = None
         try:
-            consumer.subscribe([self.topic], listener=listener)
+            consumer.subscribe([self.topic], listener=_FinishLanesOnRevoke(self, consumer))
             await consumer.start()
             self.state = "running"
             self.log.info("kafka subscription running", topic=self.topic, group=self.group_id)
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_records)
-                if batch:
-                    # Set before any await, so a revoke that starts from here on waits for it.
-                    listener.batch = asyncio.create_task(self._batch(consumer, batch))
-                    await listener.batch
+            committer = asyncio.create_task(self._commit_loop(consumer), name=f"commit:{self.name}")
+            while not self.stopping.is_set():
+                if committer.done():
+                    committer.result()  # raise what killed it
+                self._flow_control(consumer)
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_chunk * 4)
+                if self._rebalancing:
+                    continue
+                for tp, msgs in batch.items():
+                    self._lane(tp).put([self._item(m) for m in msgs])
         finally:
-            task = listener.batch
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait([task])
+            if committer is not None:
+                committer.cancel()
+                await asyncio.wait([committer])
+            await self._close_lanes(consumer, list(self.lanes), self.shutdown_grace_s)
             if self.consumer is consumer:
                 self.consumer = None
             await asyncio.shield(consumer.stop())
 
-    async def _finish_batch(self, task: asyncio.Task[None] | None, revoked: Any) -> None:
-        if task is None or task.done():
+    def _item(self, msg: ConsumerRecord[bytes, bytes]) -> Item:
+        key = None
+        if self.ordering == "key":
+            key = msg.key.hex() if msg.key is not None else f"\0{msg.offset}"  # no key: no order to keep
+        return Item(message_event(msg), msg.offset + 1, key)
+
+    def _lane(self, tp: TopicPartition) -> Lane:
+        lane = self.lanes.get(tp)
+        if lane is None:
+            async def ack(offset: int, tp: TopicPartition = tp) -> None:
+                self._marks[tp] = offset
+                self._marked.set()
+
+            lane = self.lanes[tp] = Lane(
+                f"{self.name}/{tp.partition}", self.sink, ack,
+                batch_size=self.batch_size, window_s=self.batch_window_s, max_chunk=self.max_chunk,
+                capacity=self.lane_capacity, by_key=self.ordering == "key", parallelism=self.parallelism,
+            )
+            lane.start()
+        return lane
+
+    def _flow_control(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause partitions whose lane is full; resume them once it has room again."""
+        paused = consumer.paused()
+        for tp, lane in self.lanes.items():
+            full = lane.room() < self.max_chunk
+            if full and tp not in paused:
+                consumer.pause(tp)
+            elif not full and tp in paused:
+                consumer.resume(tp)
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await self._marked.wait()
+            self._marked.clear()
+            await self._commit(consumer)
+            await asyncio.sleep(self.commit_interval_s)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, only: list[TopicPartition] | None = None) -> None:
+        """Commit finished offsets through the consumer that fetched them, never a later one."""
+        marks = {tp: o for tp, o in self._marks.items() if only is None or tp in only}
+        if not marks:
             return
-        self.log.info("kafka rebalance: finishing the in-flight batch first",
-                      revoked=sorted(tp.partition for tp in revoked))
-        # asyncio.wait, not await: the batch's own error is for run_once to raise, and this
-        # callback being cancelled (consumer stopping) must not cancel the batch.
-        await asyncio.wait([task], timeout=REVOKE_GRACE_S)
-        if not task.done():
-            self.log.warning("kafka rebalance: batch not finished in time; cancelling it",
-                             grace_s=REVOKE_GRACE_S)
-            task.cancel()
-            await asyncio.wait([task])
-
-    async def _batch(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         try:
-            async with asyncio.TaskGroup() as tg:  # one partition failing cancels the others
-                for tp, msgs in batch.items():
-                    tg.create_task(self._partition(consumer, tp, msgs))
-        except ExceptionGroup as eg:
-            if len(eg.exceptions) == 1:  # the usual case: report the sink's own error
-                raise eg.exceptions[0] from None
-            raise
-
-    async def _partition(self, consumer: AIOKafkaConsumer, tp: TopicPartition,
-                         msgs: list[ConsumerRecord[bytes, bytes]]) -> None:
-        finished = msgs[0].offset  # the next offset to commit
-        try:
-            for msg in msgs:
-                await self.sink(message_event(msg))
-                finished = msg.offset + 1
-        except Exception:
-            if finished > msgs[0].offset:  # keep what did finish; the failed event runs again
-                await self._commit(consumer, tp, finished)
-            raise
-        await self._commit(consumer, tp, finished)
-
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
-        """Commit through the consumer that fetched the batch, never a later one."""
-        try:
-            await consumer.commit({tp: offset})
+            await consumer.commit(marks)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on without us (e.g. our session expired): the partition's new owner
-            # starts from the last commit and the dispatcher skips events that already succeeded.
-            self.log.warning("kafka commit skipped: partition no longer ours", partition=tp.partition,
-                             offset=offset, error=f"{type(exc).__name__}: {exc}")
+            # starts from the last commit and the hub skips events that already succeeded.
+            self.log.warning("kafka commit skipped: partitions no longer ours",
+                             partitions=sorted(tp.partition for tp in marks),
+                             error=f"{type(exc).__name__}: {exc}")
+        except KafkaError as exc:  # the broker is away: keep the marks, try again later
+            self.log.warning("kafka commit failed; will retry", error=f"{type(exc).__name__}: {exc}")
+            self._marked.set()
+            return
+        for tp, offset in marks.items():
+            if self._marks.get(tp) == offset:
+                del self._marks[tp]
+
+    async def _close_lanes(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], grace_s: float) -> None:
+        lanes = {tp: self.lanes.pop(tp) for tp in tps if tp in self.lanes}
+        if not lanes:
+            return
+        if any(lane.busy for lane in lanes.values()):
+            self.log.info("kafka: finishing the chunks in flight before letting partitions go",
+                          partitions=sorted(tp.partition for tp in lanes))
+        await asyncio.gather(*(lane.close(grace_s) for lane in lanes.values()))
+        await self._commit(consumer, list(lanes))
+        for tp in lanes:
+            self._marks.pop(tp, None)

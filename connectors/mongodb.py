@@ -1,8 +1,15 @@
 """MongoDB source: a change stream per trigger, resumed from a persisted token.
 
-Events are handled one at a time in oplog order; the resume token is saved after each finished
-event (and, while idle, the stream's post-batch token, so filtered-out history is not re-read).
-A restart resumes after the last finished event, so writes made while the hub was down still run.
+A reader takes changes off the stream in oplog order and puts them into a lane
+(:mod:`connectors.lanes`), which hands them to the hub in chunks (batches) and saves the resume
+token once per finished chunk, not per event. While nothing matches, the stream's post-batch
+token is put into the lane as a marker, so filtered-out history is not re-read after a restart
+yet the token never passes an event that is still running. A restart resumes after the last
+finished chunk, so writes made while the hub was down still run, and the hub's completion
+markers keep the events of a chunk that was running at a crash from running twice.
+
+The reader is never cancelled inside a driver call: stopping is a flag it sees within one
+``max_await_ms``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from connectors.base import Sink, SupervisedLoop
+from connectors.lanes import Item, Lane
 from hub.events import Event
 
 # Server error codes meaning "the resume point is gone from the oplog".
@@ -61,6 +69,12 @@ class ChangeStreamSubscription(SupervisedLoop):
         sink: Sink,
         load_position: LoadPosition,
         save_position: SavePosition,
+        batch_size: int = 1,
+        batch_window_s: float = 0.0,
+        max_chunk: int = 500,
+        lane_capacity: int = 2000,
+        max_await_ms: int = 1000,
+        shutdown_grace_s: float = 10.0,
     ) -> None:
         super().__init__(name)
         self.client = client
@@ -71,10 +85,21 @@ class ChangeStreamSubscription(SupervisedLoop):
         self.sink = sink
         self.load_position = load_position
         self.save_position = save_position
+        self.batch_size = batch_size
+        self.batch_window_s = batch_window_s
+        self.max_chunk = max_chunk
+        self.lane_capacity = max(lane_capacity, batch_size)
+        self.max_await_ms = max_await_ms
+        self.shutdown_grace_s = shutdown_grace_s
+        self.stop_grace_s = shutdown_grace_s + max_await_ms / 1000 + 5.0
+        self.lane: Lane | None = None
+
+    def progress(self) -> dict[str, object]:
+        return self.lane.progress() if self.lane else {}
 
     async def run_once(self) -> None:
         position = await self.load_position() or {}
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"max_await_time_ms": self.max_await_ms}
         if self.full_document != "default":
             kwargs["full_document"] = self.full_document
         if position.get("start_after"):
@@ -92,35 +117,57 @@ class ChangeStreamSubscription(SupervisedLoop):
                 await self._history_lost(exc)
                 return
             raise
-        async with stream:
-            self.state = "running"
-            self.log.info("change stream running", database=self.database, collection=self.collection)
-            saved = position.get("resume_token")
-            while stream.alive:
-                try:
-                    change = await stream.try_next()
-                except OperationFailure as exc:
-                    if exc.code in HISTORY_LOST:
+        lane = self.lane = Lane(
+            self.name, self.sink, self.save_position, batch_size=self.batch_size,
+            window_s=self.batch_window_s, max_chunk=self.max_chunk, capacity=self.lane_capacity,
+        )
+        lane.start()
+        try:
+            async with stream:
+                self.state = "running"
+                self.log.info("change stream running", database=self.database, collection=self.collection)
+                await self._read(stream, lane, position.get("resume_token"))
+        finally:
+            await lane.close(self.shutdown_grace_s)
+
+    async def _read(self, stream: Any, lane: Lane, saved: Any) -> None:
+        marked = saved
+        while stream.alive and not self.stopping.is_set():
+            if not await lane.wait_room(timeout=1.0):
+                continue
+            try:
+                change = await stream.try_next()
+            except OperationFailure as exc:
+                if exc.code in HISTORY_LOST:
+                    if await self._drained(lane):
                         await self._history_lost(exc)
-                        return
-                    raise
-                if change is None:
-                    idle_token = stream.resume_token
-                    if idle_token is not None and idle_token != saved:
-                        await self.save_position({"resume_token": idle_token, "start_after": None})
-                        saved = idle_token
-                    continue
-                op = change["operationType"]
-                if op in STREAM_ENDERS:
-                    # The stream ends after these. Start again *after* the invalidating event, so
-                    # a re-created collection is watched again without replaying old history.
-                    self.log.warning("change stream invalidated; restarting after it", operation=op,
-                                     database=self.database, collection=self.collection)
-                    await self.save_position({"resume_token": None, "start_after": change["_id"]})
                     return
-                await self.sink(change_event(change, self.database, self.collection))
-                await self.save_position({"resume_token": change["_id"], "start_after": None})
-                saved = change["_id"]
+                raise
+            if change is None:
+                idle_token = stream.resume_token
+                if idle_token is not None and idle_token != marked:
+                    lane.put([Item(None, {"resume_token": idle_token, "start_after": None})])
+                    marked = idle_token
+                continue
+            op = change["operationType"]
+            if op in STREAM_ENDERS:
+                # The stream ends after these. Start again *after* the invalidating event, so
+                # a re-created collection is watched again without replaying old history.
+                self.log.warning("change stream invalidated; restarting after it", operation=op,
+                                 database=self.database, collection=self.collection)
+                lane.put([Item(None, {"resume_token": None, "start_after": change["_id"]})])
+                await self._drained(lane)
+                return
+            lane.put([Item(change_event(change, self.database, self.collection),
+                           {"resume_token": change["_id"], "start_after": None})])
+            marked = change["_id"]
+
+    async def _drained(self, lane: Lane) -> bool:
+        """Wait until every change read so far is finished (False: stopping first)."""
+        while not await lane.wait_drained(timeout=1.0):
+            if self.stopping.is_set():
+                return False
+        return True
 
     async def _history_lost(self, exc: OperationFailure) -> None:
         self.log.error(

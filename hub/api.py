@@ -1,7 +1,12 @@
 """HTTP API (aiohttp): functions, triggers, invocations, dead letters, the S3 webhook, health.
 
 Handlers are thin: parse and validate, call the registry / trigger service / dispatcher / inbox,
-answer JSON. Every error is JSON ``{"error": "...", "details": [...]}`` with a 4xx/5xx that fits.
+answer JSON. Every error is JSON ``{"error": "...", "details": [...]}`` with a 4xx/5xx that fits,
+and never shows internals (host paths, server addresses): those go to the log.
+
+Every body is bounded in size (413) and JSON nesting (400) before it is parsed into objects:
+deeply nested JSON would otherwise end in a RecursionError, or in a MongoDB write that fails
+(MongoDB stores at most 100 levels) after the client was told it was accepted.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import math
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,10 +33,11 @@ from connectors.s3_records import (
     is_aws_sns_url,
     parse_notification,
 )
+from hub.code import CodeTooLarge, CodeUnavailable
 from hub.dispatch import Target
 from hub.events import Event
 from hub.models import NAME_RE, FunctionSpec, RetryPolicy, TriggerSpec
-from hub.openapi import openapi_spec
+from hub.openapi import openapi_json
 from hub.registry import CodeError, public_function
 from hub.store import unstorable_reason
 from hub.triggers import TriggerError, public_trigger
@@ -39,8 +47,20 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hub.api")
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub")
-MAX_BODY = 16 * 1024 * 1024
-MAX_ASYNC_PAYLOAD = 1024 * 1024  # queued in a MongoDB document (Lambda's async limit is 256 KB)
+MAX_BODY = 16 * 1024 * 1024  # aiohttp's own cap; each endpoint has a smaller one below
+MAX_FUNCTION_BODY = MAX_BODY  # inline code or a zip (hub.code bounds the unpacked code)
+MAX_TRIGGER_BODY = 256 * 1024
+MAX_SYNC_PAYLOAD = 6 * 1024 * 1024  # Lambda's synchronous invoke limit
+MAX_ASYNC_PAYLOAD = 1024 * 1024  # queued in a MongoDB document (Lambda's async limit is 1 MB)
+MAX_WEBHOOK_BODY = 1024 * 1024  # S3 servers send a record or a few per request
+MAX_SPEC_DEPTH = 32  # function and trigger definitions (a filter nests at most 16 inside)
+# Invoke payloads and webhook notifications are stored inside an inbox item or a dead letter
+# (item.event.data.<payload>), and MongoDB stores at most 100 levels.
+MAX_PAYLOAD_DEPTH = 64
+MAX_STORED_EVENT_DEPTH = 96
+MAX_URL_BYTES = 8192  # longer URLs get a JSON 414
+MAX_REQUEST_LINE = 64 * 1024  # aiohttp's request-line limit (default 8190): URLs up to it get our 414
+MAX_QUERY_VALUE = 1024
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/sources/s3/events"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,19 +82,79 @@ def _default(value: Any) -> Any:
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, default=_default), status=status, content_type="application/json"
-    )
-
-
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise ApiError(400, "request body is empty; expected JSON")
     try:
-        return json.loads(raw)
+        text = json.dumps(data, default=_default, allow_nan=False)
+    except ValueError:  # NaN or Infinity in a stored result: not JSON, so sent as text
+        text = json.dumps(_finite(data), default=_default, allow_nan=False)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` has more than ``limit`` levels of lists/objects (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        items = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if items is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in items if isinstance(child, (dict, list)))
+    return False
+
+
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def parse_json(raw: bytes, max_depth: int, prefix: str = "") -> Any:
+    """Parse a request body, refusing NaN/Infinity and nesting deeper than ``max_depth``."""
+    too_deep = ApiError(400, f"{prefix}request body is nested too deeply: at most {max_depth} levels "
+                             f"of arrays/objects are allowed")
+    try:
+        value = json.loads(raw, parse_constant=_not_json_constant)
+    except RecursionError:
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"{prefix}request body is not valid JSON: {exc}") from None
+    if raw.count(b"[") + raw.count(b"{") > max_depth and json_depth_exceeds(value, max_depth):
+        raise too_deep
+    return value
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The body, or 413 when it is larger than ``max_bytes`` (refused from Content-Length before
+    reading when the client says how large it is)."""
+    too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the limit for this endpoint")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    if len(raw) > max_bytes:
+        raise too_large
+    return raw
+
+
+async def read_json(request: web.Request, max_bytes: int = MAX_TRIGGER_BODY, max_depth: int = MAX_SPEC_DEPTH) -> Any:
+    raw = await read_body(request, max_bytes)
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; expected JSON")
+    return parse_json(raw, max_depth)
+
+
+MAX_ERROR_DETAILS = 20
 
 
 def validate(model: type[BaseModel], body: Any) -> Any:
@@ -83,29 +163,43 @@ def validate(model: type[BaseModel], body: Any) -> Any:
     except ValidationError as exc:
         details = [
             {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
-            for e in exc.errors(include_url=False)
+            for e in exc.errors(include_url=False, include_input=False)[:MAX_ERROR_DETAILS]
         ]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        more = exc.error_count() - len(details)
+        if more > 0:
+            summary += f"; and {more} more"
         raise ApiError(400, f"invalid {model.__name__}: {summary}", details) from None
 
 
 def path_name(request: web.Request) -> str:
-    import re
-
     name = request.match_info["name"]
     if not re.fullmatch(NAME_RE, name):
-        raise ApiError(400, f"bad name {name!r}: use letters, digits, '_', '-', '.' (max 63)")
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise ApiError(400, f"bad name {shown!r}: use letters, digits, '_', '-', '.' (max 63)")
     return name
 
 
 def query_limit(request: web.Request) -> int:
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise ApiError(400, "limit must be an integer") from None
+    text = request.query.get("limit", "100")
+    if not re.fullmatch(r"[0-9]{1,4}", text):
+        raise ApiError(400, "limit must be an integer between 1 and 1000")
+    limit = int(text)
     if not 1 <= limit <= 1000:
-        raise ApiError(400, "limit must be between 1 and 1000")
+        raise ApiError(400, "limit must be an integer between 1 and 1000")
     return limit
+
+
+def query_filters(request: web.Request, keys: tuple[str, ...]) -> dict[str, str]:
+    """Equality filters from the query string, bounded like every other input."""
+    out: dict[str, str] = {}
+    for key in keys:
+        if key in request.query:
+            value = request.query[key]
+            if len(value) > MAX_QUERY_VALUE:
+                raise ApiError(400, f"query parameter {key} is longer than {MAX_QUERY_VALUE} characters")
+            out[key] = value
+    return out
 
 
 def _token_ok(given: str | None, expected: str) -> bool:
@@ -121,6 +215,8 @@ def _bearer(request: web.Request) -> str | None:
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     try:
+        if len(request.raw_path) > MAX_URL_BYTES:
+            raise ApiError(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
         if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
             if not _token_ok(_bearer(request), hub.settings.api_token):
                 raise ApiError(401, "missing or wrong API token: send 'Authorization: Bearer <HUB_API_TOKEN>'")
@@ -132,20 +228,36 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return reply(body, exc.status)
     except TriggerError as exc:
         return reply({"error": exc.message}, exc.status)
+    except CodeTooLarge as exc:
+        return reply({"error": f"code too large: {exc}"}, 413)
     except CodeError as exc:
         return reply({"error": f"invalid code: {exc}"}, 400)
-    except DocumentTooLarge as exc:
-        return reply({"error": f"too large to store: {exc}"}, 413)
+    except CodeUnavailable as exc:
+        log.error("function code unavailable", path=request.path, error=str(exc))
+        return reply({"error": str(exc)}, 503)
+    except DocumentTooLarge:
+        return reply({"error": "too large to store: MongoDB documents are at most 16 MB"}, 413)
     except (InvalidDocument, InvalidStringData, OverflowError) as exc:
-        return reply({"error": f"a value cannot be stored (e.g. an integer beyond 64 bits or invalid "
-                               f"unicode): {exc}"}, 400)
+        return reply({"error": f"a value cannot be stored (e.g. an integer beyond 64 bits, invalid "
+                               f"unicode or nesting deeper than 100 levels): {type(exc).__name__}: "
+                               f"{str(exc)[:200]}"}, 400)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return reply({"error": exc.reason}, exc.status)
+            # Keep what aiohttp says in headers (Allow on a 405); the body becomes our JSON.
+            response = reply({"error": exc.reason}, exc.status)
+            for key, value in exc.headers.items():
+                if key.lower() not in ("content-type", "content-length"):
+                    response.headers[key] = value
+            return response
         raise
     except Exception as exc:
-        log.exception("request failed", path=request.path, method=request.method)
-        return reply({"error": f"internal error: {type(exc).__name__}: {exc}"}, 503 if _is_outage(exc) else 500)
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("request failed", path=request.path, method=request.method, error_id=error_id)
+        # The exception's text can name host paths or server addresses: only the log gets it.
+        if _is_outage(exc):
+            return reply({"error": f"MongoDB is unavailable; try again (error id {error_id})"}, 503)
+        return reply({"error": f"internal error {type(exc).__name__} (error id {error_id}; "
+                               f"details are in the hub's log)"}, 500)
 
 
 def _is_outage(exc: Exception) -> bool:
@@ -158,7 +270,7 @@ def _is_outage(exc: Exception) -> bool:
 async def put_function(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     name = path_name(request)
-    spec = validate(FunctionSpec, await read_json(request))
+    spec = validate(FunctionSpec, await read_json(request, MAX_FUNCTION_BODY))
     head, created = await hub.registry.put(name, spec)
     return reply({**public_function(head), "new_version": created}, 201 if created else 200)
 
@@ -204,15 +316,11 @@ async def invoke_function(request: web.Request) -> web.Response:
         raise ApiError(400, "mode must be 'sync' or 'async'")
     if await hub.store.get_function(name) is None:
         raise ApiError(404, f"no function {name!r}")
-    raw = await request.read()
-    try:
-        payload = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    limit = MAX_ASYNC_PAYLOAD if mode == "async" else MAX_SYNC_PAYLOAD
+    raw = await read_body(request, limit)
+    payload = parse_json(raw, MAX_PAYLOAD_DEPTH) if raw.strip() else None
     event = Event(id=f"invoke:{uuid.uuid4().hex}", source=f"invoke://{name}", type="hub.invoke", data=payload)
     if mode == "async":
-        if len(raw) > MAX_ASYNC_PAYLOAD:
-            raise ApiError(413, f"async payload is {len(raw)} bytes; the limit is {MAX_ASYNC_PAYLOAD}")
         problem = unstorable_reason({"data": payload})
         if problem:
             raise ApiError(400, f"payload cannot be queued: {problem}")
@@ -236,7 +344,7 @@ async def put_trigger(request: web.Request) -> web.Response:
 
 async def list_triggers(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    docs = await hub.store.list_triggers(function=request.query.get("function"))
+    docs = await hub.store.list_triggers(function=query_filters(request, ("function",)).get("function"))
     states = hub.sources.states()
     return reply({"triggers": [{**public_trigger(d), "state": states.get(d["_id"], "n/a")} for d in docs]})
 
@@ -267,12 +375,13 @@ def _invocation_view(doc: dict[str, Any], full: bool = False) -> dict[str, Any]:
     return view
 
 
+INVOCATION_FILTERS = ("function", "trigger", "status", "event_id", "request_id")
+DEAD_LETTER_FILTERS = ("trigger", "function")
+
+
 async def list_invocations(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    query: dict[str, Any] = {}
-    for key in ("function", "trigger", "status", "event_id", "request_id"):
-        if key in request.query:
-            query[key] = request.query[key]
+    query: dict[str, Any] = query_filters(request, INVOCATION_FILTERS)
     docs = await hub.store.list_invocations(query, query_limit(request))
     return reply({"invocations": [_invocation_view(d) for d in docs]})
 
@@ -295,7 +404,7 @@ def _dead_letter_view(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    query = {k: request.query[k] for k in ("trigger", "function") if k in request.query}
+    query = query_filters(request, DEAD_LETTER_FILTERS)
     docs = await hub.store.list_dead_letters(query, query_limit(request))
     return reply({"dead_letters": [_dead_letter_view(d) for d in docs]})
 
@@ -328,7 +437,7 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
 
 async def purge_dead_letters(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    query = {k: request.query[k] for k in ("trigger", "function") if k in request.query}
+    query = query_filters(request, DEAD_LETTER_FILTERS)
     if not query and request.query.get("all") != "true":
         raise ApiError(400, "say which: ?trigger=NAME, ?function=NAME or ?all=true")
     count = await hub.store.purge_dead_letters(query)
@@ -341,21 +450,30 @@ async def s3_webhook(request: web.Request) -> web.Response:
     token = _bearer(request) or request.query.get("token")
     if not _token_ok(token, hub.settings.webhook_token):
         raise ApiError(401, "missing or wrong webhook token (Authorization: Bearer or ?token=)")
-    raw = await request.read()
+    raw = await read_body(request, MAX_WEBHOOK_BODY)
+    prefix = "not an S3 notification: "
     try:
-        events = parse_notification(raw)
+        # Parsed here, bounded in depth; an empty body is left to parse_notification to explain.
+        events = parse_notification(parse_json(raw, MAX_PAYLOAD_DEPTH, prefix) if raw.strip() else raw)
     except SubscriptionConfirmation as confirm:
         return reply(await _confirm_sns(confirm))
     except NotificationError as exc:
-        raise ApiError(400, f"not an S3 notification: {exc}") from None
+        raise ApiError(400, f"{prefix}{exc}") from None
+    except RecursionError:  # an SNS envelope's Message is JSON in a string, parsed in there
+        raise ApiError(400, f"{prefix}the SNS Message is nested too deeply") from None
+    if any(json_depth_exceeds(e.to_cloudevent(), MAX_STORED_EVENT_DEPTH) for e in events):
+        raise ApiError(400, f"{prefix}an event is nested more than {MAX_STORED_EVENT_DEPTH} levels deep, "
+                            f"more than MongoDB can store")
     hub.metrics.events.labels("s3").inc(len(events))
     wanted = [e for e in events if hub.router.match_s3(e)]
     if len(wanted) < len(events):
         # The trigger may be new and made through another instance: look again before dropping.
         await hub.reload_triggers()
         wanted = [e for e in events if hub.router.match_s3(e)]
-    await hub.inbox.put_events(wanted)
-    return reply({"received": len(events), "queued": len(wanted)})
+    # S3 reconcile (hub/s3_reconcile.py): claim ObjectCreated changes, queue, confirm; drop those
+    # the bucket scan (or an earlier copy of this notification) already queued.
+    queued, duplicates = await hub.s3_reconciler.admit(wanted, hub.inbox.put_events)
+    return reply({"received": len(events), "queued": queued, "duplicates": duplicates})
 
 
 async def _confirm_sns(confirm: SubscriptionConfirmation) -> dict[str, Any]:
@@ -396,11 +514,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return reply(openapi_spec())
+    return web.Response(text=openapi_json(), content_type="application/json")
 
 
 def make_app(hub: Hub) -> web.Application:
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    # aiohttp answers a request line over max_line_size with a plain-text 400 from its protocol
+    # layer, which has no hook for the body; raising the limit lets URLs up to 64 KB reach the
+    # middleware, which answers a JSON 414 for anything over MAX_URL_BYTES.
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY,
+                          handler_args={"max_line_size": MAX_REQUEST_LINE})
     app[HUB_KEY] = hub
     r = app.router
     r.add_put("/v1/functions/{name}", put_function)

@@ -15,18 +15,23 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from connectors.base import Unfinished
 from hub.api import make_app
 from hub.dispatch import Dispatcher, Target
 from hub.events import Event
 from hub.inbox import Inbox
 from hub.metrics import Metrics
+from hub.readiness import Readiness
+from hub.records import Completions, RecordWriter, shielded
 from hub.registry import Registry
 from hub.router import Router
+from hub.s3_reconcile import S3Reconciler
 from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
 from hub.sources import Sources
 from hub.store import Store
 from hub.triggers import TriggerService
+from hub.watch import ConfigWatcher
 
 log = structlog.get_logger("hub.app")
 
@@ -42,22 +47,50 @@ def make_pool(settings: Settings) -> WorkerPool:
     )
 
 
+def stable_instance_id(settings: Settings) -> str:
+    """The configured id, else one kept in the data dir: a restarted hub is the same instance,
+    so it takes back its own leases and inbox claims at once instead of waiting them out."""
+    if settings.instance_id:
+        return settings.instance_id
+    path = settings.data_dir / "instance-id"
+    try:
+        known = path.read_text().strip()
+        if known:
+            return known
+    except FileNotFoundError:
+        pass
+    new = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new + "\n")
+    tmp.replace(path)
+    return new
+
+
 class Hub:
     def __init__(self, settings: Settings, pool: WorkerPool | None = None) -> None:
         self.settings = settings
-        self.instance_id = settings.instance_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.instance_id = stable_instance_id(settings)
         self.metrics = Metrics()
         self.store = Store(settings.mongo_url, settings.mongo_db, settings.completion_ttl_s)
         self.registry = Registry(self.store, settings.data_dir)
         self.pool = pool or make_pool(settings)
         self.router = Router()
-        self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics)
+        self.writer = RecordWriter(self.store.db)
+        self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
+                                     Completions(self.store.db))
         self.inbox = Inbox(
             self.store, self.router, self.dispatcher, self.metrics,
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
             lease_s=settings.inbox_lease_s, poll_interval_s=settings.inbox_poll_interval_s,
+            capacity=settings.inbox_capacity, shutdown_grace_s=settings.shutdown_grace_s,
         )
-        self.sources = Sources(settings, self.store, self.router, self.on_source_event, self.instance_id)
+        # S3 catch-up scan + webhook dedup (hub/s3_reconcile.py)
+        self.s3_reconciler = S3Reconciler(
+            settings, self.store, self.router, self.inbox, self.metrics, owner=self.instance_id)
+        self.sources = Sources(settings, self.store, self.router, self.on_source_events, self.instance_id)
+        self.readiness_checks = Readiness(self)
+        self.watcher = ConfigWatcher(self.store.db, self.registry, self.sync_triggers)
         self.triggers = TriggerService(self.store, settings, self.sync_triggers)
         self.web = make_app(self)
         self._runner: web.AppRunner | None = None
@@ -72,12 +105,15 @@ class Hub:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.init()
+        self.writer.start()
+        self.watcher.start()
         await self.pool.start()
         if self.pool.isolation != "bwrap":
             log.warning("functions are NOT sandboxed with bubblewrap; only rlimits contain them",
                         isolation=self.pool.isolation)
         await self.sync_triggers()
         await self.inbox.start()
+        await self.s3_reconciler.start()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
@@ -93,8 +129,11 @@ class Hub:
         if self._sync_task:
             self._sync_task.cancel()
             await asyncio.gather(self._sync_task, return_exceptions=True)
+        await self.watcher.stop()
         await self.sources.stop()
+        await self.s3_reconciler.stop()
         await self.inbox.stop()
+        await self.writer.close()
         await self.pool.close()
         await self.store.close()
         log.info("hub stopped", instance=self.instance_id)
@@ -107,7 +146,7 @@ class Hub:
 
     async def reload_triggers(self) -> None:
         """Re-read the trigger set only (cheap; for the webhook's look-again on a miss)."""
-        self.router.load(await self.store.list_triggers())
+        self.router.load(await shielded(self.store.list_triggers()))
 
     async def _sync_loop(self) -> None:
         while True:
@@ -117,31 +156,28 @@ class Hub:
             except Exception as exc:
                 log.warning("trigger sync failed", error=str(exc))
 
-    async def on_source_event(self, trigger_name: str, event: Event) -> None:
-        """Sink for kafka/mongodb subscriptions: filter, then run to a final outcome."""
-        source_type = event.source.split(":", 1)[0]
-        self.metrics.events.labels(source_type).inc()
-        trigger = self.router.get(trigger_name)
-        if trigger is None or not self.router.passes_filter(trigger, event):
+    async def on_source_events(self, trigger_name: str, events: list[Event]) -> None:
+        """Sink for kafka/mongodb subscriptions: filter, then run the chunk to a final outcome."""
+        if not events:
             return
-        await self.dispatcher.deliver(Target(trigger.function, trigger.name, trigger.retry), event)
+        source_type = events[0].source.split(":", 1)[0]
+        self.metrics.events.labels(source_type).inc(len(events))
+        trigger = self.router.get(trigger_name)
+        if trigger is None:
+            return
+        wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
+        if not wanted:
+            return
+        target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
+        try:
+            await self.dispatcher.deliver(target, [events[i] for i in wanted])
+        except Unfinished as exc:
+            # in terms of the chunk the connector gave: filtered-out events before the first
+            # unfinished one are finished too
+            raise Unfinished(wanted[exc.finished], exc.cause) from None
 
     async def readiness(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {}
-        try:
-            await self.store.ping()
-            checks["mongodb"] = "ok"
-        except Exception as exc:
-            checks["mongodb"] = f"error: {exc}"
-        subs = self.sources.states()
-        ready = checks["mongodb"] == "ok" and all(s == "running" for s in subs.values())
-        return {
-            "ready": ready,
-            "checks": checks,
-            "subscriptions": subs,
-            "sandbox": {"isolation": self.pool.isolation, "sandboxed": self.pool.isolation == "bwrap"},
-            "pool": self.pool.stats(),
-        }
+        return await self.readiness_checks.report()
 
     async def refresh_gauges(self) -> None:
         try:

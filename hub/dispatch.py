@@ -1,48 +1,64 @@
-"""Runs an event's function to a final outcome: retries with backoff, invocation records, dead letters.
+"""Runs events through a function to a final outcome: batches, retries with backoff, invocation
+records, dead letters.
 
-``deliver`` returns only when the event is *finished* (succeeded or dead-lettered); connectors ack
-(commit an offset, persist a resume token, delete an inbox item) only after that. Store errors
-propagate, so the connector does not ack and the event comes back.
+``deliver`` takes a chunk of events in source order and returns only when each is *finished*
+(succeeded or dead-lettered) and that is durable in MongoDB; connectors ack (commit an offset,
+save a resume token, delete an inbox item) only after that. When only a prefix finished (a
+store outage, say) it raises :class:`Unfinished` with how many, and the rest comes back.
+
+The hot path costs, per chunk: one duplicate check (two queries, run together), the handler
+calls, and records that go out in bulk through :class:`hub.records.RecordWriter` while the next
+event already runs. Nothing acks before its record is durable, so "at least once" holds, and a
+success is marked by the very record that says it succeeded (see :mod:`hub.records`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pymongo import ReplaceOne
 
+from connectors.base import Unfinished
+from hub import batches
+from hub.code import CodeUnavailable
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.models import RetryPolicy
+from hub.records import Completions, RecordWriter, completion_key, dead_letter_id, shielded
 from hub.registry import Registry
 from hub.sandbox.base import InvocationReport, InvokeContext, Status, WorkerPool
-from hub.store import Store, now
+from hub.store import Store, now, storable
 
 log = structlog.get_logger("hub.dispatch")
+
+FAILED = {Status.failed, Status.timeout, Status.out_of_memory, Status.crashed}
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where an event goes: a trigger's function, or a function invoked directly (trigger None)."""
+    """Where events go: a trigger's function, or a function invoked directly (trigger None)."""
 
     function: str
     trigger: str | None
     retry: RetryPolicy
+    batch_size: int = 1  # above 1: the handler gets a hub.batch envelope
+    ordered: bool = True  # after a partial batch failure, retry from the first failed record on
+    source: str | None = None  # the envelope's "source"
 
     @property
     def key(self) -> str:
         # completions and dead letters are keyed per trigger; direct invokes get a pseudo-trigger
         return self.trigger or f"invoke:{self.function}"
 
-
-def dead_letter_id(target_key: str, event_id: str) -> str:
-    return hashlib.sha256(f"{target_key}|{event_id}".encode()).hexdigest()[:24]
+    @property
+    def bisect(self) -> bool:
+        return bool(getattr(self.retry, "bisect_on_error", False))
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int) -> float:
@@ -59,139 +75,318 @@ def _parse_time(value: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
+class _Chunk:
+    """One ``deliver`` call's bookkeeping: when each of its events is durably finished."""
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.durable: dict[str, asyncio.Future[Any]] = {}
+        self.broken: BaseException | None = None  # a write failed: start nothing more
+        self.outcomes: dict[str, str] = {}  # event id -> succeeded | dead_lettered | duplicate
+
+    def finished_prefix(self) -> tuple[int, BaseException | None]:
+        for i, event in enumerate(self.events):
+            fut = self.durable.get(event.id)
+            if fut is None or not fut.done():
+                return i, self.broken or RuntimeError("not run")
+            if fut.cancelled():
+                return i, asyncio.CancelledError()
+            if fut.exception() is not None:
+                return i, fut.exception()
+        return len(self.events), None
+
+
 class Dispatcher:
-    def __init__(self, store: Store, registry: Registry, pool: WorkerPool, metrics: Metrics) -> None:
+    def __init__(self, store: Store, registry: Registry, pool: WorkerPool, metrics: Metrics,
+                 writer: RecordWriter, completions: Completions) -> None:
         self.store = store
         self.registry = registry
         self.pool = pool
         self.metrics = metrics
-        # (target, event id) pairs being delivered right now: a duplicate that arrives meanwhile
-        # (a webhook retry, a rebalance) waits for the first and is then skipped, not run in parallel.
-        self._inflight: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.writer = writer
+        self.completions = completions
+        # (target, event id) -> the delivery of it running now: a duplicate that arrives
+        # meanwhile (a webhook retry, a rebalance) waits for it and is then skipped, not run twice.
+        self._inflight: dict[str, asyncio.Future[None]] = {}
 
-    async def deliver(self, target: Target, event: Event, request_id: str | None = None) -> str:
-        """Run ``event`` through ``target`` until it succeeds or is dead-lettered. Returns the outcome."""
-        key = f"{target.key}|{event.id}"
-        lock, users = self._inflight.get(key, (asyncio.Lock(), 0))
-        self._inflight[key] = (lock, users + 1)
+    # -- the entry point -------------------------------------------------------------------
+    async def deliver(self, target: Target, events: list[Event], *, request_id: str | None = None,
+                      replay_of: str | None = None) -> dict[str, str]:
+        """Run ``events`` (in order) until each succeeded or was dead-lettered, durably.
+
+        Returns each event's outcome: "succeeded", "dead_lettered" or "duplicate" (it had
+        finished before). ``replay_of`` names a dead letter that must not count as finished."""
+        chunk = _Chunk(events)
         try:
-            async with lock:
-                return await self._deliver(target, event, request_id)
-        finally:
-            lock, users = self._inflight[key]
-            if users == 1:
-                del self._inflight[key]
-            else:
-                self._inflight[key] = (lock, users - 1)
+            await self._deliver(target, chunk, request_id, replay_of)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            chunk.broken = chunk.broken or exc
+        for fut in list(chunk.durable.values()):
+            if not fut.done():
+                try:
+                    await fut
+                except Exception:
+                    pass
+        finished, error = chunk.finished_prefix()
+        if finished < len(events):
+            raise Unfinished(finished, error or RuntimeError("unfinished"))
+        return chunk.outcomes
 
-    async def _deliver(self, target: Target, event: Event, request_id: str | None) -> str:
-        done = await self.store.is_completed(target.key, event.id)
-        if done is not None:
-            self.metrics.duplicates.labels(target.key).inc()
-            log.info("duplicate event skipped", trigger=target.key, event_id=event.id, outcome=done["outcome"])
-            return "duplicate"
-        request_id = request_id or uuid.uuid4().hex
-        attempts: list[dict[str, Any]] = []
+    async def _deliver(self, target: Target, chunk: _Chunk, request_id: str | None,
+                       replay_of: str | None) -> None:
+        todo = await self._not_finished(target, chunk, chunk.events, replay_of)
+        size = max(1, target.batch_size)
+        for start in range(0, len(todo), size):
+            if chunk.broken or any(f.done() and not f.cancelled() and f.exception() for f in chunk.durable.values()):
+                return
+            group = todo[start:start + size]
+            group = await self._claim(target, chunk, group, replay_of)
+            if not group:
+                continue
+            claims = [completion_key(target.key, e.id) for e in group]
+            try:
+                await self._run_to_end(target, chunk, group, request_id)
+            finally:
+                self._release(claims, chunk)
+
+    async def _not_finished(self, target: Target, chunk: _Chunk, events: list[Event],
+                            replay_of: str | None) -> list[Event]:
+        done = await self.completions.finished(target.key, [e.id for e in events], replay_of)
+        todo: dict[str, Event] = {}
+        for event in events:
+            if event.id in todo:
+                continue  # the same event twice in one chunk (a notification sent twice) runs once
+            if event.id in done or event.id in chunk.durable:
+                if event.id not in chunk.durable:
+                    chunk.durable[event.id] = _resolved()
+                    chunk.outcomes[event.id] = "duplicate"
+                    self.metrics.duplicates.labels(target.key).inc()
+                    log.info("duplicate event skipped", trigger=target.key, event_id=event.id,
+                             outcome=done.get(event.id))
+                continue
+            todo[event.id] = event
+        return list(todo.values())
+
+    async def _claim(self, target: Target, chunk: _Chunk, group: list[Event],
+                     replay_of: str | None) -> list[Event]:
+        """Wait for any delivery of these events already running here, then re-check them."""
+        busy = [self._inflight[k] for e in group
+                if (k := completion_key(target.key, e.id)) in self._inflight]
+        if busy:
+            await asyncio.gather(*(asyncio.shield(f) for f in busy), return_exceptions=True)
+            group = await self._not_finished(target, chunk, group, replay_of)
+        for event in group:
+            self._inflight[completion_key(target.key, event.id)] = asyncio.get_running_loop().create_future()
+        return group
+
+    def _release(self, claims: list[str], chunk: _Chunk) -> None:
+        for key in claims:
+            fut = self._inflight.pop(key, None)
+            if fut is None:
+                continue
+            event_id = key.split("|", 1)[1]
+            durable = chunk.durable.get(event_id)
+            if durable is None or durable.done():
+                fut.set_result(None)
+            else:  # waiters re-check once the record is in MongoDB
+                durable.add_done_callback(_resolve_with(fut))
+
+    # -- one group (one event, or one batch) to the end ------------------------------------
+    async def _run_to_end(self, target: Target, chunk: _Chunk, events: list[Event],
+                          request_id: str | None) -> None:
         policy = target.retry
-        attempt = 0
-        throttled = 0
-        while attempt < policy.max_attempts:
-            age = self._age_s(event)
-            if (attempt or throttled) and age is not None and age > policy.max_event_age_s:
-                attempts.append({"attempt": attempt + 1, "status": "expired", "at": now(), "error": {
-                    "type": "EventTooOld",
-                    "message": f"event is {age:.0f}s old; max_event_age_s is {policy.max_event_age_s}"}})
-                break
+        history: dict[str, list[dict[str, Any]]] = {e.id: [] for e in events}
+        remaining = list(events)
+        request_id = request_id or uuid.uuid4().hex
+        attempt = throttled = 0
+        while remaining:
+            if attempt or throttled:
+                age = self._age_s(remaining[0])
+                if age is not None and age > policy.max_event_age_s:
+                    error = {"type": "EventTooOld",
+                             "message": f"event is {age:.0f}s old; max_event_age_s is {policy.max_event_age_s}"}
+                    for e in remaining:
+                        history[e.id].append({"attempt": attempt + 1, "status": "expired", "at": now(), "error": error})
+                    await self._dead_letter(target, chunk, remaining, history)
+                    return
             attempt += 1
-            suffix = f"-{attempt}" if attempt > 1 else ""
-            invocation_id = f"{request_id}{suffix}" + (f"-t{throttled}" if throttled else "")
-            record = await self.run_once(target, event, invocation_id, request_id, attempt)
-            if record["status"] == Status.throttled.value:
-                # Our own capacity, not the function's fault: wait and try again without using up
-                # an attempt (bounded by max_event_age_s, as Lambda does for throttled events).
+            record, outcome = await self._attempt(target, chunk, remaining, request_id, attempt, throttled)
+            if outcome is None:  # throttled: our own capacity, not the function's fault
                 attempt -= 1
                 throttled += 1
                 await asyncio.sleep(backoff_delay(policy, min(throttled, 8)) or 0.1)
                 continue
-            attempts.append({
-                "attempt": attempt, "invocation_id": invocation_id, "status": record["status"],
-                "error": record["error"], "at": record["finished_at"],
-            })
-            if record["status"] == Status.succeeded.value:
-                await self.store.mark_completed(target.key, event.id, "succeeded", invocation_id)
-                return "succeeded"
-            if attempt < policy.max_attempts:
+            for e in outcome.failed:
+                history[e.id].append({"attempt": attempt, "invocation_id": record["_id"],
+                                      "status": record["status"], "error": record["error"] or _item_error(),
+                                      "at": record["finished_at"]})
+            if not outcome.failed:
+                return
+            whole_call_failed = not outcome.succeeded and not outcome.not_processed
+            if whole_call_failed and target.bisect and len(remaining) > 1:
+                half = len(remaining) // 2
                 self.metrics.retries.labels(target.key).inc()
-                await asyncio.sleep(backoff_delay(policy, attempt))
-        await self._dead_letter(target, event, attempts)
-        return "dead_lettered"
+                await self._run_to_end(target, chunk, remaining[:half], None)
+                await self._run_to_end(target, chunk, remaining[half:], None)
+                return
+            if attempt >= policy.max_attempts:
+                # Out of attempts: the failed ones are dead-lettered; what followed them in an
+                # ordered batch was never theirs to lose and starts its own attempts.
+                await self._dead_letter(target, chunk, outcome.failed, history)
+                remaining = outcome.not_processed
+                attempt = 0
+                continue
+            again = {e.id for e in outcome.failed} | {e.id for e in outcome.not_processed}
+            remaining = [e for e in remaining if e.id in again]
+            self.metrics.retries.labels(target.key).inc()
+            await asyncio.sleep(backoff_delay(policy, attempt))
 
-    async def run_once(
-        self, target: Target, event: Event, invocation_id: str, request_id: str, attempt: int
-    ) -> dict[str, Any]:
-        """One attempt: run the function and record what happened."""
-        bound = log.bind(invocation_id=invocation_id, function=target.function, trigger=target.trigger)
-        started = now()
-        fn = await self.registry.runtime(target.function)
+    async def _attempt(self, target: Target, chunk: _Chunk, events: list[Event], request_id: str,
+                       attempt: int, throttled: int) -> tuple[dict[str, Any], batches.Split | None]:
+        report, version = await self._invoke(target, events, request_id, attempt)
+        if report.status is Status.throttled:
+            return {}, None
+        is_batch = target.batch_size > 1
+        failed_ids: set[str] = set()
+        if report.status is Status.succeeded and is_batch:
+            try:
+                failed_ids = batches.reported_failures(report.result, [e.id for e in events])
+            except batches.BadItemFailures as exc:
+                report.status = Status.failed
+                report.error = {"type": "InvalidBatchItemFailures", "message": str(exc), "traceback": ""}
+        if report.status in FAILED:
+            failed_ids = {e.id for e in events}
+        outcome = batches.split(events, failed_ids, target.ordered)
+        record = self._record(target, events, report, version, request_id, attempt, outcome, is_batch)
+        durable = self.writer.submit(record)
+        for e in outcome.succeeded:
+            chunk.durable[e.id] = durable
+            chunk.outcomes[e.id] = "succeeded"
+        self._observe(target, record, report)
+        return record, outcome
+
+    async def _invoke(self, target: Target, events: list[Event], invocation_id: str,
+                      attempt: int) -> tuple[InvocationReport, str | None]:
+        try:
+            fn = await self.registry.runtime(target.function)
+        except CodeUnavailable as exc:  # this host cannot lay the code out (a full disk, say)
+            return InvocationReport(status=Status.failed, error={
+                "type": "CodeUnavailable", "message": str(exc)}), None
         if fn is None:
-            report = InvocationReport(
-                status=Status.failed,
-                error={"type": "FunctionNotFound", "message": f"function {target.function!r} does not exist"},
-            )
-            version = None
-        else:
-            version = fn.version
-            ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt)
-            with structlog.contextvars.bound_contextvars(
-                invocation_id=invocation_id, function=target.function, trigger=target.trigger
-            ):
-                report = await self.pool.invoke(fn, event.to_cloudevent(), ctx)
-        record = {
-            "_id": invocation_id,
+            return InvocationReport(status=Status.failed, error={
+                "type": "FunctionNotFound", "message": f"function {target.function!r} does not exist"}), None
+        payload = (batches.envelope(events, target.source, target.trigger) if target.batch_size > 1
+                   else events[0].to_cloudevent())
+        ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt)
+        with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function,
+                                                     trigger=target.trigger):
+            return await self.pool.invoke(fn, payload, ctx), fn.version
+
+    def _record(self, target: Target, events: list[Event], report: InvocationReport, version: str | None,
+                request_id: str, attempt: int, outcome: batches.Split, is_batch: bool) -> dict[str, Any]:
+        finished_at = now()
+        status = report.status.value
+        if report.status is Status.succeeded and outcome.failed:
+            status = "partial"
+        record: dict[str, Any] = {
+            "_id": uuid.uuid4().hex,
             "request_id": request_id,
             "function": target.function,
             "version": version,
             "trigger": target.trigger,
-            "event_id": event.id,
-            "event_source": event.source,
-            "event_type": event.type,
+            "event_id": events[0].id,
+            "event_ids": [e.id for e in events],
+            "event_source": events[0].source,
+            "event_type": events[0].type,
             "attempt": attempt,
-            "started_at": started,
-            "finished_at": now(),
+            "started_at": finished_at - dt.timedelta(milliseconds=report.duration_ms),
+            "finished_at": finished_at,
             **report.to_doc(),
+            "status": status,
+            # the success markers: see hub.records
+            "done": [completion_key(target.key, e.id) for e in outcome.succeeded],
         }
-        await self.store.record_invocation(record)
-        self.metrics.invocations.labels(target.function, report.status.value).inc()
-        self.metrics.duration.labels(target.function).observe(report.duration_ms / 1000)
-        bound.info(
-            "invocation finished", status=report.status.value, attempt=attempt,
-            duration_ms=round(report.duration_ms, 2), billed_ms=report.billed_ms,
-            max_memory_mb=report.max_memory_mb, cold_start=report.cold_start,
-        )
+        if is_batch:
+            failed = {e.id for e in outcome.failed}
+            skipped = {e.id for e in outcome.not_processed}
+            record["batch_size"] = len(events)
+            record["items"] = [{"event_id": e.id, "status": "failed" if e.id in failed else
+                                "not_processed" if e.id in skipped else "succeeded"} for e in events]
         return record
 
-    async def _dead_letter(self, target: Target, event: Event, attempts: list[dict[str, Any]]) -> None:
-        dl_id = dead_letter_id(target.key, event.id)
-        last = attempts[-1] if attempts else {}
-        doc = {
-            "_id": dl_id,
-            "trigger": target.trigger,
-            "function": target.function,
-            "event": event.to_cloudevent(),
-            "attempts": attempts,
-            "last_error": last.get("error"),
-            "last_status": last.get("status"),
-            "created_at": now(),
-        }
-        await self.store.put_dead_letter(doc)
-        await self.store.mark_completed(target.key, event.id, "dead_lettered", dl_id)
-        self.metrics.dead_letters.labels(target.key).inc()
-        log.warning(
-            "event dead-lettered", trigger=target.trigger, function=target.function,
-            event_id=event.id, attempts=len(attempts), dead_letter_id=dl_id,
-        )
+    def _observe(self, target: Target, record: dict[str, Any], report: InvocationReport) -> None:
+        self.metrics.invocations.labels(target.function, record["status"]).inc()
+        self.metrics.duration.labels(target.function).observe(report.duration_ms / 1000)
+        fields = dict(invocation_id=record["_id"], function=target.function, trigger=target.trigger,
+                      status=record["status"], attempt=record["attempt"],
+                      duration_ms=round(report.duration_ms, 2), billed_ms=report.billed_ms,
+                      max_memory_mb=report.max_memory_mb, cold_start=report.cold_start)
+        if "batch_size" in record:
+            fields["batch_size"] = record["batch_size"]
+        if record["status"] == "succeeded":
+            log.info("invocation finished", **fields)
+        elif record["status"] == "partial":
+            log.warning("invocation reported failed records", **fields,
+                        failed=sum(1 for i in record["items"] if i["status"] == "failed"))
+        else:
+            log.warning("invocation failed", **fields, error=(report.error or {}).get("message"))
+
+    async def _dead_letter(self, target: Target, chunk: _Chunk, events: list[Event],
+                           history: dict[str, list[dict[str, Any]]]) -> None:
+        """One dead letter per event, with its own attempts; the document is the event's marker."""
+        t = now()
+        ops = []
+        for e in events:
+            attempts = history[e.id]
+            last = attempts[-1] if attempts else {}
+            ops.append(ReplaceOne({"_id": dead_letter_id(target.key, e.id)}, storable({
+                "_id": dead_letter_id(target.key, e.id), "trigger": target.trigger, "function": target.function,
+                "event": e.to_cloudevent(), "attempts": attempts, "last_error": last.get("error"),
+                "last_status": last.get("status"), "created_at": t,
+            }), upsert=True))
+        write: asyncio.Future[Any] = asyncio.ensure_future(
+            shielded(self.store.db.dead_letters.bulk_write(ops, ordered=False)))
+        for e in events:
+            chunk.durable[e.id] = write
+            chunk.outcomes[e.id] = "dead_lettered"
+        await write
+        self.metrics.dead_letters.labels(target.key).inc(len(events))
+        for e in events:
+            log.warning("event dead-lettered", trigger=target.trigger, function=target.function,
+                        event_id=e.id, attempts=len(history[e.id]), dead_letter_id=dead_letter_id(target.key, e.id))
+
+    # -- synchronous invoke (the HTTP API) --------------------------------------------------
+    async def run_once(self, target: Target, event: Event, invocation_id: str, request_id: str,
+                       attempt: int) -> dict[str, Any]:
+        """One attempt at one event, recorded before it returns (sync invoke: no retries)."""
+        report, version = await self._invoke(target, [event], invocation_id, attempt)
+        outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
+        record = self._record(target, [event], report, version, request_id, attempt, outcome, False)
+        record["_id"] = invocation_id
+        await self.writer.submit(record)
+        self._observe(target, record, report)
+        return record
 
     @staticmethod
     def _age_s(event: Event) -> float | None:
         t = _parse_time(event.time)
         return (now() - t).total_seconds() if t else None
+
+
+def _item_error() -> dict[str, Any]:
+    return {"type": "BatchItemFailure", "message": "the handler reported this record in batchItemFailures"}
+
+
+def _resolve_with(fut: asyncio.Future[None]) -> Any:
+    def done(_: asyncio.Future[Any]) -> None:
+        if not fut.done():
+            fut.set_result(None)
+    return done
+
+
+def _resolved() -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut

@@ -36,12 +36,21 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeGuard
 from hub.describe import json_type, short_json
 
-__all__ = ["OPERATORS", "PatternError", "matches", "validate_pattern"]
+__all__ = ["MAX_PATTERN_BYTES", "MAX_PATTERN_DEPTH", "OPERATORS", "PatternError", "matches", "validate_pattern"]
+
+MAX_PATTERN_DEPTH: Final = 16
+"""Objects in a pattern nest at most this deep (``$or`` sub-patterns count as a level). Matching
+and validation recurse per level, and a pattern is stored in MongoDB (100 levels at most), so
+depth is bounded here rather than found out by a RecursionError or a failed write."""
+
+MAX_PATTERN_BYTES: Final = 16 * 1024
+"""A pattern's size as compact JSON: every event is matched against every trigger's pattern."""
 
 
 class PatternError(ValueError):
@@ -79,22 +88,29 @@ def validate_pattern(pattern: object) -> None:
     """
     if not isinstance(pattern, dict):
         raise PatternError(f"pattern: must be a JSON object, got {json_type(pattern)}")
-    _validate_object(pattern, "")
+    _validate_object(pattern, "", 1)
+    size = len(json.dumps(pattern, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > MAX_PATTERN_BYTES:
+        raise PatternError(f"pattern: is {size} bytes as JSON; the limit is {MAX_PATTERN_BYTES}")
 
 
-def _validate_object(obj: Mapping[Any, Any], path: str) -> None:
+def _validate_object(obj: Mapping[Any, Any], path: str, depth: int) -> None:
+    if depth > MAX_PATTERN_DEPTH:
+        raise PatternError(
+            f"{_where(path)}: nested too deeply; patterns may nest at most {MAX_PATTERN_DEPTH} levels"
+        )
     for key, value in obj.items():
         if not isinstance(key, str):
             raise PatternError(f"{_where(path)}: field names must be strings, got {key!r}")
         here = _join(path, key)
         if key == _OR:
-            _validate_or(value, here)
+            _validate_or(value, here, depth + 1)
         elif isinstance(value, dict):
             if not value:
                 raise PatternError(
                     f"{here}: empty object; name the fields to match inside it, or remove it"
                 )
-            _validate_object(value, here)
+            _validate_object(value, here, depth + 1)
         elif isinstance(value, list):
             _validate_alternatives(value, here)
         else:
@@ -110,7 +126,7 @@ def _validate_object(obj: Mapping[Any, Any], path: str) -> None:
             )
 
 
-def _validate_or(value: object, path: str) -> None:
+def _validate_or(value: object, path: str, depth: int) -> None:
     if not isinstance(value, list) or len(value) < 2:
         raise PatternError(f"{path}: must be a list of at least two sub-patterns (objects)")
     for index, sub in enumerate(value):
@@ -119,7 +135,7 @@ def _validate_or(value: object, path: str) -> None:
             raise PatternError(f"{here}: must be an object (a sub-pattern), got {json_type(sub)}")
         if not sub:
             raise PatternError(f"{here}: empty sub-pattern; it would make the whole $or match")
-        _validate_object(sub, here)
+        _validate_object(sub, here, depth)
 
 
 def _validate_alternatives(alternatives: list[Any], path: str) -> None:

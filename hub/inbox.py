@@ -1,23 +1,36 @@
 """The durable inbox: webhook events, async invokes and replays, processed from MongoDB.
 
 An item is written before the HTTP caller gets its 2xx, claimed with a lease (so several hub
-instances can share the work and a crashed one's items come back), renewed while it runs, and
+instances share the work and a crashed one's items come back), renewed while it runs, and
 deleted only when every trigger it went to has finished with it.
+
+Claims, renewals and deletes are bulk operations: the claimer takes up to ``claim_batch`` items
+that can run now (never more than ``capacity`` held at once), hands each to a queue per target
+(an S3 trigger, a function's async invokes, replays), and a few workers per queue run them in
+chunks through the dispatcher (a trigger's batch size and window apply; the inbox is an
+unordered source, so a failed record in a batch does not hold up the others). Finished items
+are deleted together; one lease renewal covers every item held. A hub that restarts with the
+same instance id takes its own claims back at once instead of waiting for their leases.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from bson import ObjectId
 
-from hub.dispatch import Dispatcher, Target, dead_letter_id
+from connectors.base import Unfinished
+from hub.dispatch import Dispatcher, Target
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.models import RetryPolicy
+from hub.records import dead_letter_id, shielded
 from hub.router import Router
 from hub.store import Store, now
 
@@ -28,6 +41,37 @@ ASYNC_INVOKE_RETRY = RetryPolicy(max_attempts=3, backoff_s=1.0, max_backoff_s=60
 # Deliveries of one inbox item (hub-side failures such as a MongoDB outage) before it is
 # dead-lettered; with the growing delay between them this is about an hour.
 MAX_DELIVERIES = 20
+MAX_CHUNK = 100  # events of one trigger run back to back with one duplicate check
+
+
+def redelivery_delay(deliveries: int) -> float:
+    """Pause before an item that failed on the hub side is offered again: 2, 4, ... 300 s."""
+    return float(min(2.0 ** deliveries, 300.0))
+
+
+@dataclass(eq=False)
+class _Held:
+    """A claimed item and the targets it still waits for."""
+
+    item: dict[str, Any]
+    pending: int = 0
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class _Entry:
+    held: _Held
+    target: Target
+    event: Event
+    request_id: str | None = None
+    replay_of: str | None = None
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.entries: asyncio.Queue[_Entry] = asyncio.Queue()
+        self.workers: set[asyncio.Task[None]] = set()
 
 
 class Inbox:
@@ -40,8 +84,12 @@ class Inbox:
         *,
         owner: str,
         concurrency: int = 16,
-        lease_s: float = 300.0,
+        lease_s: float = 60.0,
         poll_interval_s: float = 0.5,
+        capacity: int = 1000,
+        claim_batch: int = 200,
+        shutdown_grace_s: float = 10.0,
+        retry_delay: Callable[[int], float] = redelivery_delay,
     ) -> None:
         self.store = store
         self.router = router
@@ -51,8 +99,18 @@ class Inbox:
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
+        self.capacity = capacity
+        self.claim_batch = claim_batch
+        self.shutdown_grace_s = shutdown_grace_s
+        self.retry_delay = retry_delay  # a seam: tests make hub-side redelivery immediate
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._held: dict[Any, _Held] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._finished: list[Any] = []  # item ids to delete
+        self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._side: set[asyncio.Task[None]] = set()
 
     # -- writers ----------------------------------------------------------------------------
     async def put_events(self, events: list[Event]) -> None:
@@ -85,131 +143,259 @@ class Inbox:
         while await self.store.inbox_depth():
             await asyncio.sleep(0.05)
 
-    # -- processing -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(i), name=f"inbox-{i}") for i in range(self.concurrency)]
-        self._tasks.append(asyncio.create_task(self._poll(), name="inbox-poll"))
+    def stats(self) -> dict[str, Any]:
+        return {"held": len(self._held), "queues": {k: q.entries.qsize() for k, q in self._queues.items()
+                                                    if q.entries.qsize() or q.workers}}
 
-    async def _poll(self) -> None:
-        """Wake the workers for items they were not told about (written by other instances,
-        retries coming due, expired leases): one cheap query per interval, so an idle hub with
-        many workers does not hammer MongoDB."""
-        while True:
-            await asyncio.sleep(self.poll_interval_s)
-            try:
-                if await self.store.inbox_ready():
-                    self._wake.set()
-            except Exception:
-                pass  # the workers report outages when they next claim
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        reclaimed = await self.store.inbox_reclaim(self.owner)
+        if reclaimed:
+            log.info("inbox: took back the items this instance held before it stopped", items=reclaimed)
+        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+            ("inbox-claim", self._claim_loop()), ("inbox-poll", self._poll()),
+            ("inbox-renew", self._renew_loop()), ("inbox-delete", self._delete_loop()))]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        claimer, *others = self._tasks
+        claimer.cancel()
+        await asyncio.wait([claimer])
+        workers = [w for q in self._queues.values() for w in q.workers]
+        if workers:
+            await asyncio.wait(workers, timeout=self.shutdown_grace_s)
+            for w in workers:
+                w.cancel()
+            await asyncio.wait(workers)
+        if self._side:
+            await asyncio.wait(self._side, timeout=self.shutdown_grace_s)
+        # Hand back what did not finish, at once rather than after the lease.
+        unfinished = [h.item["_id"] for h in self._held.values()]
+        await self._quietly(self.store.inbox_release(unfinished, self.owner))
+        await self._quietly(self._delete_finished())
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*others, return_exceptions=True)
+        self._tasks, self._held, self._queues = [], {}, {}
 
-    async def _worker(self, index: int) -> None:
+    async def _quietly(self, aw: Any) -> None:
+        try:
+            await asyncio.wait_for(shielded(aw), 10.0)
+        except Exception:
+            pass  # leases run out by themselves
+
+    # -- claiming ---------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
         failures = 0
         while True:
+            room = self.capacity - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
             try:
-                item = await self.store.inbox_claim(self.owner, self.lease_s)
+                items = await shielded(self.store.inbox_claim(self.owner, self.lease_s, min(room, self.claim_batch)))
                 failures = 0
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 failures += 1
-                if failures == 1 and index == 0:
+                if failures == 1:
                     log.warning("inbox unavailable; retrying", error=str(exc))
                 await asyncio.sleep(min(0.5 * 2**failures, 10.0))
                 continue
-            if item is None:
+            if not items:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # others may be waiting too: there may be more
-            self._wake.set()
-            await self._process(item)
+            for item in items:
+                self._route(item)
 
-    async def _process(self, item: dict[str, Any]) -> None:
-        renew = asyncio.create_task(self._renew(item["_id"]))
+    async def _poll(self) -> None:
+        """Wake the claimer for items it was not told about (written by other instances,
+        retries coming due, expired leases): one cheap query per interval."""
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                if await shielded(self.store.inbox_ready()):
+                    self._wake.set()
+            except Exception:
+                pass  # the claimer reports outages
+
+    def _route(self, item: dict[str, Any]) -> None:
+        held = self._held[item["_id"]] = _Held(item)
         try:
             if item["deliveries"] > MAX_DELIVERIES:
-                await self._give_up(item)
-            else:
-                await self._run(item)
-            await self.store.inbox_done(item["_id"])
-        except asyncio.CancelledError:
-            # shutting down: hand the item back at once rather than after the lease
-            await asyncio.shield(self._release_quietly(item["_id"]))
-            raise
+                self._side_task(self._give_up(held))
+                return
+            event = Event.from_cloudevent(item["event"])
+            entries = self._entries(held, event)
         except Exception as exc:
-            delay = min(2.0 ** item["deliveries"], 300.0)
-            log.warning("inbox item failed; it will be retried", item=str(item["_id"]), error=str(exc),
-                        deliveries=item["deliveries"], retry_in_s=delay, exc_info=True)
-            await self._release_quietly(item["_id"], delay, f"{type(exc).__name__}: {exc}")
-        finally:
-            renew.cancel()
+            log.warning("inbox item cannot be processed", item=str(item["_id"]), error=repr(exc))
+            held.error = f"{type(exc).__name__}: {exc}"
+            self._settle(held)
+            return
+        if not entries:
+            self._settle(held)  # no trigger wants it (any more): nothing to run
+            return
+        held.pending = len(entries)
+        for entry in entries:
+            key = f"{entry.target.key}:{entry.target.function}"
+            queue = self._queues.setdefault(key, _Queue())
+            queue.entries.put_nowait(entry)
+            self._spawn(queue)
 
-    async def _give_up(self, item: dict[str, Any]) -> None:
-        """An item that failed every delivery (not the function: the hub could not process it)."""
-        event = Event.from_cloudevent(item["event"])
-        target_key = item.get("trigger") or f"inbox:{item['kind']}"
-        await self.store.put_dead_letter({
-            "_id": dead_letter_id(target_key, event.id),
-            "trigger": item.get("trigger"),
-            "function": item.get("function"),
-            "event": item["event"],
-            "attempts": [],
-            "last_status": "undeliverable",
-            "last_error": {"type": "InboxDeliveryFailed",
-                           "message": f"gave up after {item['deliveries'] - 1} deliveries: {item.get('last_error')}"},
-            "created_at": now(),
-        })
-        log.error("inbox item dead-lettered after repeated failures", item=str(item["_id"]),
-                  last_error=item.get("last_error"))
+    def _entries(self, held: _Held, event: Event) -> list[_Entry]:
+        item, kind = held.item, held.item["kind"]
+        if kind == "s3":
+            return [_Entry(held, Target(t.function, t.name, t.retry, t.batch_size, False, event.source), event)
+                    for t in self.router.match_s3(event)]
+        if kind == "invoke":
+            return [_Entry(held, Target(item["function"], None, ASYNC_INVOKE_RETRY, 1, False), event,
+                           request_id=item["request_id"])]
+        if kind == "replay":
+            name = item.get("trigger")
+            if name is None:
+                target = Target(item["function"], None, ASYNC_INVOKE_RETRY, 1, False)
+            else:
+                trigger = self.router.triggers.get(name)
+                if trigger is None:
+                    log.warning("replay dropped: trigger no longer exists", trigger=name)
+                    return []
+                target = Target(trigger.function, trigger.name, trigger.retry, 1, False, event.source)
+            return [_Entry(held, target, event, replay_of=item["dead_letter_id"])]
+        raise ValueError(f"unknown inbox item kind {kind!r}")
 
-    async def _release_quietly(self, item_id: Any, delay_s: float = 0.0, error: str | None = None) -> None:
+    # -- running ----------------------------------------------------------------------------
+    def _spawn(self, queue: _Queue) -> None:
+        while len(queue.workers) < min(self.concurrency, queue.entries.qsize()):
+            task = asyncio.create_task(self._work(queue), name="inbox-worker")
+            queue.workers.add(task)
+            task.add_done_callback(queue.workers.discard)
+
+    async def _work(self, queue: _Queue) -> None:
+        while not queue.entries.empty():
+            chunk = await self._take_chunk(queue)
+            await self._run_chunk(chunk)
+
+    async def _take_chunk(self, queue: _Queue) -> list[_Entry]:
+        first = queue.entries.get_nowait()
+        target = first.target
+        if first.request_id is not None or first.replay_of is not None:
+            return [first]  # each has its own request id / dead letter
+        limit = target.batch_size if target.batch_size > 1 else MAX_CHUNK
+        window = self._window_s(target)
+        chunk = [first]
+        while len(chunk) < limit:
+            try:
+                chunk.append(queue.entries.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = first.arrived + window - time.monotonic()
+            if target.batch_size <= 1 or left <= 0:
+                break
+            try:
+                chunk.append(await asyncio.wait_for(queue.entries.get(), left))
+            except TimeoutError:
+                break
+        return chunk
+
+    def _window_s(self, target: Target) -> float:
+        trigger = self.router.triggers.get(target.trigger or "")
+        return trigger.batch_window_s if trigger is not None else 0.0
+
+    async def _run_chunk(self, chunk: list[_Entry]) -> None:
+        first = chunk[0]
+        finished, error = len(chunk), None
         try:
-            await self.store.inbox_release(item_id, self.owner, delay_s, error)
-        except Exception:
-            pass  # the lease runs out and the item is claimed again
+            outcomes = await self.dispatcher.deliver(first.target, [e.event for e in chunk],
+                                                     request_id=first.request_id, replay_of=first.replay_of)
+            if first.replay_of is not None and outcomes.get(first.event.id) in ("succeeded", "duplicate"):
+                await shielded(self.store.delete_dead_letter(first.replay_of))
+        except Unfinished as exc:
+            finished, error = exc.finished, exc.cause
+        except Exception as exc:
+            log.warning("inbox delivery failed", error=repr(exc), exc_info=True)
+            finished, error = 0, exc
+        for i, entry in enumerate(chunk):
+            if i >= finished and entry.held.error is None:
+                entry.held.error = f"{type(error).__name__}: {error}"
+            entry.held.pending -= 1
+            if entry.held.pending == 0:
+                self._settle(entry.held)
 
-    async def _renew(self, item_id: Any) -> None:
+    def _settle(self, held: _Held) -> None:
+        """Every target is through with the item: delete it, or hand it back for later."""
+        item_id = held.item["_id"]
+        self._held.pop(item_id, None)
+        self._room.set()
+        if held.error is None:
+            self._finished.append(item_id)
+            self._flush.set()
+            return
+        delay = self.retry_delay(held.item["deliveries"])
+        log.warning("inbox item failed; it will be retried", item=str(item_id), error=held.error,
+                    deliveries=held.item["deliveries"], retry_in_s=delay)
+        self._side_task(self._quietly(self.store.inbox_release([item_id], self.owner, delay, held.error)))
+
+    def _side_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
+
+    async def _give_up(self, held: _Held) -> None:
+        """An item that failed every delivery (not the function: the hub could not process it)."""
+        item = held.item
+        target_key = item.get("trigger") or f"inbox:{item['kind']}"
+        event_id = str((item.get("event") or {}).get("id", item["_id"]))
+        try:
+            await shielded(self.store.put_dead_letter({
+                "_id": dead_letter_id(target_key, event_id),
+                "trigger": item.get("trigger"),
+                "function": item.get("function"),
+                "event": item.get("event"),
+                "attempts": [],
+                "last_status": "undeliverable",
+                "last_error": {"type": "InboxDeliveryFailed",
+                               "message": f"gave up after {item['deliveries'] - 1} deliveries: {item.get('last_error')}"},
+                "created_at": now(),
+            }))
+        except Exception as exc:
+            held.error = f"{type(exc).__name__}: {exc}"
+        else:
+            log.error("inbox item dead-lettered after repeated failures", item=str(item["_id"]),
+                      last_error=item.get("last_error"))
+        self._settle(held)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
+            ids = [h.item["_id"] for h in self._held.values()] + list(self._finished)
+            if not ids:
+                continue
             try:
-                if not await self.store.inbox_renew(item_id, self.owner, self.lease_s):
-                    log.warning("inbox lease lost; another instance may run this item too", item=str(item_id))
-                    return
+                renewed = await shielded(self.store.inbox_renew(self.owner, ids, self.lease_s))
+                if renewed < len(ids):
+                    log.warning("inbox leases lost; another instance may run these items too",
+                                held=len(ids), renewed=renewed)
             except Exception as exc:
-                log.warning("inbox lease renewal failed; retrying", item=str(item_id), error=str(exc))
+                log.warning("inbox lease renewal failed; retrying", error=str(exc))
 
-    async def _run(self, item: dict[str, Any]) -> None:
-        event = Event.from_cloudevent(item["event"])
-        kind = item["kind"]
-        if kind == "s3":
-            async with asyncio.TaskGroup() as group:  # one failing delivery cancels the rest
-                for t in self.router.match_s3(event):
-                    group.create_task(self.dispatcher.deliver(Target(t.function, t.name, t.retry), event))
-        elif kind == "invoke":
-            target = Target(item["function"], None, ASYNC_INVOKE_RETRY)
-            await self.dispatcher.deliver(target, event, request_id=item["request_id"])
-        elif kind == "replay":
-            await self._replay(item, event)
-        else:
-            log.error("unknown inbox item kind; dropped", kind=kind, item=str(item["_id"]))
+    async def _delete_loop(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            await asyncio.sleep(0.02)  # let a few more finish: one delete for them all
+            try:
+                await shielded(self._delete_finished())
+            except Exception as exc:
+                log.warning("inbox delete failed; retrying", error=str(exc))
+                self._flush.set()
+                await asyncio.sleep(1.0)
 
-    async def _replay(self, item: dict[str, Any], event: Event) -> None:
-        name = item.get("trigger")
-        if name is None:
-            target = Target(item["function"], None, ASYNC_INVOKE_RETRY)
-        else:
-            trigger = self.router.triggers.get(name)
-            if trigger is None:
-                log.warning("replay dropped: trigger no longer exists", trigger=name)
-                return
-            target = Target(trigger.function, trigger.name, trigger.retry)
-        await self.store.forget_dead_lettered(target.key, event.id, item["dead_letter_id"])
-        outcome = await self.dispatcher.deliver(target, event)
-        if outcome == "succeeded":
-            await self.store.delete_dead_letter(item["dead_letter_id"])
+    async def _delete_finished(self) -> None:
+        ids, self._finished = self._finished, []
+        try:
+            await self.store.inbox_done(ids)
+        except BaseException:
+            self._finished = ids + self._finished
+            raise

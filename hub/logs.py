@@ -1,38 +1,115 @@
-"""structlog set-up: JSON lines in production, console in dev.
+"""structlog set-up: JSON lines in production, console in dev, for our lines and the libraries'.
 
 Invocation context (invocation_id, function, trigger) is bound with structlog's contextvars so
 that every line logged while an invocation is handled carries it.
+
+aiokafka, pymongo and aiohttp log through the standard library. Everything goes through one
+stdlib handler whose ``structlog.stdlib.ProcessorFormatter`` renders both our event dicts and
+their records (via ``foreign_pre_chain``), so a log reader sees one format with the same keys
+(timestamp, level, logger, event) whatever wrote the line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import IO
 
 import structlog
 
+# Libraries whose INFO lines are chatter for a service operator; WARNING and above still show.
+LIBRARIES = ("aiokafka", "kafka", "pymongo", "aiohttp", "asyncio", "botocore", "urllib3")
+REPEAT_WINDOW_S = 60.0
+_MARK = "_trigger_hub_handler"  # set on our handler, so configure() can replace it
 
-def configure(fmt: str = "console", level: str = "info") -> None:
+# aiokafka reports a member its group no longer knows (a trigger stopped, a session timed out,
+# a rebalance) from its heartbeat and its commit paths, at warning and at error, once per
+# heartbeat: 144 lines when a few triggers stop. One warning per window says the same.
+_MEMBERSHIP_MARKERS = (
+    "UnknownMemberId", "member_id was not recognized", "IllegalGeneration", "will rejoin",
+    "generation id is not", "CommitFailedError", "rebalanced and may have assigned",
+)
+
+
+class LibraryNoise(logging.Filter):
+    """Tames the libraries' repeated lines (never ours): aiokafka's group-membership errors become
+    one warning, and a line repeated within ``window_s`` is dropped, the next one saying how many
+    were (``suppressed``)."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[tuple[str, str, int], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str):
+            return True  # a structlog event dict: one of our own lines
+        key = (record.name, record.msg, record.levelno)
+        if record.name.startswith("aiokafka") and record.levelno >= logging.WARNING:
+            text = record.getMessage()
+            if any(marker in text for marker in _MEMBERSHIP_MARKERS):
+                record.msg, record.args = "kafka consumer is no longer a member of its group; it rejoins if still running", None
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.detail = text
+                key = ("aiokafka", "group-membership", logging.WARNING)
+        now = time.monotonic()
+        last, suppressed = self._seen.get(key, (0.0, 0))
+        if last and now - last < self.window_s:
+            self._seen[key] = (last, suppressed + 1)
+            return False
+        if suppressed:
+            record.suppressed = suppressed
+        self._seen[key] = (now, 0)
+        if len(self._seen) > 1000:  # bounded: forget the oldest half
+            for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                del self._seen[old]
+        return True
+
+
+def _level(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        numeric = logging.INFO
-    renderer: structlog.typing.Processor
+    return numeric if isinstance(numeric, int) else logging.INFO
+
+
+def configure(fmt: str = "console", level: str = "info", stream: IO[str] | None = None) -> None:
+    """Configure structlog and the stdlib root logger (idempotent: a second call replaces the first)."""
+    numeric = _level(level)
+    out = stream or sys.stderr
+    final: list[structlog.typing.Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        final += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(default=str)]
+    else:  # ConsoleRenderer prints exceptions itself; plainly, never with local variables
+        final.append(structlog.dev.ConsoleRenderer(colors=out.isatty(),
+                                                   exception_formatter=structlog.dev.plain_traceback))
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    # Libraries (aiokafka, pymongo, aiohttp) log through stdlib logging; keep them quiet but visible.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(allow=["detail", "suppressed"])],
+        processors=final,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    handler.addFilter(LibraryNoise())
+    setattr(handler, _MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

@@ -1,6 +1,9 @@
-"""Validated shapes of what users send: functions, triggers, retry policies.
+"""Validated shapes of what users send: functions, triggers, retry policies, batching.
 
-pydantic does the checking so every 4xx says which field is wrong and why.
+pydantic does the checking so every 4xx says which field is wrong and why. Validation is strict
+(no ``true`` -> 1, no ``"3"`` -> 3, no NaN or Infinity) and every string, list and number has a
+bound: what is accepted here is stored in MongoDB and shown back, so nothing unbounded gets in.
+The bounds are part of the JSON schema and so of ``GET /v1/openapi.json``.
 """
 
 from __future__ import annotations
@@ -8,19 +11,70 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hub import filters
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-Name = Annotated[str, Field(pattern=NAME_RE)]
+NAME_MAX = 63
+Name = Annotated[str, Field(pattern=NAME_RE, max_length=NAME_MAX)]
+
+# Bounds (Lambda's where it has one).
+DESCRIPTION_MAX = 256  # Lambda: 256 characters
+HANDLER_MAX = 128  # Lambda: 128 characters
+ENV_TOTAL_MAX = 4096  # Lambda: 4 KB for all variables together
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CODE_PATH_MAX = 1024  # bytes; each path component at most 255 bytes (see hub.code)
+CODE_FILES_MAX = 1000
+CODE_TEXT_MAX = 8 * 1024 * 1024  # characters of one inline file; hub.code bounds bytes exactly
+ZIP_BASE64_MAX = 12 * 1024 * 1024  # a zip of up to ~9 MB; unpacked size is bounded by hub.code
+S3_KEY_MAX = 1024  # bytes: S3's own key limit, so a longer prefix or suffix can never match
+S3_EVENTS_MAX = 32
+MONGO_DB_MAX = 63  # bytes (MongoDB: fewer than 64)
+MONGO_NAMESPACE_MAX = 255  # bytes of "database.collection" (MongoDB 4.4+, unsharded)
+TIMEOUT_MIN_S = 0.1  # below this not even a warm worker can answer; Lambda's minimum is 1 s
+
+
+def _utf8(text: str) -> str:
+    """Refuse lone surrogates (JSON allows ``"\\ud800"``): MongoDB, file systems and other
+    servers only take valid UTF-8, so such a string could never be stored or used."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid unicode text (it holds a lone surrogate)") from None
+    return text
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("cannot contain NUL characters")
+    return text
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(_utf8)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class CodeSpec(_Strict):
-    files: dict[str, str] | None = None
-    zip_base64: str | None = None
+    files: dict[str, str] | None = Field(
+        default=None, max_length=CODE_FILES_MAX,
+        description="Inline files: relative path -> source text. Paths are POSIX, relative, at most "
+                    f"{CODE_PATH_MAX} bytes; no file may also be a directory of another path.",
+        json_schema_extra={
+            "propertyNames": {"minLength": 1, "maxLength": CODE_PATH_MAX},
+            "additionalProperties": {"type": "string", "maxLength": CODE_TEXT_MAX},
+        },
+    )
+    zip_base64: str | None = Field(
+        default=None, max_length=ZIP_BASE64_MAX, description="A zip of the code, base64-encoded."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> CodeSpec:
@@ -32,14 +86,30 @@ class CodeSpec(_Strict):
 
 
 class FunctionSpec(_Strict):
-    handler: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "handler": "main.handler", "timeout_s": 10, "memory_mb": 128,
+        "code": {"files": {"main.py": "def handler(event, context):\n    return {'got': event['subject']}\n"}},
+    }]})
+
+    handler: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$", max_length=HANDLER_MAX,
+        description="module.function, e.g. main.handler",
+    )
     code: CodeSpec
-    timeout_s: float = Field(default=30.0, gt=0, le=900)
+    timeout_s: float = Field(default=30.0, ge=TIMEOUT_MIN_S, le=900)
     memory_mb: int = Field(default=256, ge=32, le=10240)
     max_concurrency: int = Field(default=4, ge=1, le=256)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Environment variables; names like C identifiers, at most {ENV_TOTAL_MAX} bytes "
+                    "in total (names and values).",
+        json_schema_extra={
+            "propertyNames": {"pattern": ENV_NAME_RE, "maxLength": ENV_TOTAL_MAX},
+            "additionalProperties": {"type": "string", "maxLength": ENV_TOTAL_MAX},
+        },
+    )
     network: bool = False
-    description: str = ""
+    description: Description = ""
 
     @field_validator("env")
     @classmethod
@@ -50,45 +120,131 @@ class FunctionSpec(_Strict):
             # NUL cannot be in an environment variable (and would split sandbox arguments)
             if "\x00" in value:
                 raise ValueError(f"env {key}: values cannot contain NUL characters")
-        if sum(len(k) + len(v) for k, v in env.items()) > 4096:
-            raise ValueError("env is larger than 4 KB in total (Lambda's limit)")
+            _utf8(value)
+        if sum(_utf8_len(k) + _utf8_len(v) for k, v in env.items()) > ENV_TOTAL_MAX:
+            raise ValueError(f"env is larger than {ENV_TOTAL_MAX} bytes in total (Lambda's limit)")
         return env
 
 
 class RetryPolicy(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=100)
-    backoff_s: float = Field(default=1.0, ge=0, le=3600)  # first retry delay; doubles each time
-    max_backoff_s: float = Field(default=60.0, ge=0, le=3600)
-    max_event_age_s: float = Field(default=21600.0, gt=0)  # Lambda's async default: 6 h
+    backoff_s: float = Field(default=1.0, ge=0, le=3600, description="first retry delay; doubles each time")
+    max_backoff_s: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="cap on the retry delay; at least backoff_s (defaults to backoff_s when that is larger)",
+    )
+    max_event_age_s: float = Field(  # Lambda's async default: 6 h
+        default=21600.0, ge=1, le=14 * 86400, description="events older than this are not retried"
+    )
+    bisect_on_error: bool = Field(
+        default=False, description="split a failing batch in two and retry the halves (batch.size > 1)"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RetryPolicy:
+        if self.max_backoff_s < self.backoff_s:
+            if "max_backoff_s" in self.model_fields_set:
+                raise ValueError(f"max_backoff_s ({self.max_backoff_s}) is smaller than backoff_s "
+                                 f"({self.backoff_s}); the cap must be at least the first delay")
+            self.max_backoff_s = self.backoff_s
+        return self
+
+
+class BatchSpec(_Strict):
+    """How many events one handler call gets: up to ``size``, waiting at most ``window_ms`` to fill
+    a batch (Lambda's BatchSize / MaximumBatchingWindowInSeconds)."""
+
+    size: int = Field(default=1, ge=1, le=10000)
+    window_ms: int = Field(default=0, ge=0, le=300_000)
+
+
+_S3_EVENT_RE = re.compile(
+    r"^s3:(ObjectCreated|ObjectRemoved|ObjectRestore|Replication|ObjectLifecycle|ObjectTagging|ObjectAcl|"
+    r"LifecycleExpiration|LifecycleTransition|ObjectAccessed)(:[A-Za-z*]+)*$"
+)
+
+
+def _s3_key_part(text: str) -> str:
+    _utf8(text)
+    if _utf8_len(text) > S3_KEY_MAX:
+        raise ValueError(f"is longer than {S3_KEY_MAX} bytes, S3's limit for a whole key")
+    return text
+
+
+S3KeyPart = Annotated[str, Field(max_length=S3_KEY_MAX), AfterValidator(_s3_key_part)]
 
 
 class S3Source(_Strict):
     type: Literal["s3"]
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
-    events: list[str] = Field(default_factory=lambda: ["s3:ObjectCreated:*"], min_length=1)
-    prefix: str = ""
-    suffix: str = ""
+    events: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: ["s3:ObjectCreated:*"], min_length=1, max_length=S3_EVENTS_MAX
+    )
+    prefix: S3KeyPart = ""
+    suffix: S3KeyPart = ""
     transport: Literal["webhook", "listen"] = "webhook"
 
     @field_validator("events")
     @classmethod
     def _event_names(cls, events: list[str]) -> list[str]:
         for name in events:
-            if not re.match(r"^s3:(ObjectCreated|ObjectRemoved|ObjectRestore|Replication|ObjectLifecycle|ObjectTagging|ObjectAcl|LifecycleExpiration|LifecycleTransition|ObjectAccessed)(:[A-Za-z*]+)*$", name):
+            if not _S3_EVENT_RE.match(name):
                 raise ValueError(f"unknown S3 event name {name!r} (expected e.g. 's3:ObjectCreated:*')")
         return events
 
 
 MongoOp = Literal["insert", "update", "replace", "delete"]
 ALL_MONGO_OPS: tuple[MongoOp, ...] = ("insert", "update", "replace", "delete")
+# Change streams cannot watch these (MongoDB refuses, and the trigger would retry forever).
+MONGO_UNWATCHABLE_DBS = frozenset({"admin", "local", "config"})
+
+
+def _mongo_database(name: str) -> str:
+    """MongoDB's rules for database names (Unix): no ``/\\. "$`` or NUL, under 64 bytes."""
+    _utf8(name)
+    bad = sorted({c for c in name if c in '/\\. "$\x00'})
+    if bad:
+        raise ValueError(f"database names cannot contain {' '.join(repr(c) for c in bad)}")
+    if _utf8_len(name) > MONGO_DB_MAX:
+        raise ValueError(f"database name is {_utf8_len(name)} bytes; MongoDB allows at most {MONGO_DB_MAX}")
+    if name in MONGO_UNWATCHABLE_DBS:
+        raise ValueError(f"change streams cannot watch the {name!r} database")
+    return name
+
+
+def _mongo_collection(name: str) -> str:
+    """MongoDB's rules for collection names: no ``$`` or NUL, not empty, not ``system.*``."""
+    _utf8(name)
+    _no_nul(name)
+    if "$" in name:
+        raise ValueError("collection names cannot contain '$'")
+    if name.startswith("."):
+        raise ValueError("collection names cannot start with '.'")
+    if name.startswith("system."):
+        raise ValueError("'system.*' collections are MongoDB's own; they cannot be watched")
+    return name
 
 
 class MongoSource(_Strict):
     type: Literal["mongodb"]
-    database: str = Field(min_length=1, max_length=63, pattern=r"^[^/\\. \"$]+$")
-    collection: str = Field(min_length=1, max_length=255, pattern=r"^[^$]+$")
-    operations: list[MongoOp] = Field(default_factory=lambda: list(ALL_MONGO_OPS), min_length=1)
+    # The patterns are for the schema; the validators say precisely what is wrong.
+    database: Annotated[str, Field(min_length=1, max_length=MONGO_DB_MAX,
+                                   json_schema_extra={"pattern": r'^[^/\\. "$\x00]+$'}),
+                        AfterValidator(_mongo_database)]
+    collection: Annotated[str, Field(min_length=1, max_length=MONGO_NAMESPACE_MAX - 2,
+                                     json_schema_extra={"pattern": r"^[^$\x00.][^$\x00]*$"},
+                                     description="not starting with 'system.'"),
+                          AfterValidator(_mongo_collection)]
+    operations: list[MongoOp] = Field(default_factory=lambda: list(ALL_MONGO_OPS), min_length=1, max_length=4)
     full_document: Literal["default", "updateLookup", "whenAvailable", "required"] = "default"
+
+    @model_validator(mode="after")
+    def _namespace_length(self) -> MongoSource:
+        size = _utf8_len(self.database) + 1 + _utf8_len(self.collection)
+        if size > MONGO_NAMESPACE_MAX:
+            raise ValueError(f"namespace '{self.database}.{self.collection}' is {size} bytes; MongoDB "
+                             f"allows at most {MONGO_NAMESPACE_MAX}")
+        return self
 
 
 class KafkaSource(_Strict):
@@ -96,15 +252,51 @@ class KafkaSource(_Strict):
     topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     start: Literal["latest", "earliest"] = "latest"
 
+    @field_validator("topic")
+    @classmethod
+    def _not_dots(cls, topic: str) -> str:
+        if topic in (".", ".."):
+            raise ValueError("'.' and '..' are not valid Kafka topic names")
+        return topic
+
 
 Source = Annotated[S3Source | MongoSource | KafkaSource, Field(discriminator="type")]
 
 
 class TriggerSpec(_Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "function": "hello", "source": {"type": "kafka", "topic": "clicks", "start": "latest"},
+        "retry": {"max_attempts": 5, "backoff_s": 0.5}, "batch": {"size": 10, "window_ms": 100},
+    }]})
+
     function: Name
     source: Source
-    filter: dict[str, Any] = Field(default_factory=dict)
+    filter: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"EventBridge-style content pattern; objects nest at most {filters.MAX_PATTERN_DEPTH} "
+                    f"levels, at most {filters.MAX_PATTERN_BYTES} bytes as JSON",
+    )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    batch: int = Field(default=1, ge=1, le=1)  # batching is reserved; one event per invocation today
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    ordering: Literal["partition", "key"] = Field(
+        default="partition",
+        description="kafka only: 'key' runs different keys of one partition in parallel, each key in order",
+    )
     enabled: bool = True
-    description: str = ""
+    description: Description = ""
+
+    @field_validator("filter")
+    @classmethod
+    def _pattern(cls, pattern: dict[str, Any]) -> dict[str, Any]:
+        try:
+            filters.validate_pattern(pattern)
+        except filters.PatternError as exc:
+            raise ValueError(str(exc)) from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _ordering_needs_keys(self) -> TriggerSpec:
+        if self.ordering == "key" and self.source.type != "kafka":
+            raise ValueError(f"ordering 'key' is only for kafka sources ({self.source.type} events have no "
+                             f"message key); use 'partition'")
+        return self

@@ -1,85 +1,346 @@
-"""OpenAPI 3.1 description of the HTTP API; request schemas come straight from the pydantic models."""
+"""OpenAPI 3.1 description of the HTTP API.
+
+Request schemas come straight from the pydantic models (so every bound and pattern the hub
+enforces is in the document); response schemas from the small models below. Each operation
+lists every status code it answers with, so a client (or a fuzzer) can rely on the document.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import json
 from typing import Any
 
-from hub.models import FunctionSpec, TriggerSpec
+from pydantic import BaseModel, ConfigDict, Field
 
-_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+from hub.models import NAME_MAX, NAME_RE, FunctionSpec, TriggerSpec
+
+ID_MAX = 256
+QUERY_MAX = 1024  # hub.api.MAX_QUERY_VALUE
+LIMIT_MAX = 1000
 
 
-def _op(summary: str, body: str | None = None, ok: str = "200", **extra: Any) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {ok: {"description": "ok"}, "4XX": _ERR}}
+class _Open(BaseModel):
+    """Responses may gain fields; clients ignore the ones they do not know."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Error(BaseModel):
+    error: str = Field(description="what is wrong, for people")
+    details: list[dict[str, Any]] | None = Field(default=None, description="per-field problems: field, message")
+
+
+class FunctionVersionRef(_Open):
+    version: str
+    created_at: dt.datetime
+
+
+class Function(_Open):
+    name: str
+    version: str
+    handler: str
+    timeout_s: float
+    memory_mb: int
+    max_concurrency: int
+    env: dict[str, str] = {}
+    network: bool = False
+    description: str = ""
+    code_size: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    new_version: bool | None = Field(default=None, description="PUT only: whether this made a new version")
+    versions: list[FunctionVersionRef] | None = Field(default=None, description="GET of one function only")
+    triggers: list[str] | None = Field(default=None, description="GET of one function only")
+
+
+class FunctionList(_Open):
+    functions: list[Function]
+
+
+class Trigger(_Open):
+    name: str
+    function: str
+    source: dict[str, Any]
+    filter: dict[str, Any] = {}
+    retry: dict[str, Any] = {}
+    batch: dict[str, Any] = {}
+    ordering: str = "partition"
+    enabled: bool = True
+    description: str = ""
+    state: str | None = Field(default=None, description="the subscription's state (GET only)")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class TriggerList(_Open):
+    triggers: list[Trigger]
+
+
+class Invocation(_Open):
+    invocation_id: str
+    status: str = Field(description="succeeded, failed, timeout, out_of_memory, crashed, throttled; "
+                                    "queued for an async invoke not started yet")
+    request_id: str | None = None
+    function: str | None = None
+    version: str | None = None
+    trigger: str | None = None
+    event_id: str | None = None
+    attempt: int | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    duration_ms: float | None = None
+    billed_ms: int | None = None
+    max_memory_mb: float | None = None
+    cold_start: bool | None = None
+    init_duration_ms: float | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    output_truncated: bool | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+class InvocationList(_Open):
+    invocations: list[Invocation]
+
+
+class Queued(_Open):
+    invocation_id: str
+    status: str
+
+
+class DeadLetter(_Open):
+    id: str
+    trigger: str | None
+    function: str
+    event: dict[str, Any] = Field(description="the CloudEvent")
+    attempts: list[dict[str, Any]] = []
+    last_error: dict[str, Any] | None = None
+    last_status: str | None = None
+    created_at: dt.datetime
+
+
+class DeadLetterList(_Open):
+    dead_letters: list[DeadLetter]
+
+
+class Replayed(_Open):
+    id: str
+    status: str
+
+
+class Deleted(_Open):
+    deleted: str
+
+
+class Purged(_Open):
+    deleted: int = Field(description="how many dead letters were deleted")
+
+
+class WebhookReceipt(_Open):
+    received: int | None = None
+    queued: int | None = None
+    status: str | None = Field(default=None, description="SNS subscription confirmations only")
+
+
+class Health(_Open):
+    status: str
+
+
+class Readiness(_Open):
+    ready: bool
+    checks: dict[str, Any] = {}
+    subscriptions: dict[str, Any] = {}
+    sandbox: dict[str, Any] = {}
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Error, Function, FunctionList, Trigger, TriggerList, Invocation, InvocationList, Queued,
+    DeadLetter, DeadLetterList, Replayed, Deleted, Purged, WebhookReceipt, Health, Readiness,
+)
+
+_REASONS = {
+    "400": "bad input: the message says which field and why",
+    "401": "missing or wrong token",
+    "404": "no such resource",
+    "409": "conflict with the current state",
+    "413": "request body or code too large",
+    "414": "URL longer than 8192 bytes",
+    "502": "an upstream server (AWS SNS) failed",
+    "503": "a server the hub needs (MongoDB, Kafka) is unavailable, or ready is false",
+}
+_ALWAYS = ("414",)  # any request can have too long a URL
+
+
+def _json(model: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+
+
+def _op(summary: str, ok: dict[str, str], errors: str, body: dict[str, Any] | None = None,
+        public: bool = False, **extra: Any) -> dict[str, Any]:
+    """``ok`` maps 2xx codes to response model names; ``errors`` lists the 4xx/5xx codes."""
+    responses: dict[str, Any] = {
+        code: {"description": {"201": "created", "202": "accepted"}.get(code, "ok"), "content": _json(model)}
+        for code, model in ok.items()
+    }
+    codes = [*errors.split(), *_ALWAYS]
+    if not public:
+        codes.append("401")
+    for code in sorted(set(codes)):
+        responses[code] = {"$ref": f"#/components/responses/E{code}"}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        op["requestBody"] = body
+    if public:
+        op["security"] = []
     op.update(extra)
     return op
 
 
-def _param(name: str, where: str = "path") -> dict[str, Any]:
-    return {"name": name, "in": where, "required": where == "path", "schema": {"type": "string"}}
+def _spec_body(model: str) -> dict[str, Any]:
+    return {"required": True, "content": _json(model)}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+def _text(name: str, description: str = "") -> dict[str, Any]:
+    return _param(name, "query", {"type": "string", "maxLength": QUERY_MAX}, description)
+
+
+_NAME = _param("name", "path", {"type": "string", "pattern": NAME_RE, "maxLength": NAME_MAX})
+_ID = _param("id", "path", {"type": "string", "minLength": 1, "maxLength": ID_MAX})
+_LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": 100},
+                "at most this many, newest first")
 
 
 def openapi_spec() -> dict[str, Any]:
-    name = [_param("name")]
-    ident = [_param("id")]
-    schemas: dict[str, Any] = {
-        "FunctionSpec": FunctionSpec.model_json_schema(ref_template="#/components/schemas/{model}"),
-        "TriggerSpec": TriggerSpec.model_json_schema(ref_template="#/components/schemas/{model}"),
-        "Error": {"type": "object", "properties": {"error": {"type": "string"}, "details": {"type": "array"}}},
+    """The document as a new dict (callers may change it)."""
+    return dict(json.loads(openapi_json()))
+
+
+@functools.cache
+def openapi_json() -> str:
+    """The document as JSON text, built once: it only changes with the code."""
+    return json.dumps(_build())
+
+
+def _build() -> dict[str, Any]:
+    ref = "#/components/schemas/{model}"
+    schemas: dict[str, Any] = {}
+    models: tuple[type[BaseModel], ...] = (FunctionSpec, TriggerSpec, *RESPONSE_MODELS)
+    for model in models:
+        schema = model.model_json_schema(ref_template=ref)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas["Metrics"] = {"type": "string"}
+    responses = {
+        f"E{code}": {"description": reason, "content": _json("Error")} for code, reason in _REASONS.items()
     }
-    for spec in (schemas["FunctionSpec"], schemas["TriggerSpec"]):
-        schemas.update(spec.pop("$defs", {}))
+    responses["E503"]["content"] = {"application/json": {"schema": {"anyOf": [
+        {"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/Readiness"}]}}}
+    invoke_body = {
+        "required": False,
+        "description": "the event: any JSON value (at most 6 MB sync, 1 MB async; nested at most 64 levels)",
+        "content": {"application/json": {"schema": {}}},
+    }
+    webhook_body = {
+        "required": True,
+        "description": "an S3 event notification (MinIO, Ceph RGW, AWS) or an SNS envelope; at most 1 MB",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Trigger Hub", "version": "1"},
         "components": {
             "schemas": schemas,
+            "responses": responses,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
         "paths": {
-            "/v1/functions": {"get": _op("List functions")},
+            "/v1/functions": {"get": _op("List functions", {"200": "FunctionList"}, "503")},
             "/v1/functions/{name}": {
-                "parameters": name,
-                "put": _op("Create or update a function (a new immutable version when anything changed)", "FunctionSpec"),
-                "get": _op("A function with its versions and triggers"),
-                "delete": _op("Delete a function (409 while triggers use it)"),
+                "parameters": [_NAME],
+                "put": _op("Create or update a function (a new immutable version when anything changed)",
+                           {"200": "Function", "201": "Function"}, "400 413 503", _spec_body("FunctionSpec")),
+                "get": _op("A function with its versions and triggers", {"200": "Function"}, "400 404 503"),
+                "delete": _op("Delete a function (409 while triggers use it)", {"200": "Deleted"},
+                              "400 404 409 503"),
             },
             "/v1/functions/{name}/invoke": {
-                "parameters": [*name, _param("mode", "query")],
-                "post": _op("Invoke: sync returns the result; mode=async answers 202 with an invocation_id"),
+                "parameters": [_NAME, _param("mode", "query", {"type": "string", "enum": ["sync", "async"],
+                                                               "default": "sync"})],
+                "post": _op("Invoke: sync answers 200 with the invocation; mode=async answers 202 with its id",
+                            {"200": "Invocation", "202": "Queued"}, "400 404 413 503", invoke_body),
             },
-            "/v1/triggers": {"get": _op("List triggers")},
+            "/v1/triggers": {
+                "parameters": [_text("function", "only the triggers of this function")],
+                "get": _op("List triggers", {"200": "TriggerList"}, "400 503"),
+            },
             "/v1/triggers/{name}": {
-                "parameters": name,
-                "put": _op("Create or update a trigger; takes effect at once", "TriggerSpec"),
-                "get": _op("A trigger and its subscription state"),
-                "delete": _op("Delete a trigger; its events stop running"),
+                "parameters": [_NAME],
+                "put": _op("Create or update a trigger; takes effect at once",
+                           {"200": "Trigger", "201": "Trigger"}, "400 413 503", _spec_body("TriggerSpec")),
+                "get": _op("A trigger and its subscription state", {"200": "Trigger"}, "400 404 503"),
+                "delete": _op("Delete a trigger; its events stop running", {"200": "Deleted"}, "400 404 503"),
             },
             "/v1/invocations": {
-                "parameters": [_param(p, "query") for p in ("function", "trigger", "status", "limit")],
-                "get": _op("Recent invocations, newest first"),
+                "parameters": [
+                    *(_text(p) for p in ("function", "trigger", "status")),
+                    _text("event_id", "the invocations of one event (all attempts)"),
+                    _text("request_id", "the invocations of one request (an async invoke's invocation_id)"),
+                    _LIMIT,
+                ],
+                "get": _op("Recent invocations, newest first", {"200": "InvocationList"}, "400 503"),
             },
-            "/v1/invocations/{id}": {"parameters": ident, "get": _op("One invocation with its output")},
+            "/v1/invocations/{id}": {
+                "parameters": [_ID],
+                "get": _op("One invocation with its output (status queued while an async invoke waits)",
+                           {"200": "Invocation"}, "404 503"),
+            },
             "/v1/dead-letters": {
-                "parameters": [_param(p, "query") for p in ("trigger", "function", "limit", "all")],
-                "get": _op("Dead letters"),
-                "delete": _op("Purge dead letters of a trigger or function (or all=true)"),
+                "parameters": [_text("trigger"), _text("function"), _LIMIT,
+                               _param("all", "query", {"type": "string", "enum": ["true", "false"]},
+                                      "DELETE: true purges every dead letter")],
+                "get": _op("Dead letters", {"200": "DeadLetterList"}, "400 503"),
+                "delete": _op("Purge dead letters of a trigger or function (or all=true)", {"200": "Purged"},
+                              "400 503"),
             },
             "/v1/dead-letters/{id}": {
-                "parameters": ident,
-                "get": _op("One dead letter with every attempt's error"),
-                "delete": _op("Delete a dead letter"),
+                "parameters": [_ID],
+                "get": _op("One dead letter with every attempt's error", {"200": "DeadLetter"}, "404 503"),
+                "delete": _op("Delete a dead letter", {"200": "Deleted"}, "404 503"),
             },
-            "/v1/dead-letters/{id}/replay": {"parameters": ident, "post": _op("Run the event again", ok="202")},
+            "/v1/dead-letters/{id}/replay": {
+                "parameters": [_ID],
+                "post": _op("Run the event again", {"202": "Replayed"}, "404 409 503"),
+            },
             "/v1/sources/s3/events": {
+                "parameters": [_param("token", "query", {"type": "string"},
+                                      "the webhook token, for servers that cannot send headers (RGW)")],
                 "post": _op("Webhook for MinIO / Ceph RGW / AWS SNS S3 notifications (token in header or ?token=)",
-                            security=[]),
+                            {"200": "WebhookReceipt"}, "400 401 413 502 503", webhook_body, public=True),
             },
-            "/healthz": {"get": _op("Liveness", security=[])},
-            "/readyz": {"get": _op("Readiness: MongoDB, each subscription, sandbox isolation", security=[])},
-            "/metrics": {"get": _op("Prometheus metrics", security=[])},
+            "/healthz": {"get": _op("Liveness", {"200": "Health"}, "", public=True)},
+            "/readyz": {"get": _op("Readiness: MongoDB, each subscription, sandbox isolation",
+                                   {"200": "Readiness"}, "503", public=True)},
+            "/metrics": {"get": _op("Prometheus metrics", {}, "", public=True, responses={
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {
+                    "$ref": "#/components/schemas/Metrics"}}}},
+                "414": {"$ref": "#/components/responses/E414"},
+            })},
+            "/v1/openapi.json": {"get": _op("This document", {}, "", public=True, responses={
+                "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "414": {"$ref": "#/components/responses/E414"},
+            })},
         },
     }

@@ -7,103 +7,25 @@ so re-sending the same definition is a no-op and any change makes a new version.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
-import io
 import json
-import os
-import posixpath
 import shutil
-import sys
-import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
-from hub import codecheck
+from hub.code import CodeError, check_code, unpack_code
+from hub.code import write_tree as _write_tree
 from hub.models import FunctionSpec
+from hub.records import shielded
 from hub.sandbox.base import FunctionRuntime
 from hub.store import Store, now
 
-MAX_CODE_BYTES = 8 * 1024 * 1024  # stays well inside MongoDB's 16 MB document limit
-MAX_FILES = 1000
-CODE_CHECK_TIMEOUT_S = 60.0
+# Unpacking, checking and writing code live in hub.code; CodeError is re-exported from here.
+__all__ = ["CodeError", "Conflict", "Registry", "public_function", "version_of"]
 
-
-CodeError = codecheck.CodeError
 
 class Conflict(Exception):
     pass
-
-
-def _check_path(path: str) -> str:
-    norm = posixpath.normpath(path)
-    if path.startswith("/") or norm.startswith("..") or norm in ("", ".") or "\\" in path or "\x00" in path:
-        raise CodeError(f"bad file path {path!r}: paths must be relative and stay inside the function")
-    return norm
-
-
-def unpack_code(spec: FunctionSpec) -> dict[str, bytes]:
-    """The function's files as {relative path: bytes}, from inline files or a zip."""
-    files: dict[str, bytes] = {}
-    if spec.code.files is not None:
-        for path, text in spec.code.files.items():
-            try:
-                files[_check_path(path)] = text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise CodeError(f"{path} is not valid unicode text: {exc.reason}") from None
-    else:
-        try:
-            raw = base64.b64decode(spec.code.zip_base64 or "", validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise CodeError(f"code.zip_base64 is not valid base64: {exc}") from None
-        try:
-            with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-                infos = [i for i in zf.infolist() if not i.is_dir()]
-                if len(infos) > MAX_FILES:
-                    raise CodeError(f"zip holds {len(infos)} files; the limit is {MAX_FILES}")
-                if sum(i.file_size for i in infos) > MAX_CODE_BYTES:
-                    raise CodeError(f"code unpacks to more than {MAX_CODE_BYTES} bytes")
-                for info in infos:
-                    files[_check_path(info.filename)] = zf.read(info)
-        except zipfile.BadZipFile as exc:
-            raise CodeError(f"code.zip_base64 is not a zip file: {exc}") from None
-        except (RuntimeError, NotImplementedError, zlib.error, EOFError, OSError) as exc:
-            # encrypted members, unsupported compression, truncated or corrupt data
-            raise CodeError(f"code.zip_base64 cannot be unpacked: {exc}") from None
-    if not files:
-        raise CodeError("the function has no files")
-    if sum(len(b) for b in files.values()) > MAX_CODE_BYTES:
-        raise CodeError(f"code is larger than {MAX_CODE_BYTES} bytes")
-    return files
-
-
-async def check_code(files: dict[str, bytes], handler: str) -> None:
-    """Reject code that cannot possibly run (see ``hub.codecheck``), in a child process: compiling
-    megabytes of Python holds the GIL for seconds, and hostile source can crash the compiler."""
-    request = json.dumps({
-        "handler": handler,
-        "files": {p: base64.b64encode(d).decode() for p, d in files.items() if p.endswith(".py")},
-    }).encode()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", str(Path(codecheck.__file__)),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(request), CODE_CHECK_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise CodeError(f"checking the code took longer than {CODE_CHECK_TIMEOUT_S:.0f}s") from None
-    try:
-        verdict = json.loads(out)
-    except ValueError:
-        raise CodeError(f"the code could not be checked (checker exit {proc.returncode}: "
-                        f"{err.decode(errors='replace')[-300:]})") from None
-    if verdict.get("error"):
-        raise CodeError(verdict["error"])
 
 
 def version_of(spec: FunctionSpec, files: dict[str, bytes]) -> str:
@@ -121,9 +43,28 @@ def public_function(head: dict[str, Any]) -> dict[str, Any]:
 
 
 class Registry:
+    """Functions by name. ``runtime`` is on the hot path (every invocation), so it is cached,
+    but only while ``hub.watch`` follows the functions collection and can drop an entry the
+    moment any instance writes a new version; without that watch every call reads MongoDB."""
+
     def __init__(self, store: Store, data_dir: Path) -> None:
         self.store = store
         self.code_root = data_dir / "code"
+        self._cache: dict[str, FunctionRuntime] = {}
+        self._generation = 0  # bumped by every invalidation: a read that straddles one is not cached
+        self.cache_enabled = False
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget the cached runtime of ``name`` (None: of every function)."""
+        self._generation += 1
+        if name is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(name, None)
+
+    def enable_cache(self, enabled: bool) -> None:
+        self.cache_enabled = enabled
+        self.invalidate()
 
     async def put(self, name: str, spec: FunctionSpec) -> tuple[dict[str, Any], bool]:
         files = unpack_code(spec)
@@ -150,16 +91,27 @@ class Registry:
             "updated_at": t if not old or old["version"] != version else old["updated_at"],
         }
         created = await self.store.put_function(name, version_doc, head)
+        self.invalidate(name)
         return head, created
 
     async def runtime(self, name: str) -> FunctionRuntime | None:
         """The current version of a function, with its code on disk; None if there is no such function."""
-        head = await self.store.get_function(name)
+        cached = self._cache.get(name) if self.cache_enabled else None
+        if cached is not None:
+            return cached
+        generation = self._generation
+        runtime = await self._load(name)
+        if runtime is not None and self.cache_enabled and generation == self._generation:
+            self._cache[name] = runtime
+        return runtime
+
+    async def _load(self, name: str) -> FunctionRuntime | None:
+        head = await shielded(self.store.get_function(name))
         if head is None:
             return None
         code_dir = self.code_root / name / head["version"]
         if not code_dir.is_dir():
-            doc = await self.store.get_version(name, head["version"])
+            doc = await shielded(self.store.get_version(name, head["version"]))
             if doc is None:
                 return None
             await _materialise(code_dir, {c["path"]: bytes(c["data"]) for c in doc["code"]})
@@ -176,29 +128,9 @@ class Registry:
         )
 
     def forget(self, name: str) -> None:
+        self.invalidate(name)
         shutil.rmtree(self.code_root / name, ignore_errors=True)
 
 
 async def _materialise(code_dir: Path, files: dict[str, bytes]) -> None:
     await asyncio.to_thread(_write_tree, code_dir, files)
-
-
-def _write_tree(code_dir: Path, files: dict[str, bytes]) -> None:
-    """Write to a temp dir and rename, so a half-written version is never seen."""
-    code_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=code_dir.parent, prefix=".tmp-"))
-    for path, data in files.items():
-        target = tmp / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    # world-readable: sandboxed workers run as their own unprivileged uid
-    os.chmod(tmp, 0o755)
-    for root, dirs, fnames in os.walk(tmp):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-        for f in fnames:
-            os.chmod(os.path.join(root, f), 0o644)
-    try:
-        tmp.rename(code_dir)
-    except OSError:  # another task materialised it first
-        shutil.rmtree(tmp, ignore_errors=True)

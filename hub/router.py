@@ -9,10 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from connectors.s3_records import event_matches_s3_source
 from hub import filters
 from hub.events import Event
 from hub.models import RetryPolicy
+
+log = structlog.get_logger("hub.router")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,10 @@ class Trigger:
     enabled: bool = True
     source_hash: str = ""  # changes when the source changes; its subscription is then restarted
     source_identity: str = ""  # what is read (db/collection, topic); progress is kept per identity
+    source_epoch: str = ""  # new each time the trigger starts reading a source afresh
+    batch_size: int = 1
+    batch_window_s: float = 0.0
+    ordering: str = "partition"  # kafka: "key" lets different keys of a partition run in parallel
 
     @property
     def source_type(self) -> str:
@@ -32,6 +40,9 @@ class Trigger:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Trigger:
+        batch = doc.get("batch")
+        if not isinstance(batch, dict):  # written before batches: {"batch": 1}
+            batch = {}
         return cls(
             name=doc["_id"],
             function=doc["function"],
@@ -41,15 +52,28 @@ class Trigger:
             enabled=bool(doc.get("enabled", True)),
             source_hash=str(doc.get("source_hash", "")),
             source_identity=str(doc.get("source_identity", "")),
+            source_epoch=str(doc.get("source_epoch", "")),
+            batch_size=int(batch.get("size") or 1),
+            batch_window_s=float(batch.get("window_ms") or 0) / 1000,
+            ordering=str(doc.get("ordering") or "partition"),
         )
 
 
 class Router:
     def __init__(self) -> None:
         self.triggers: dict[str, Trigger] = {}
+        self._bad: set[Any] = set()
 
     def load(self, docs: list[dict[str, Any]]) -> None:
-        self.triggers = {d["_id"]: Trigger.from_doc(d) for d in docs}
+        triggers: dict[str, Trigger] = {}
+        for doc in docs:
+            try:
+                triggers[doc["_id"]] = Trigger.from_doc(doc)
+            except Exception as exc:  # one bad stored trigger (older, looser rules) must not stop the rest
+                if doc.get("_id") not in self._bad:
+                    log.error("stored trigger is invalid; it is not run", trigger=doc.get("_id"), error=str(exc))
+                self._bad.add(doc.get("_id"))
+        self.triggers = triggers
 
     def get(self, name: str) -> Trigger | None:
         trigger = self.triggers.get(name)

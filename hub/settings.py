@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Tansu and tests want short sessions; Apache Kafka is happy with the defaults too.
     kafka_session_timeout_ms: int = 10000
     kafka_heartbeat_interval_ms: int = 1000
+    # How long the broker may hold an empty fetch: the latency of the first message after a quiet
+    # spell, traded against idle fetch requests (1000 / this value per second per trigger).
+    kafka_fetch_max_wait_ms: int = 100
     s3_endpoint: str = ""  # http://host:port; empty disables automatic bucket-notification setup
     s3_access_key: str = ""
     s3_secret_key: str = ""
@@ -46,14 +49,29 @@ class Settings(BaseSettings):
     max_queue_per_function: int = 1000
     # Inbox (webhook + async invoke) processing
     inbox_poll_interval_s: float = 0.5
-    inbox_lease_s: float = 300.0
-    inbox_concurrency: int = 16
+    # Claims are renewed every third of this while held; another instance takes over a dead
+    # instance's items after it. (A restarted instance takes its own back at once.)
+    inbox_lease_s: float = 60.0
+    inbox_concurrency: int = 16  # chunks of one trigger (or one function's async invokes) at once
+    inbox_capacity: int = 1000  # items one instance holds at once
+    # On SIGTERM: how long running invocations may finish before they are cut off (and their
+    # events come back, unacked).
+    shutdown_grace_s: float = 10.0
     # How often the trigger set is re-read from MongoDB (other instances' changes).
     trigger_sync_interval_s: float = 2.0
     # A change stream is read by one instance at a time, under a lease renewed on every trigger
     # sync; another instance takes over this long after its holder stopped renewing.
     lease_ttl_s: float = 15.0
     completion_ttl_s: float = 14 * 86400
+    # S3 reconciling scan (hub/s3_reconcile.py): lists watched buckets and runs uploads whose
+    # notifications were late or lost; 0 disables it (and the webhook's dedup against it).
+    s3_reconcile_interval_s: float = Field(default=30.0, ge=0)
+    s3_reconcile_grace_s: float = Field(default=15.0, ge=0)  # left to the notification this long
+    s3_reconcile_max_keys: int = Field(default=10000, ge=1)  # keys listed per bucket per pass
+    s3_reconcile_slack_s: float = Field(default=2.0, ge=0)  # notification eventTime vs LastModified
+    s3_seen_ttl_s: float = Field(default=7 * 86400, gt=0)  # how long observed changes are remembered
+    # Empty: a stable id kept in DATA_DIR/instance-id, so a restarted hub takes back its own
+    # leases and inbox claims at once. Give each instance on one host its own data dir (or id).
     instance_id: str = Field(default="")
 
     def base_url(self) -> str:

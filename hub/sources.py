@@ -11,6 +11,7 @@ every reconcile; when its holder dies, another instance takes over after the lea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from connectors.base import Subscription
 from connectors.kafka import KafkaSubscription
 from connectors.mongodb import ChangeStreamSubscription
 from hub.events import Event
+from hub.records import shielded
 from hub.router import Router, Trigger
 from hub.settings import Settings
 from hub.store import Store
@@ -27,27 +29,31 @@ from hub.triggers import kafka_group_id, source_state_key
 
 log = structlog.get_logger("hub.sources")
 
-OnEvent = Callable[[str, Event], Awaitable[None]]
+OnEvents = Callable[[str, list[Event]], Awaitable[None]]
 
 
 class Sources:
     def __init__(
-        self, settings: Settings, store: Store, router: Router, on_event: OnEvent, owner: str
+        self, settings: Settings, store: Store, router: Router, on_events: OnEvents, owner: str
     ) -> None:
         self.settings = settings
         self.store = store
         self.router = router
-        self.on_event = on_event
+        self.on_events = on_events
         self.owner = owner
         self.running: dict[str, tuple[str, Subscription]] = {}
+        self.held_elsewhere: set[str] = set()  # change streams another instance reads
 
     async def reconcile(self) -> None:
         wanted: dict[str, tuple[str, Trigger]] = {}
+        held_elsewhere: set[str] = set()
         for t in self.router.triggers.values():
             if t.enabled and t.source_type in ("kafka", "mongodb"):
-                if t.source_type == "mongodb" and not await self._hold_lease(t):
+                if t.source_type == "mongodb" and not await shielded(self._hold_lease(t)):
+                    held_elsewhere.add(t.name)
                     continue
                 wanted[t.name] = (self._key(t), t)
+        self.held_elsewhere = held_elsewhere
         for name in list(self.running):
             key, sub = self.running[name]
             if name not in wanted or wanted[name][0] != key:
@@ -72,38 +78,49 @@ class Sources:
         await sub.stop()
         if release:
             try:
-                await self.store.release_lease(self._lease_key(name), self.owner)
+                await shielded(self.store.release_lease(self._lease_key(name), self.owner))
             except Exception:
                 pass  # it runs out by itself
         log.info("subscription stopped", trigger=name)
 
     async def stop(self) -> None:
-        for name in list(self.running):
-            await self._stop(name)
+        # together: each may take a few seconds to let its in-flight events finish
+        await asyncio.gather(*(self._stop(name) for name in list(self.running)))
 
     def states(self) -> dict[str, str]:
         return {name: sub.state for name, (_, sub) in self.running.items()}
 
+    def progress(self) -> dict[str, dict[str, object]]:
+        return {name: sub.progress() for name, (_, sub) in self.running.items()}
+
     @staticmethod
     def _key(t: Trigger) -> str:
-        return f"{t.source_type}:{t.source_hash}"
+        # a new batch size or ordering restarts the subscription (its lanes are built with them)
+        return f"{t.source_type}:{t.source_hash}:{t.source_epoch}:{t.batch_size}:{t.batch_window_s}:{t.ordering}"
 
     async def _subscription(self, t: Trigger) -> Subscription:
         src = t.source
         state_key = source_state_key(t.name, t.source_identity)
 
-        async def sink(event: Event, name: str = t.name) -> None:
-            await self.on_event(name, event)
+        async def sink(events: list[Event], name: str = t.name) -> None:
+            await self.on_events(name, events)
 
+        s = self.settings
         if t.source_type == "kafka":
             return KafkaSubscription(
                 name=t.name,
-                bootstrap=self.settings.kafka_bootstrap,
+                bootstrap=s.kafka_bootstrap,
                 topic=src["topic"],
-                group_id=kafka_group_id(t.name, t.source_identity),
+                group_id=kafka_group_id(t.name, t.source_identity, t.source_epoch),
                 sink=sink,
-                session_timeout_ms=self.settings.kafka_session_timeout_ms,
-                heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+                session_timeout_ms=s.kafka_session_timeout_ms,
+                heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+                fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+                batch_size=t.batch_size,
+                batch_window_s=t.batch_window_s,
+                ordering=t.ordering,
+                parallelism=await self._parallelism(t),
+                shutdown_grace_s=s.shutdown_grace_s,
             )
 
         async def load() -> dict[str, Any] | None:
@@ -122,4 +139,16 @@ class Sources:
             sink=sink,
             load_position=load,
             save_position=save,
+            batch_size=t.batch_size,
+            batch_window_s=t.batch_window_s,
+            shutdown_grace_s=s.shutdown_grace_s,
         )
+
+    async def _parallelism(self, t: Trigger) -> int:
+        """How many chunks of one partition may run at once (ordering "key"): the function's
+        max_concurrency when the subscription starts (the pool enforces the live value)."""
+        try:
+            head = await shielded(self.store.get_function(t.function))
+        except Exception:
+            head = None
+        return int((head or {}).get("max_concurrency") or 4)

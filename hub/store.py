@@ -3,21 +3,28 @@
 Collections:
 - functions / function_versions: the registry (immutable versions keyed by content hash)
 - triggers: trigger definitions
-- invocations: one record per attempt (Lambda's REPORT line plus result/error/output)
-- completions: (trigger, event id) pairs that finished, so a redelivered event is not run again
-- dead_letters: events whose last attempt failed, with every attempt's error
+- invocations: one record per handler call (Lambda's REPORT line plus result/error/output); a
+  record's ``done`` list is also the success marker of the events it finished (hub.records)
+- dead_letters: events whose last attempt failed, with every attempt's error (also the marker
+  that such an event is finished)
 - inbox: durable queue for webhook events and async invokes (written before we answer 2xx)
 - source_state: per-trigger progress (change-stream resume tokens, start positions)
+- leases: single-reader sources (a change stream is read by one instance at a time)
+
+Every call here may be awaited by a task that gets cancelled; callers on such paths wrap them in
+``hub.records.shielded`` so a cancel never lands inside the driver.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import bson
 from bson.errors import InvalidDocument, InvalidStringData
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+import pymongo
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -26,10 +33,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def completion_key(trigger: str, event_id: str) -> str:
-    return f"{trigger}|{event_id}"
 
 
 def _claimable(t: dt.datetime) -> dict[str, Any]:
@@ -74,6 +77,8 @@ def _sanitise(value: Any) -> Any:
 
 class Store:
     def __init__(self, url: str, db_name: str, completion_ttl_s: float = 14 * 86400) -> None:
+        # Invocation records double as success markers, so they are kept exactly this long: a
+        # redelivery older than that (a Kafka topic rewound by hand) runs again.
         self.completion_ttl_s = completion_ttl_s
         # tz_aware so datetimes read back compare with now(); short server selection so an outage
         # surfaces as an error quickly instead of hanging a request for 30 s.
@@ -89,19 +94,26 @@ class Store:
         await db.invocations.create_index([("status", ASCENDING), ("started_at", DESCENDING)])
         await db.invocations.create_index([("request_id", ASCENDING)])
         await db.invocations.create_index([("started_at", DESCENDING)])
+        await db.invocations.create_index([("event_ids", ASCENDING)])
+        await db.invocations.create_index([("done", ASCENDING)])
+        # Records only need to outlive redeliveries (they are the success markers) and a log's
+        # useful life; without a TTL they would grow forever.
+        await db.invocations.create_index("finished_at", expireAfterSeconds=int(self.completion_ttl_s))
         await db.dead_letters.create_index([("trigger", ASCENDING), ("created_at", DESCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("not_before", ASCENDING), ("created_at", ASCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("lease_until", ASCENDING)])
-        # Completions only need to outlive redeliveries; without a TTL they would grow forever.
-        await db.completions.create_index("at", expireAfterSeconds=int(self.completion_ttl_s))
+        await db.inbox.create_index([("owner", ASCENDING), ("state", ASCENDING)])
         await db.inbox.create_index([("request_id", ASCENDING)], sparse=True)
         await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def ping(self) -> None:
-        await self.client.admin.command("ping")
+    async def ping(self, timeout_s: float = 1.0) -> None:
+        """Raises unless MongoDB answers within ``timeout_s`` (PyMongo's own timeout: a cancel
+        from outside could land inside server selection)."""
+        with pymongo.timeout(timeout_s):
+            await self.client.admin.command("ping")
 
     async def cluster_time(self) -> Any:
         """The server's current operation time: a change stream started from it sees every later write."""
@@ -162,37 +174,21 @@ class Store:
             {"_id": key}, {"$set": {**fields, "trigger": trigger, "updated_at": now()}}, upsert=True
         )
 
-    # -- invocations and completions --------------------------------------------------------
-    async def record_invocation(self, doc: dict[str, Any]) -> None:
-        await self.db.invocations.replace_one({"_id": doc["_id"]}, storable(doc), upsert=True)
-
+    # -- invocations ------------------------------------------------------------------------
     async def get_invocation(self, invocation_id: str) -> dict[str, Any] | None:
         doc = await self.db.invocations.find_one({"_id": invocation_id})
         if doc is None:
             doc = await self.db.invocations.find_one(
-                {"request_id": invocation_id}, sort=[("attempt", DESCENDING)]
+                {"request_id": invocation_id}, sort=[("finished_at", DESCENDING)]
             )
         return doc
 
     async def list_invocations(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-        cursor = self.db.invocations.find(query, {"stdout": 0, "stderr": 0, "event": 0})
+        query = dict(query)
+        if "event_id" in query:  # any record that handled it, a batch's included
+            query["event_ids"] = query.pop("event_id")
+        cursor = self.db.invocations.find(query, {"stdout": 0, "stderr": 0, "event": 0, "done": 0})
         return await cursor.sort("started_at", DESCENDING).limit(limit).to_list(None)
-
-    async def is_completed(self, trigger: str, event_id: str) -> dict[str, Any] | None:
-        return await self.db.completions.find_one({"_id": completion_key(trigger, event_id)})
-
-    async def mark_completed(self, trigger: str, event_id: str, outcome: str, ref: str) -> None:
-        await self.db.completions.update_one(
-            {"_id": completion_key(trigger, event_id)},
-            {"$set": {"outcome": outcome, "ref": ref, "at": now()}},
-            upsert=True,
-        )
-
-    async def forget_dead_lettered(self, trigger: str, event_id: str, dead_letter_id: str) -> None:
-        """Let a dead-lettered event run again (replay); a success is never forgotten."""
-        await self.db.completions.delete_one(
-            {"_id": completion_key(trigger, event_id), "outcome": "dead_lettered", "ref": dead_letter_id}
-        )
 
     # -- dead letters -----------------------------------------------------------------------
     async def put_dead_letter(self, doc: dict[str, Any]) -> None:
@@ -220,38 +216,54 @@ class Store:
         if items:
             await self.db.inbox.insert_many([storable(i) for i in items], ordered=True)
 
-    async def inbox_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
+    async def inbox_claim(self, owner: str, lease_s: float, limit: int) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` items that can run now, oldest first (three queries, any count)."""
         t = now()
-        return await self.db.inbox.find_one_and_update(
-            _claimable(t),
-            {
-                "$set": {"state": "leased", "owner": owner, "lease_until": t + dt.timedelta(seconds=lease_s)},
-                "$inc": {"deliveries": 1},
-            },
-            sort=[("created_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
+        found = await self.db.inbox.find(_claimable(t), {"_id": 1}).sort("created_at", ASCENDING).limit(limit).to_list(None)
+        if not found:
+            return []
+        ids = [d["_id"] for d in found]
+        claim = bson.ObjectId()  # reads back exactly what this call won, not a rival's
+        await self.db.inbox.update_many(
+            {"_id": {"$in": ids}, **_claimable(t)},
+            {"$set": {"state": "leased", "owner": owner, "claim": claim,
+                      "lease_until": t + dt.timedelta(seconds=lease_s)},
+             "$inc": {"deliveries": 1}},
         )
+        items = await self.db.inbox.find({"_id": {"$in": ids}, "claim": claim}).to_list(None)
+        return sorted(items, key=lambda i: i["created_at"])
 
     async def inbox_ready(self) -> bool:
         return await self.db.inbox.find_one(_claimable(now()), {"_id": 1}) is not None
 
-    async def inbox_renew(self, item_id: Any, owner: str, lease_s: float) -> bool:
-        """Extend our lease; False when it was lost (another instance has the item now)."""
-        res = await self.db.inbox.update_one(
-            {"_id": item_id, "owner": owner, "state": "leased"},
+    async def inbox_renew(self, owner: str, item_ids: list[Any], lease_s: float) -> int:
+        """Extend the leases of the items we hold (one query for all of them); returns how many."""
+        res = await self.db.inbox.update_many(
+            {"_id": {"$in": item_ids}, "owner": owner, "state": "leased"},
             {"$set": {"lease_until": now() + dt.timedelta(seconds=lease_s)}},
         )
-        return res.matched_count == 1
+        return res.matched_count
 
-    async def inbox_done(self, item_id: Any) -> None:
-        await self.db.inbox.delete_one({"_id": item_id})
+    async def inbox_done(self, item_ids: list[Any]) -> None:
+        if item_ids:
+            await self.db.inbox.delete_many({"_id": {"$in": item_ids}})
 
-    async def inbox_release(self, item_id: Any, owner: str, delay_s: float = 0.0, error: str | None = None) -> None:
-        """Hand an item back (shutdown, or a failure to retry after ``delay_s``)."""
+    async def inbox_release(self, item_ids: list[Any], owner: str, delay_s: float = 0.0,
+                            error: str | None = None) -> None:
+        """Hand items back (shutdown, or a failure to retry after ``delay_s``)."""
+        if not item_ids:
+            return
         fields: dict[str, Any] = {"state": "pending", "not_before": now() + dt.timedelta(seconds=delay_s)}
         if error is not None:
             fields["last_error"] = error
-        await self.db.inbox.update_one({"_id": item_id, "owner": owner}, {"$set": fields})
+        await self.db.inbox.update_many({"_id": {"$in": item_ids}, "owner": owner, "state": "leased"},
+                                        {"$set": fields})
+
+    async def inbox_reclaim(self, owner: str) -> int:
+        """At start: items an earlier run of this instance held (it crashed) can run again now."""
+        res = await self.db.inbox.update_many({"owner": owner, "state": "leased"},
+                                              {"$set": {"state": "pending", "not_before": now()}})
+        return res.modified_count
 
     async def inbox_find_request(self, request_id: str) -> dict[str, Any] | None:
         return await self.db.inbox.find_one({"request_id": request_id})
@@ -274,3 +286,9 @@ class Store:
 
     async def release_lease(self, key: str, owner: str) -> None:
         await self.db.leases.delete_one({"_id": key, "owner": owner})
+
+    async def lease_holders(self, prefix: str, timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Live leases whose key starts with ``prefix``: {key: {"owner", "until"}}."""
+        with pymongo.timeout(timeout_s):
+            docs = await self.db.leases.find({"_id": {"$regex": "^" + re.escape(prefix)}, "until": {"$gte": now()}}).to_list(None)
+        return {d["_id"]: {"owner": d["owner"], "until": d["until"]} for d in docs}

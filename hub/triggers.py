@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from pymongo.errors import OperationFailure, PyMongoError
 
 from connectors import kafka as kafka_source
 from connectors.s3 import S3Server, S3SetupError, ensure_bucket_notifications
@@ -49,8 +51,11 @@ def source_state_key(trigger: str, identity: str) -> str:
     return f"{trigger}:{identity}"
 
 
-def kafka_group_id(trigger: str, identity: str) -> str:
-    return f"trigger-hub.{trigger}.{identity}"
+def kafka_group_id(trigger: str, identity: str, epoch: str = "") -> str:
+    """A consumer group per trigger *stream*: a trigger deleted and made again, or switched to
+    another topic and back, starts a new group, because a group that had members cannot be
+    given fresh start offsets (Kafka refuses commits from outside an active group)."""
+    return f"trigger-hub.{trigger}.{identity}" + (f".{epoch}" if epoch else "")
 
 
 def public_trigger(doc: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +79,7 @@ class TriggerService:
         identity = source_identity(source)
         old = await self.store.get_trigger(name)
         new_stream = old is None or old.get("source_identity") != identity
+        epoch = uuid.uuid4().hex[:8] if new_stream else str((old or {}).get("source_epoch", ""))
         extra: dict[str, Any] = {}
         if source["type"] == "s3":
             extra["notifications"] = await self._prepare_s3(source)
@@ -86,7 +92,7 @@ class TriggerService:
                      "start_after": None},
                 )
         elif source["type"] == "kafka" and new_stream:
-            await self._kafka_start(source["topic"], kafka_group_id(name, identity), source["start"])
+            await self._kafka_start(source["topic"], kafka_group_id(name, identity, epoch), source["start"])
         t = now()
         doc = {
             "_id": name,
@@ -94,6 +100,7 @@ class TriggerService:
             "source": source,
             "source_hash": _hash(source),
             "source_identity": identity,
+            "source_epoch": epoch,
             "revision": _hash(spec.model_dump()),
             **extra,
             "created_at": old["created_at"] if old else t,
@@ -121,8 +128,14 @@ class TriggerService:
         refuse it now rather than let the stream crash-loop later."""
         if source["full_document"] != "required":
             return
-        infos = await self.store.client[source["database"]].list_collections(filter={"name": source["collection"]})
-        options = next(iter(await infos.to_list(1)), {}).get("options", {})
+        try:
+            infos = await self.store.client[source["database"]].list_collections(filter={"name": source["collection"]})
+            options = next(iter(await infos.to_list(1)), {}).get("options", {})
+        except OperationFailure as exc:  # MongoDB refused the names: say so without its internals
+            raise TriggerError(400, f"source: MongoDB cannot watch {source['database']}.{source['collection']}: "
+                               f"{exc.details.get('errmsg') if exc.details else 'invalid namespace'}") from None
+        except PyMongoError as exc:
+            raise TriggerError(503, f"MongoDB is unavailable: {type(exc).__name__}") from None
         if not options.get("changeStreamPreAndPostImages", {}).get("enabled"):
             raise TriggerError(400, f"full_document 'required' needs changeStreamPreAndPostImages enabled on "
                                f"{source['database']}.{source['collection']}; enable it or use 'updateLookup'")
@@ -143,6 +156,10 @@ class TriggerService:
             return {"configured": True, **await ensure_bucket_notifications(server, source["bucket"], self.webhook_url())}
         except S3SetupError as exc:
             raise TriggerError(400, str(exc)) from None
+        except Exception as exc:  # the S3 server answered something unexpected, or not at all
+            log.warning("setting up bucket notifications failed", bucket=source["bucket"], error=repr(exc))
+            raise TriggerError(503, f"could not set up notifications for bucket {source['bucket']!r}: "
+                               f"{type(exc).__name__}") from None
 
     def webhook_url(self) -> str:
         return f"{self.settings.base_url()}/v1/sources/s3/events?token={self.settings.webhook_token}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from hub.app import Hub
-from tests.hubfixtures import Api, make_settings
+from hub.events import Event
+from hub.inbox import Inbox
+from tests.hubfixtures import Api, eventually, make_settings
 from tests.test_sources import RECORD, produce
 
 
@@ -67,3 +70,76 @@ async def test_restart_resumes_where_it_stopped(
             await second.stop()
     finally:
         await mongo.close()
+
+
+async def test_restarted_hub_takes_back_its_own_stream_and_inbox_claims_at_once(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A hub that dies holds a change-stream lease and inbox claims; restarted on the same data
+    dir it is the same instance (a stable id) and takes both back without waiting them out."""
+    tag = uuid.uuid4().hex[:8]
+    db, app_db = f"reclaim_{tag}", f"data_{tag}"
+    # leases far longer than the test: only "it is my own" can explain a prompt restart
+    settings = make_settings(servers, tmp_path, db, lease_ttl_s=3600, inbox_lease_s=3600)
+    first = Hub(settings)
+    await first.start()
+    instance = first.instance_id
+    api = Api(http, first.url)
+    await api.put_function("rec", RECORD)
+    await api.put_trigger("t", "rec", {"type": "mongodb", "database": app_db, "collection": "items",
+                                       "operations": ["insert"]})
+    await eventually(lambda: _is(first.sources.states().get("t"), "running"))
+    await first.stop()
+    # What a kill -9 leaves behind (a clean stop releases them): the stream lease, and an async
+    # invoke claimed mid-run, both held by this instance for another hour.
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    item = Inbox._item("invoke", Event(id="invoke:left-behind", source="invoke://rec", type="hub.invoke",
+                                       data={"n": 1}), function="rec", request_id=f"req-{tag}")
+    item.update(state="leased", owner=instance, lease_until=later, deliveries=1)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    try:
+        hub_db = mongo[db]
+        await hub_db.leases.update_one({"_id": "stream:t"}, {"$set": {"owner": instance, "until": later}}, upsert=True)
+        await hub_db.inbox.insert_one(item)
+        await mongo[app_db]["items"].insert_one({"n": 2})
+        request_id = item["request_id"]
+
+        second = Hub(make_settings(servers, tmp_path, db, lease_ttl_s=3600, inbox_lease_s=3600))
+        assert second.instance_id == instance
+        await second.start()
+        try:
+            api = Api(http, second.url)
+            # both run long before any lease could run out
+            await api.wait_invocations(1, trigger="t", timeout=30)
+            await eventually(lambda: _invoked(api, request_id), timeout=30)
+        finally:
+            await second.stop()
+    finally:
+        await mongo.close()
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(value == expected)
+
+
+async def _invoked(api: Api, request_id: str) -> bool:
+    status, body = await api.call("GET", f"/v1/invocations/{request_id}")
+    return status == 200 and body.get("status") == "succeeded"
+
+
+async def test_kafka_trigger_deleted_and_made_again_runs(api: Api, servers: dict[str, Any], unique: str) -> None:
+    """Same name, same topic (and a topic switched away and back): a new consumer group each
+    time, so its start offsets can be committed (reusing the old group answered 503 for ever)."""
+    topic, other, name = f"again-{unique}", f"other-{unique}", f"again-{unique}"
+    await api.put_function("rec-again", RECORD)
+    for round_ in range(2):
+        await api.put_trigger(name, "rec-again", {"type": "kafka", "topic": topic})
+        await produce(servers["kafka"].bootstrap, topic, [(None, f'{{"round": {round_}}}'.encode())])
+        await api.wait_invocations(round_ + 1, trigger=name)
+        await api.ok("DELETE", f"/v1/triggers/{name}")
+    await api.put_trigger(name, "rec-again", {"type": "kafka", "topic": topic})
+    await api.put_trigger(name, "rec-again", {"type": "kafka", "topic": other})
+    await api.put_trigger(name, "rec-again", {"type": "kafka", "topic": topic})
+    await produce(servers["kafka"].bootstrap, topic, [(None, b'{"round": 2}')])
+    invs = await api.wait_invocations(3, trigger=name)
+    assert sorted(i["result"]["data"]["value"]["round"] for i in invs) == [0, 1, 2]

@@ -86,3 +86,38 @@ async def test_webhook_at_another_instance_sees_a_new_trigger(
     finally:
         await a.stop()
         await b.stop()
+
+
+VERSIONED = "def handler(event, context):\n    return {'version': %r}\n"
+
+
+async def test_new_version_through_one_instance_runs_on_the_other_next(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    db = f"cache_{unique}"
+    # a long sync interval: only the config watch can tell B about the new version
+    a = Hub(make_settings(servers, tmp_path / "a", db, trigger_sync_interval_s=3600))
+    b = Hub(make_settings(servers, tmp_path / "b", db, trigger_sync_interval_s=3600))
+    await a.start()
+    await b.start()
+    try:
+        api_a, api_b = Api(http, a.url), Api(http, b.url)
+        await eventually(lambda: _true(b.registry.cache_enabled))
+        await api_a.put_function("fn", VERSIONED % "one")
+        assert (await api_b.ok("POST", "/v1/functions/fn/invoke", {}))["result"] == {"version": "one"}
+        assert "fn" in b.registry._cache  # B now runs it from its cache, without a MongoDB read
+        await api_a.put_function("fn", VERSIONED % "two")
+        # B hears of the new version from MongoDB (not from its own API) and drops its copy ...
+        await eventually(lambda: _true("fn" not in b.registry._cache), timeout=10)
+        # ... so its next event runs the new version
+        assert (await api_b.ok("POST", "/v1/functions/fn/invoke", {}))["result"] == {"version": "two"}
+        # and a trigger made through A reaches B's router the same way
+        await api_a.put_trigger("t", "fn", {"type": "mongodb", "database": f"app_{unique}", "collection": "c"})
+        await eventually(lambda: _true("t" in b.router.triggers), timeout=10)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value

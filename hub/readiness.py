@@ -1,0 +1,107 @@
+"""``GET /readyz``: what this instance can do right now, answered within a second whatever is down.
+
+Each check has its own short timeout and they run together: MongoDB (a ping under PyMongo's own
+timeout, never a cancel from outside), the Kafka bootstrap servers and the S3 endpoint (a TCP
+connect) when triggers use them, and every subscription. A subscription that is starting does
+not make the hub unready (a new trigger takes a few seconds to join its group); one that has
+been failing for longer than ``ERROR_GRACE_S`` does. Change streams read by another instance
+(each has a single reader) are listed as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+CHECK_TIMEOUT_S = 0.8
+ERROR_GRACE_S = 30.0
+
+
+async def _tcp(host: str, port: int) -> None:
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CHECK_TIMEOUT_S)
+    writer.close()
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int]:
+    parsed = urlparse(address if "://" in address else f"//{address}")
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+class Readiness:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def report(self) -> dict[str, Any]:
+        hub = self.hub
+        types = {t.source_type for t in hub.router.triggers.values() if t.enabled}
+        checks: dict[str, Any] = {"mongodb": self._mongodb()}
+        if "kafka" in types:
+            checks["kafka"] = self._kafka()
+        if "s3" in types and hub.settings.s3_endpoint:
+            checks["s3"] = self._s3()
+        results = await asyncio.gather(*checks.values())
+        checks = dict(zip(checks, results))
+        holders = await self._stream_holders() if checks["mongodb"] == "ok" else {}
+        subs = self._subscriptions(holders)
+        failing = [n for n, s in subs.items() if s["state"].startswith("error") and s["for_s"] > ERROR_GRACE_S]
+        report: dict[str, Any] = {
+            "ready": all(v == "ok" for v in checks.values()) and not failing,
+            "instance": hub.instance_id,
+            "checks": checks,
+            "subscriptions": subs,
+            "inbox": hub.inbox.stats(),
+            "sandbox": {"isolation": hub.pool.isolation, "sandboxed": hub.pool.isolation == "bwrap"},
+            "pool": hub.pool.stats(),
+        }
+        reconciler = getattr(hub, "s3_reconciler", None)
+        if reconciler is not None:
+            report["s3_reconcile"] = reconciler.status()
+        return report
+
+    async def _mongodb(self) -> str:
+        try:
+            await asyncio.shield(self.hub.store.ping(CHECK_TIMEOUT_S))
+            return "ok"
+        except Exception as exc:
+            return f"error: {type(exc).__name__}: {str(exc)[:300]}"
+
+    async def _kafka(self) -> str:
+        servers = [s for s in self.hub.settings.kafka_bootstrap.split(",") if s.strip()]
+        errors = []
+        for server in servers:
+            try:
+                await _tcp(*_host_port(server.strip(), 9092))
+                return "ok"  # one reachable bootstrap server is enough
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{server}: {type(exc).__name__} {exc}".strip())
+        return "error: Kafka unreachable: " + "; ".join(errors)
+
+    async def _s3(self) -> str:
+        endpoint = self.hub.settings.s3_endpoint
+        default = 443 if endpoint.startswith("https") else 80
+        try:
+            await _tcp(*_host_port(endpoint, default))
+            return "ok"
+        except (OSError, TimeoutError) as exc:
+            return f"error: S3 endpoint {endpoint} unreachable: {type(exc).__name__} {exc}".strip()
+
+    async def _stream_holders(self) -> dict[str, Any]:
+        try:
+            return await asyncio.shield(self.hub.store.lease_holders("stream:", CHECK_TIMEOUT_S))
+        except Exception:
+            return {}
+
+    def _subscriptions(self, holders: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for name, (_, sub) in self.hub.sources.running.items():
+            out[name] = {"state": sub.state, "for_s": round(now - sub.state_since, 1), "progress": sub.progress()}
+        for name in self.hub.sources.held_elsewhere:
+            holder = holders.get(f"stream:{name}", {}).get("owner", "another instance")
+            out[name] = {"state": f"held by {holder}", "for_s": 0.0, "progress": {}}
+        return out

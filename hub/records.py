@@ -1,0 +1,201 @@
+"""Invocation records and the markers that say an event is finished: written in bulk, read per chunk.
+
+"Succeeded, never run again" holds by construction: an event's success marker *is* a field of
+the invocation record that says it succeeded (``done``: the "target|event id" keys of the events
+that record finished), and a dead-lettered event's marker is its dead-letter document. Each is
+one single-document write, so there is no instant at which the hub can die with a success
+recorded but not marked (or the other way round). The duplicate check reads those same documents.
+
+Records are written through :class:`RecordWriter`, a group commit: whatever is submitted while
+one ``insert_many`` is in flight goes out together in the next, so a hub running thousands of
+invocations a second makes tens of writes, not thousands. A caller that must not ack before its
+record is durable awaits the future ``submit`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+import structlog
+from bson.errors import InvalidDocument, InvalidStringData
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
+
+from hub.store import storable
+
+log = structlog.get_logger("hub.records")
+
+T = TypeVar("T")
+DUPLICATE_KEY = 11000
+MAX_BATCH = 1000
+
+
+def completion_key(target: str, event_id: str) -> str:
+    return f"{target}|{event_id}"
+
+
+def dead_letter_id(target_key: str, event_id: str) -> str:
+    return hashlib.sha256(f"{target_key}|{event_id}".encode()).hexdigest()[:24]
+
+
+async def shielded(aw: Awaitable[T]) -> T:
+    """Await a driver call that must run to its end even if the caller is cancelled.
+
+    Cancelling a task inside PyMongo's server selection or pool checkout can leave a driver lock
+    held with no owner on Python 3.11 (every later operation then waits for ever); a shielded
+    call finishes (or fails) on its own and only the caller's wait is cancelled.
+    """
+    task = asyncio.ensure_future(aw)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # the caller may be gone: never "exception was never retrieved"
+
+
+class RecordWriter:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], max_batch: int = MAX_BATCH) -> None:
+        self.coll = db.invocations
+        self.max_batch = max_batch
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.writes = 0  # insert_many calls, for the benchmark and tests
+        self.records = 0
+
+    def submit(self, doc: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue ``doc``; the future resolves once MongoDB has it (or fails with why not)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        if self._closing:
+            fut.set_exception(RuntimeError("the record writer is closed"))
+            return fut
+        self._pending.append((doc, fut))
+        self._wake.set()
+        return fut
+
+    async def write(self, doc: dict[str, Any]) -> None:
+        await self.submit(doc)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="record-writer")
+
+    async def close(self, timeout: float = 15.0) -> None:
+        """Write what is queued (for up to ``timeout``), then stop; the rest fails."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=timeout)
+            if not self._task.done():  # MongoDB is away: give up on what is left
+                self._task.cancel()
+                await asyncio.wait([self._task])
+        for _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(RuntimeError("the hub stopped before the record was written"))
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        failed: dict[int, BaseException] = {}
+        try:
+            self.writes += 1
+            await shielded(self.coll.insert_many([d for d, _ in batch], ordered=False))
+        except BulkWriteError as exc:
+            for err in exc.details.get("writeErrors", []):
+                if err.get("code") != DUPLICATE_KEY:  # a duplicate _id: a retried write got there
+                    failed[err["index"]] = RuntimeError(f"record not written: {err.get('errmsg')}")
+            if exc.details.get("writeConcernErrors"):
+                failed = {i: exc for i in range(len(batch))}
+        except (InvalidDocument, InvalidStringData, OverflowError, DocumentTooLarge):
+            # A result MongoDB cannot hold (an int beyond 64 bits, a lone surrogate, too big):
+            # write them one by one, making the odd ones storable.
+            failed = await self._write_one_by_one(batch)
+        except Exception as exc:
+            failed = {i: exc for i in range(len(batch))}
+        self.records += len(batch) - len(failed)
+        for i, (_, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            if i in failed:
+                fut.set_exception(failed[i])
+            else:
+                fut.set_result(None)
+
+    async def _write_one_by_one(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> dict[int, BaseException]:
+        failed: dict[int, BaseException] = {}
+        for i, (doc, _) in enumerate(batch):
+            try:
+                await shielded(self.coll.insert_one(_fit(storable(doc))))
+            except DuplicateKeyError:
+                pass
+            except Exception as exc:
+                failed[i] = exc
+        return failed
+
+
+def _fit(doc: dict[str, Any], limit: int = 15 * 1024 * 1024) -> dict[str, Any]:
+    """A record too large for one document loses its bulky parts, never the record itself."""
+    import bson
+
+    if len(bson.encode(doc)) <= limit:
+        return doc
+    slim = dict(doc)
+    for field in ("result", "stdout", "stderr", "items"):
+        if field in slim:
+            slim[field] = None
+    slim["truncated_fields"] = "result, output and items were too large to store"
+    return slim
+
+
+class Completions:
+    """Reads which events of a chunk already finished: one query per collection per chunk."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self.db = db
+
+    async def finished(
+        self, target_key: str, event_ids: Iterable[str], ignore_dead_letter: str | None = None
+    ) -> dict[str, str]:
+        """{event id: "succeeded" | "dead_lettered"} for the events that must not run again."""
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+        keys = {completion_key(target_key, e): e for e in ids}
+        dl_ids = {dead_letter_id(target_key, e): e for e in ids}
+        dl_ids.pop(ignore_dead_letter or "", None)
+        succeeded_q = self.db.invocations.aggregate([
+            {"$match": {"done": {"$in": list(keys)}}},
+            {"$project": {"_id": 0, "done": {"$filter": {"input": "$done", "cond": {"$in": ["$$this", list(keys)]}}}}},
+        ])
+        succeeded_docs, dead_docs = await asyncio.gather(
+            shielded(_to_list(succeeded_q)),
+            shielded(self.db.dead_letters.find({"_id": {"$in": list(dl_ids)}}, {"_id": 1}).to_list(None)),
+        )
+        out: dict[str, str] = {}
+        for doc in dead_docs:
+            out[dl_ids[doc["_id"]]] = "dead_lettered"
+        for doc in succeeded_docs:
+            for key in doc["done"]:
+                out[keys[key]] = "succeeded"
+        return out
+
+
+async def _to_list(cursor_aw: Any) -> list[dict[str, Any]]:
+    cursor = await cursor_aw
+    return list(await cursor.to_list(None))
