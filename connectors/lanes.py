@@ -66,7 +66,9 @@ class Lane:
         self.ack = ack
         self.batch_size = batch_size
         self.window_s = window_s
-        self.chunk_limit = batch_size if batch_size > 1 else max_chunk
+        # A chunk holds several whole batches when a backlog is waiting: one duplicate check and
+        # one wait for the records cover them all, while each handler call still gets one batch.
+        self.chunk_limit = max(batch_size, max_chunk - max_chunk % batch_size)
         self.capacity = capacity
         self.by_key = by_key
         self.parallelism = max(1, parallelism)
@@ -195,7 +197,11 @@ class Lane:
         return waiting[0].arrived + self.window_s
 
     def _take_chunk(self, waiting: deque[Item]) -> list[Item]:
-        return [waiting.popleft() for _ in range(min(len(waiting), self.chunk_limit))]
+        n = min(len(waiting), self.chunk_limit)
+        rest = n % self.batch_size if self.batch_size > 1 and n > self.batch_size else 0
+        if rest and time.monotonic() < waiting[n - rest].arrived + self.window_s:
+            n -= rest  # the unfilled last batch may still fill up within its window
+        return [waiting.popleft() for _ in range(n)]
 
     async def _deliver(self, key: str | None, chunk: list[Item]) -> None:
         events = [i.event for i in chunk if i.event is not None]

@@ -78,7 +78,7 @@ class Hub:
         self.router = Router()
         self.writer = RecordWriter(self.store.db)
         self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
-                                     Completions(self.store.db))
+                                     Completions(self.store.db), crash_point=settings.test_crash_point)
         self.inbox = Inbox(
             self.store, self.router, self.dispatcher, self.metrics,
             owner=self.instance_id, concurrency=settings.inbox_concurrency,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
 import uuid
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ class _Chunk:
         self.broken: BaseException | None = None  # a write failed: start nothing more
         self.outcomes: dict[str, str] = {}  # event id -> succeeded | dead_lettered | duplicate
 
+    def note_failure(self, fut: asyncio.Future[Any]) -> None:
+        """A record did not make it to MongoDB: run nothing more of this chunk."""
+        if self.broken is None and not fut.cancelled() and fut.exception() is not None:
+            self.broken = fut.exception()
+
     def finished_prefix(self) -> tuple[int, BaseException | None]:
         for i, event in enumerate(self.events):
             fut = self.durable.get(event.id)
@@ -98,8 +104,12 @@ class _Chunk:
 
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, pool: WorkerPool, metrics: Metrics,
-                 writer: RecordWriter, completions: Completions) -> None:
+                 writer: RecordWriter, completions: Completions, crash_point: str = "") -> None:
         self.store = store
+        # A test seam (HUB_TEST_CRASH_POINT): die at once, as kill -9 would, right after an
+        # outcome is durable and before the source is acked -- "after_record" (a success's
+        # record) or "after_dead_letter" -- so a test can prove the redelivery does not run again.
+        self.crash_point = crash_point
         self.registry = registry
         self.pool = pool
         self.metrics = metrics
@@ -139,7 +149,7 @@ class Dispatcher:
         todo = await self._not_finished(target, chunk, chunk.events, replay_of)
         size = max(1, target.batch_size)
         for start in range(0, len(todo), size):
-            if chunk.broken or any(f.done() and not f.cancelled() and f.exception() for f in chunk.durable.values()):
+            if chunk.broken:
                 return
             group = todo[start:start + size]
             group = await self._claim(target, chunk, group, replay_of)
@@ -261,6 +271,13 @@ class Dispatcher:
         outcome = batches.split(events, failed_ids, target.ordered)
         record = self._record(target, events, report, version, request_id, attempt, outcome, is_batch)
         durable = self.writer.submit(record)
+        if outcome.succeeded and self.crash_point == "after_record":
+            durable.add_done_callback(_crash_unless_failed)
+        if outcome.succeeded:
+            if durable.done():
+                chunk.note_failure(durable)
+            else:
+                durable.add_done_callback(chunk.note_failure)
         for e in outcome.succeeded:
             chunk.durable[e.id] = durable
             chunk.outcomes[e.id] = "succeeded"
@@ -352,6 +369,8 @@ class Dispatcher:
             chunk.durable[e.id] = write
             chunk.outcomes[e.id] = "dead_lettered"
         await write
+        if self.crash_point == "after_dead_letter":
+            _crash("after_dead_letter")
         self.metrics.dead_letters.labels(target.key).inc(len(events))
         for e in events:
             log.warning("event dead-lettered", trigger=target.trigger, function=target.function,
@@ -373,6 +392,16 @@ class Dispatcher:
     def _age_s(event: Event) -> float | None:
         t = _parse_time(event.time)
         return (now() - t).total_seconds() if t else None
+
+
+def _crash_unless_failed(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        _crash("after_record")
+
+
+def _crash(point: str) -> None:
+    log.error("test crash point reached: exiting now", crash_point=point)
+    os._exit(137)
 
 
 def _item_error() -> dict[str, Any]:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Empty: a stable id kept in DATA_DIR/instance-id, so a restarted hub takes back its own
     # leases and inbox claims at once. Give each instance on one host its own data dir (or id).
     instance_id: str = Field(default="")
+    # Tests only: "after_record" or "after_dead_letter" makes the hub exit (as kill -9 would)
+    # the first time an outcome is durable and not yet acked (see hub.dispatch).
+    test_crash_point: Literal["", "after_record", "after_dead_letter"] = ""
 
     def base_url(self) -> str:
         return self.public_url or f"http://{self.http_host}:{self.http_port}"

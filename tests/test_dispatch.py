@@ -281,6 +281,7 @@ class BrokenWriter(RecordWriter):
             return super().submit(doc)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.set_exception(ConnectionError("mongod went away"))
+        fut.add_done_callback(lambda f: f.exception())
         return fut
 
 

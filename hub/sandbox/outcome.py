@@ -248,6 +248,33 @@ def _live(pid: int) -> bool:
     return state not in (b"Z", b"X", b"")
 
 
+def _children(pid: int, threads: bool = True) -> list[int] | None:
+    """Children of every thread of ``pid`` (of its main thread only with ``threads`` False:
+    for bwrap's own processes, which have no others); None if it is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task") if threads else [str(pid)]
+    except OSError:
+        return None
+    kids: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            return None
+    return kids
+
+
+def only_chain(pid: int, chain: list[int]) -> bool:
+    """True when ``pid``'s descendants are exactly ``chain``, each the only child of the one
+    before it (the common case after an invocation; a False only means "look closer")."""
+    for parent, child in zip([pid, *chain], [*chain, None]):
+        kids = _children(parent, threads=child is None)  # only the last runs the user's code
+        if kids != ([] if child is None else [child]):
+            return False
+    return True
+
+
 def live_descendants(pid: int) -> list[int]:
     return [p for p in descendants(pid) if _live(p)]
 

@@ -35,6 +35,7 @@ from hub.sandbox.outcome import (
     is_signal,
     json_depth_exceeds,
     live_descendants,
+    only_chain,
     tree_memory_bytes,
     tree_rss_bytes,
 )
@@ -106,6 +107,7 @@ class Worker:
         self._mem_handle: asyncio.TimerHandle | None = None
         self._mem_peak = 0
         self._oom_killed = False
+        self._chain: list[int] | None = None  # the worker's own processes below pid, in order
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -309,11 +311,20 @@ class Worker:
         return out
 
     def count_strays(self) -> int:
-        """Live processes beyond the worker's own (bwrap init + runtime), counted by the hub."""
+        """Live processes beyond the worker's own (bwrap init + runtime), counted by the hub.
+
+        This runs after every invocation, so the usual answer comes cheap: once the worker's
+        own chain of processes is known, "each of them has exactly the next one as its only
+        child" (a few small /proc reads) means no strays; anything else gets the full walk."""
         if self.pid is None or self._exited.done():
             return 0
         expected = _EXPECTED_DESCENDANTS.get(self.cfg.isolation, 0)
-        return max(0, len(live_descendants(self.pid)) - expected)
+        if self._chain is not None and only_chain(self.pid, self._chain):
+            return 0
+        found = live_descendants(self.pid)
+        if self._chain is None and len(found) == expected:
+            self._chain = found  # parent before child: the walk is depth first from the top
+        return max(0, len(found) - expected)
 
     def memory_limit_bytes(self) -> int:
         mb = max(self.fn.memory_mb, self.cfg.limits.min_memory_mb) + MEMORY_SLACK_MB
