@@ -1,11 +1,14 @@
 """What every connector hands to the hub: ordered chunks of events, and an await that means
 "finished, ack them".
 
-A connector calls ``await sink(events)`` with a chunk of events in source order; when that
-returns, every event has succeeded or been dead-lettered and the connector may ack the chunk
-(commit the offset, persist the resume token, delete the inbox items). If only a prefix
-finished, the sink raises :class:`Unfinished` saying how many: the connector acks those and
-delivers the rest again. Any other exception means nothing was finished.
+A connector calls ``settle = await sink(events)`` with a chunk of events in source order. When
+that returns, the chunk's handlers have run (so the next chunk may start: order holds); when
+``settle`` (if not None) completes too, every event has succeeded or been dead-lettered *and
+that is durable*, and the connector may ack the chunk (commit the offset, persist the resume
+token, delete the inbox items). Splitting the two lets one chunk's records be written while the
+next chunk runs. If only a prefix finished, either await raises :class:`Unfinished` saying how
+many: the connector acks those and delivers the rest again. Any other exception means nothing
+was finished.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import structlog
 
 from hub.events import Event
 
-Sink = Callable[[list[Event]], Awaitable[None]]
+Sink = Callable[[list[Event]], Awaitable[Awaitable[None] | None]]
 
 
 class Unfinished(Exception):

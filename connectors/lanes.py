@@ -60,6 +60,7 @@ class Lane:
         capacity: int = 2000,
         by_key: bool = False,
         parallelism: int = 1,
+        max_unsettled: int = 3,
     ) -> None:
         self.name = name
         self.sink = sink
@@ -72,12 +73,14 @@ class Lane:
         self.capacity = capacity
         self.by_key = by_key
         self.parallelism = max(1, parallelism)
+        self.max_unsettled = max(1, max_unsettled)  # chunks that ran but are not yet durable
         self.log = structlog.get_logger("connectors.lanes").bind(lane=name)
         self.acked: Any = None  # the last position acked
         self.last_error: str | None = None
         self._order: deque[Item] = deque()  # every buffered item, in arrival order
         self._waiting: dict[str | None, deque[Item]] = {}  # by key: not yet handed to the sink
-        self._running: dict[str | None, asyncio.Task[None]] = {}
+        self._running: dict[str | None, asyncio.Task[None]] = {}  # by key: handlers running
+        self._chunks: set[asyncio.Task[None]] = set()  # running or settling
         self._blocked_until: dict[str | None, float] = {}
         self._backoff: dict[str | None, float] = {}
         self._changed = asyncio.Event()  # wakes the lane: items came, a chunk ended, closing
@@ -103,7 +106,7 @@ class Lane:
     @property
     def busy(self) -> bool:
         """A chunk is with the sink right now."""
-        return bool(self._running)
+        return bool(self._chunks)
 
     def room(self) -> int:
         return max(0, self.capacity - len(self._order))
@@ -145,7 +148,7 @@ class Lane:
         self._room.set()
         if self._task is not None:
             await asyncio.wait([self._task])  # it ends by itself: it may be inside an ack
-        running = list(self._running.values())
+        running = list(self._chunks)
         if running:
             await asyncio.wait(running, timeout=grace_s)
             for task in running:
@@ -183,12 +186,16 @@ class Lane:
                 continue
             if key in self._running or len(self._running) >= self.parallelism:
                 continue
+            if len(self._chunks) - len(self._running) >= self.max_unsettled:
+                break
             due = max(self._blocked_until.get(key, 0.0), self._window_end(waiting))
             if due > now:
                 wake_at = due if wake_at is None else min(wake_at, due)
                 continue
             chunk = self._take_chunk(waiting)
-            self._running[key] = asyncio.create_task(self._deliver(key, chunk), name=f"chunk:{self.name}")
+            task = self._running[key] = asyncio.create_task(self._deliver(key, chunk), name=f"chunk:{self.name}")
+            self._chunks.add(task)
+            task.add_done_callback(self._chunks.discard)
         return wake_at
 
     def _window_end(self, waiting: deque[Item]) -> float:
@@ -207,7 +214,14 @@ class Lane:
         events = [i.event for i in chunk if i.event is not None]
         finished, error = len(chunk), None
         try:
-            await self.sink(events)
+            try:
+                settle = await self.sink(events)
+            finally:
+                # These events ran: the next chunk of this key may start while they settle.
+                self._running.pop(key, None)
+                self._changed.set()
+            if settle is not None:
+                await settle
         except Unfinished as exc:
             finished, error = exc.finished, exc.cause
         except asyncio.CancelledError:
@@ -215,7 +229,6 @@ class Lane:
         except Exception as exc:
             finished, error = 0, exc
         finally:
-            self._running.pop(key, None)
             self._changed.set()
         for item in chunk[:finished]:
             item.done = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from connectors.base import Unfinished
 from hub.api import make_app
-from hub.dispatch import Dispatcher, Target
+from hub.dispatch import Chunk, Dispatcher, Target
 from hub.events import Event
 from hub.inbox import Inbox
 from hub.metrics import Metrics
@@ -156,21 +157,26 @@ class Hub:
             except Exception as exc:
                 log.warning("trigger sync failed", error=str(exc))
 
-    async def on_source_events(self, trigger_name: str, events: list[Event]) -> None:
-        """Sink for kafka/mongodb subscriptions: filter, then run the chunk to a final outcome."""
+    async def on_source_events(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
+        """Sink for kafka/mongodb subscriptions: filter, run the chunk, and hand back the wait
+        for its outcomes to be durable (see connectors.base)."""
         if not events:
-            return
+            return None
         source_type = events[0].source.split(":", 1)[0]
         self.metrics.events.labels(source_type).inc(len(events))
         trigger = self.router.get(trigger_name)
         if trigger is None:
-            return
+            return None
         wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
         if not wanted:
-            return
+            return None
         target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
+        chunk = await self.dispatcher.run(target, [events[i] for i in wanted])
+        return self._settled(chunk, wanted)
+
+    async def _settled(self, chunk: Chunk, wanted: list[int]) -> None:
         try:
-            await self.dispatcher.deliver(target, [events[i] for i in wanted])
+            await self.dispatcher.settle(chunk)
         except Unfinished as exc:
             # in terms of the chunk the connector gave: filtered-out events before the first
             # unfinished one are finished too

@@ -76,7 +76,7 @@ def _parse_time(value: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
-class _Chunk:
+class Chunk:
     """One ``deliver`` call's bookkeeping: when each of its events is durably finished."""
 
     def __init__(self, events: list[Event]) -> None:
@@ -126,13 +126,23 @@ class Dispatcher:
 
         Returns each event's outcome: "succeeded", "dead_lettered" or "duplicate" (it had
         finished before). ``replay_of`` names a dead letter that must not count as finished."""
-        chunk = _Chunk(events)
+        return await self.settle(await self.run(target, events, request_id=request_id, replay_of=replay_of))
+
+    async def run(self, target: Target, events: list[Event], *, request_id: str | None = None,
+                  replay_of: str | None = None) -> Chunk:
+        """The first half of ``deliver``: every handler call, in order; their records may still
+        be on their way to MongoDB (``settle`` waits for that)."""
+        chunk = Chunk(events)
         try:
             await self._deliver(target, chunk, request_id, replay_of)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             chunk.broken = chunk.broken or exc
+        return chunk
+
+    async def settle(self, chunk: Chunk) -> dict[str, str]:
+        """The second half: wait until every outcome is durable; ``Unfinished`` if not all are."""
         for fut in list(chunk.durable.values()):
             if not fut.done():
                 try:
@@ -140,11 +150,11 @@ class Dispatcher:
                 except Exception:
                     pass
         finished, error = chunk.finished_prefix()
-        if finished < len(events):
+        if finished < len(chunk.events):
             raise Unfinished(finished, error or RuntimeError("unfinished"))
         return chunk.outcomes
 
-    async def _deliver(self, target: Target, chunk: _Chunk, request_id: str | None,
+    async def _deliver(self, target: Target, chunk: Chunk, request_id: str | None,
                        replay_of: str | None) -> None:
         todo = await self._not_finished(target, chunk, chunk.events, replay_of)
         size = max(1, target.batch_size)
@@ -161,7 +171,7 @@ class Dispatcher:
             finally:
                 self._release(claims, chunk)
 
-    async def _not_finished(self, target: Target, chunk: _Chunk, events: list[Event],
+    async def _not_finished(self, target: Target, chunk: Chunk, events: list[Event],
                             replay_of: str | None) -> list[Event]:
         done = await self.completions.finished(target.key, [e.id for e in events], replay_of)
         todo: dict[str, Event] = {}
@@ -179,7 +189,7 @@ class Dispatcher:
             todo[event.id] = event
         return list(todo.values())
 
-    async def _claim(self, target: Target, chunk: _Chunk, group: list[Event],
+    async def _claim(self, target: Target, chunk: Chunk, group: list[Event],
                      replay_of: str | None) -> list[Event]:
         """Wait for any delivery of these events already running here, then re-check them."""
         busy = [self._inflight[k] for e in group
@@ -191,7 +201,7 @@ class Dispatcher:
             self._inflight[completion_key(target.key, event.id)] = asyncio.get_running_loop().create_future()
         return group
 
-    def _release(self, claims: list[str], chunk: _Chunk) -> None:
+    def _release(self, claims: list[str], chunk: Chunk) -> None:
         for key in claims:
             fut = self._inflight.pop(key, None)
             if fut is None:
@@ -204,7 +214,7 @@ class Dispatcher:
                 durable.add_done_callback(_resolve_with(fut))
 
     # -- one group (one event, or one batch) to the end ------------------------------------
-    async def _run_to_end(self, target: Target, chunk: _Chunk, events: list[Event],
+    async def _run_to_end(self, target: Target, chunk: Chunk, events: list[Event],
                           request_id: str | None) -> None:
         policy = target.retry
         history: dict[str, list[dict[str, Any]]] = {e.id: [] for e in events}
@@ -253,7 +263,7 @@ class Dispatcher:
             self.metrics.retries.labels(target.key).inc()
             await asyncio.sleep(backoff_delay(policy, attempt))
 
-    async def _attempt(self, target: Target, chunk: _Chunk, events: list[Event], request_id: str,
+    async def _attempt(self, target: Target, chunk: Chunk, events: list[Event], request_id: str,
                        attempt: int, throttled: int) -> tuple[dict[str, Any], batches.Split | None]:
         report, version = await self._invoke(target, events, request_id, attempt)
         if report.status is Status.throttled:
@@ -350,7 +360,7 @@ class Dispatcher:
         else:
             log.warning("invocation failed", **fields, error=(report.error or {}).get("message"))
 
-    async def _dead_letter(self, target: Target, chunk: _Chunk, events: list[Event],
+    async def _dead_letter(self, target: Target, chunk: Chunk, events: list[Event],
                            history: dict[str, list[dict[str, Any]]]) -> None:
         """One dead letter per event, with its own attempts; the document is the event's marker."""
         t = now()

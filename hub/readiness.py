@@ -15,10 +15,15 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from hub.records import shielded
+
 if TYPE_CHECKING:
     from hub.app import Hub
 
 CHECK_TIMEOUT_S = 0.8
+# PyMongo's own timeout overshoots by up to its 0.5 s wake-up granularity, so the driver gets
+# less than the check and the check waits (never cancels) for at most CHECK_TIMEOUT_S.
+DRIVER_TIMEOUT_S = 0.5
 ERROR_GRACE_S = 30.0
 
 
@@ -64,11 +69,14 @@ class Readiness:
         return report
 
     async def _mongodb(self) -> str:
-        try:
-            await asyncio.shield(self.hub.store.ping(CHECK_TIMEOUT_S))
-            return "ok"
-        except Exception as exc:
+        ping = asyncio.ensure_future(shielded(self.hub.store.ping(DRIVER_TIMEOUT_S)))
+        done, _ = await asyncio.wait([ping], timeout=CHECK_TIMEOUT_S)
+        if not done:
+            return f"error: no answer within {CHECK_TIMEOUT_S}s"
+        exc = ping.exception()
+        if exc is not None:
             return f"error: {type(exc).__name__}: {str(exc)[:300]}"
+        return "ok"
 
     async def _kafka(self) -> str:
         servers = [s for s in self.hub.settings.kafka_bootstrap.split(",") if s.strip()]
@@ -91,10 +99,11 @@ class Readiness:
             return f"error: S3 endpoint {endpoint} unreachable: {type(exc).__name__} {exc}".strip()
 
     async def _stream_holders(self) -> dict[str, Any]:
-        try:
-            return await asyncio.shield(self.hub.store.lease_holders("stream:", CHECK_TIMEOUT_S))
-        except Exception:
+        query = asyncio.ensure_future(shielded(self.hub.store.lease_holders("stream:", DRIVER_TIMEOUT_S)))
+        done, _ = await asyncio.wait([query], timeout=CHECK_TIMEOUT_S)
+        if not done or query.exception() is not None:
             return {}
+        return query.result()
 
     def _subscriptions(self, holders: dict[str, Any]) -> dict[str, dict[str, Any]]:
         now = time.monotonic()

@@ -29,7 +29,7 @@ from hub.triggers import kafka_group_id, source_state_key
 
 log = structlog.get_logger("hub.sources")
 
-OnEvents = Callable[[str, list[Event]], Awaitable[None]]
+OnEvents = Callable[[str, list[Event]], Awaitable[Awaitable[None] | None]]
 
 
 class Sources:
@@ -102,8 +102,8 @@ class Sources:
         src = t.source
         state_key = source_state_key(t.name, t.source_identity)
 
-        async def sink(events: list[Event], name: str = t.name) -> None:
-            await self.on_events(name, events)
+        async def sink(events: list[Event], name: str = t.name) -> Awaitable[None] | None:
+            return await self.on_events(name, events)
 
         s = self.settings
         if t.source_type == "kafka":

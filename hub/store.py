@@ -17,6 +17,7 @@ Every call here may be awaited by a task that gets cancelled; callers on such pa
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from typing import Any
@@ -27,6 +28,10 @@ import pymongo
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from hub import driverfix
+
+driverfix.apply()  # before any client exists: see hub/driverfix.py
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -106,8 +111,10 @@ class Store:
         await db.inbox.create_index([("request_id", ASCENDING)], sparse=True)
         await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
 
-    async def close(self) -> None:
-        await self.client.close()
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close the client, but never hang a shutdown on it (a wedged driver would)."""
+        closing = asyncio.ensure_future(self.client.close())
+        await asyncio.wait([closing], timeout=timeout_s)
 
     async def ping(self, timeout_s: float = 1.0) -> None:
         """Raises unless MongoDB answers within ``timeout_s`` (PyMongo's own timeout: a cancel
