@@ -23,6 +23,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -154,7 +155,9 @@ class KafkaSubscription(SupervisedLoop):
         sink: Sink,
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 1000,
-        fetch_max_wait_ms: int = 100,
+        fetch_max_wait_ms: int = 10,
+        idle_fetch_max_wait_ms: int = 500,
+        idle_after_s: float = 5.0,
         batch_size: int = 1,
         batch_window_s: float = 0.0,
         ordering: str = "partition",
@@ -174,6 +177,8 @@ class KafkaSubscription(SupervisedLoop):
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.idle_fetch_max_wait_ms = max(idle_fetch_max_wait_ms, fetch_max_wait_ms)
+        self.idle_after_s = idle_after_s
         self.batch_size = batch_size
         self.batch_window_s = batch_window_s
         self.ordering = ordering
@@ -185,6 +190,8 @@ class KafkaSubscription(SupervisedLoop):
         self.lanes: dict[TopicPartition, Lane] = {}
         self._marks: dict[TopicPartition, int] = {}  # finished offsets not yet committed
         self._marked = asyncio.Event()
+        self._room = asyncio.Event()  # a lane acked something: it may take more now
+        self._last_records = time.monotonic()
         # From a revoke until the new assignment, fetched records are dropped: their partitions
         # may be going to another member, and the consumer restarts every partition from its
         # committed offset once the rebalance is over.
@@ -222,8 +229,17 @@ class KafkaSubscription(SupervisedLoop):
             while not self.stopping.is_set():
                 if committer.done():
                     committer.result()  # raise what killed it
-                self._flow_control(consumer)
+                self._room.clear()
+                if self._flow_control(consumer):
+                    # every partition is paused: nothing can arrive until a lane makes room, so
+                    # wait for that rather than for getmany's timeout
+                    try:
+                        await asyncio.wait_for(self._room.wait(), 1.0)
+                    except TimeoutError:
+                        pass
+                    continue
                 batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_chunk * 4)
+                self._adapt_fetch_wait(consumer, bool(batch))
                 if self._rebalancing:
                     continue
                 for tp, msgs in batch.items():
@@ -236,6 +252,20 @@ class KafkaSubscription(SupervisedLoop):
             if self.consumer is consumer:
                 self.consumer = None
             await asyncio.shield(consumer.stop())
+
+    def _adapt_fetch_wait(self, consumer: AIOKafkaConsumer, got: bool) -> None:
+        """Short fetch waits while records flow (low latency on brokers that do not answer a
+        waiting fetch as soon as data arrives, like Tansu), long ones once the topic has been
+        quiet for ``idle_after_s`` (an idle trigger then costs a few fetches a second, not a
+        hundred). Apache Kafka answers a waiting fetch at once, so there it costs no latency."""
+        now = time.monotonic()
+        if got:
+            self._last_records = now
+        quiet = now - self._last_records > self.idle_after_s
+        wanted = self.idle_fetch_max_wait_ms if quiet else self.fetch_max_wait_ms
+        fetcher = getattr(consumer, "_fetcher", None)  # aiokafka 0.14 (pinned) reads this per fetch
+        if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", None) != wanted:
+            fetcher._fetch_max_wait_ms = wanted
 
     def _item(self, msg: ConsumerRecord[bytes, bytes]) -> Item:
         key = None
@@ -254,12 +284,14 @@ class KafkaSubscription(SupervisedLoop):
                 f"{self.name}/{tp.partition}", self.sink, ack,
                 batch_size=self.batch_size, window_s=self.batch_window_s, max_chunk=self.max_chunk,
                 capacity=self.lane_capacity, by_key=self.ordering == "key", parallelism=self.parallelism,
+                on_room=self._room.set,
             )
             lane.start()
         return lane
 
-    def _flow_control(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause partitions whose lane is full; resume them once it has room again."""
+    def _flow_control(self, consumer: AIOKafkaConsumer) -> bool:
+        """Pause partitions whose lane is full, resume them once it has room again; True when
+        every assigned partition is paused."""
         paused = consumer.paused()
         for tp, lane in self.lanes.items():
             full = lane.room() < self.max_chunk
@@ -267,6 +299,8 @@ class KafkaSubscription(SupervisedLoop):
                 consumer.pause(tp)
             elif not full and tp in paused:
                 consumer.resume(tp)
+        assigned = consumer.assignment()
+        return bool(assigned) and assigned <= consumer.paused()
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:

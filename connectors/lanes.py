@@ -61,6 +61,7 @@ class Lane:
         by_key: bool = False,
         parallelism: int = 1,
         max_unsettled: int = 3,
+        on_room: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.sink = sink
@@ -74,6 +75,7 @@ class Lane:
         self.by_key = by_key
         self.parallelism = max(1, parallelism)
         self.max_unsettled = max(1, max_unsettled)  # chunks that ran but are not yet durable
+        self.on_room = on_room  # told whenever finished items leave the lane
         self.log = structlog.get_logger("connectors.lanes").bind(lane=name)
         self.acked: Any = None  # the last position acked
         self.last_error: str | None = None
@@ -255,6 +257,8 @@ class Lane:
         if last is None:
             return
         self._room.set()
+        if self.on_room is not None:
+            self.on_room()
         try:
             await self.ack(last.position)
             self.acked = last.position

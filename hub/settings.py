@@ -21,9 +21,12 @@ class Settings(BaseSettings):
     # Tansu and tests want short sessions; Apache Kafka is happy with the defaults too.
     kafka_session_timeout_ms: int = 10000
     kafka_heartbeat_interval_ms: int = 1000
-    # How long the broker may hold an empty fetch: the latency of the first message after a quiet
-    # spell, traded against idle fetch requests (1000 / this value per second per trigger).
-    kafka_fetch_max_wait_ms: int = 100
+    # How long the broker may hold an empty fetch while records flow (latency: Tansu answers a
+    # waiting fetch only when this runs out) and once a topic has been quiet for
+    # KAFKA_IDLE_AFTER_S (idle cost: about 1000 / this fetches per second per trigger).
+    kafka_fetch_max_wait_ms: int = 10
+    kafka_idle_fetch_max_wait_ms: int = 500
+    kafka_idle_after_s: float = 5.0
     s3_endpoint: str = ""  # http://host:port; empty disables automatic bucket-notification setup
     s3_access_key: str = ""
     s3_secret_key: str = ""

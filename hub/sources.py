@@ -116,6 +116,8 @@ class Sources:
                 session_timeout_ms=s.kafka_session_timeout_ms,
                 heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
                 fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+                idle_fetch_max_wait_ms=s.kafka_idle_fetch_max_wait_ms,
+                idle_after_s=s.kafka_idle_after_s,
                 batch_size=t.batch_size,
                 batch_window_s=t.batch_window_s,
                 ordering=t.ordering,
