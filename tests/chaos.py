@@ -27,7 +27,6 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devstack import MongoServer
 from devstack.binaries import spawn, stop_process, tail
@@ -240,15 +239,6 @@ class Ledger:
 
     def of(self, prefix: str) -> list[str]:
         return [s for s in self.written if s.startswith(prefix + "-")]
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 async def start_producer(bootstrap: str) -> AIOKafkaProducer:

@@ -18,6 +18,7 @@ import random
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,7 +34,6 @@ from tests.chaos import (
     HubProcess,
     Ledger,
     counts,
-    create_topic,
     hub_env,
     kill9_mongod,
     outcome,
@@ -46,6 +46,7 @@ from tests.chaos import (
     wait_all_succeeded,
 )
 from tests.hubfixtures import Api, eventually
+from tests.test_kafka_connector import create_topic
 from tests.test_sources import minio_client
 
 PARTITIONS = 4
@@ -485,6 +486,62 @@ async def test_crash_point_between_outcome_and_marker(
             runs = await db.invocations.find(first).to_list(None)
             assert len(runs) == 1, (f"the event ran {len(runs)} times; a {'dead-lettered' if fail else 'succeeded'}"
                                     f" event must never run again: {[(r['_id'], r['status']) for r in runs]}")
+        finally:
+            await producer.stop()
+            await client.close()
+
+
+BATCH_FUNCTION = """
+def handler(event, context):
+    failed = [{"itemIdentifier": r["id"]} for r in event["records"] if r["data"]["value"].get("fail")]
+    return {"seqs": [r["data"]["value"]["seq"] for r in event["records"]], "batchItemFailures": failed}
+"""
+
+
+@pytest.mark.timeout(300)
+async def test_crash_mid_batch_never_reruns_its_finished_records(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Issue 7: a batch partly succeeds (its first records finished, one failed), the hub dies
+    right after that record is durable and before the offset is committed; the redelivered batch
+    runs only what had not finished, in order, and the failed record is dead-lettered alone."""
+    topic = f"midbatch-{uuid.uuid4().hex[:8]}"
+    await create_topic(servers["kafka"].bootstrap, topic, 1)
+    async with _hub_process(servers, tmp_path, servers["mongo"].url) as hub:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+        producer = await start_producer(servers["kafka"].bootstrap)
+        try:
+            hub.start(HUB_TEST_CRASH_POINT="after_record")
+            await hub.wait_healthy(http)
+            api = Api(http, hub.url)
+            await api.put_function("batch", BATCH_FUNCTION)
+            await api.put_trigger("t-batch", "batch", {"type": "kafka", "topic": topic},
+                                  batch={"size": 5, "window_ms": 2000},
+                                  retry={"max_attempts": 2, "backoff_s": 0.05, "max_backoff_s": 0.1})
+            await _ready(api)
+            db = client[hub.env["HUB_MONGO_DB"]]
+            for i in range(5):
+                await produce_seq(producer, topic, f"b-{i}", 0, fail=i == 2)
+            assert await hub.wait_exit(timeout=60) == 137, "the hub did not die at the crash point"
+            first = await db.invocations.find_one({"trigger": "t-batch"})
+            assert first["result"]["seqs"] == [f"b-{i}" for i in range(5)] and len(first["done"]) == 2
+
+            hub.start()
+            await hub.wait_healthy(http)
+
+            async def settled() -> bool:
+                return await db.dead_letters.count_documents({}) == 1 and \
+                    await db.invocations.count_documents({"done": {"$size": 2}, "status": "succeeded"}) == 1
+
+            await eventually(settled, timeout=90, interval=0.2)
+            records = await db.invocations.find({"trigger": "t-batch"}).sort("finished_at", 1).to_list(None)
+            done = Counter(k for r in records for k in r["done"])
+            assert len(done) == 4 and set(done.values()) == {1}, f"a finished record ran again: {done}"
+            # after the restart: b-0, b-1 were not offered again; b-2 (and what follows) was
+            assert [r["result"]["seqs"] for r in records[1:]] == [
+                ["b-2", "b-3", "b-4"], ["b-2", "b-3", "b-4"], ["b-3", "b-4"]]
+            (dl,) = await db.dead_letters.find().to_list(None)
+            assert dl["event"]["data"]["value"]["seq"] == "b-2"
         finally:
             await producer.stop()
             await client.close()

@@ -310,3 +310,37 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         delays = [backoff_delay(policy, attempt) for _ in range(200)]
         assert all(low <= x <= high for x in delays)
         assert len(set(delays)) > 1
+
+
+class SlowWriter(RecordWriter):
+    """Holds every write until ``go`` is set: a record on its way to MongoDB."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.db)
+        self.go = asyncio.Event()
+
+    async def _write(self, batch: Any) -> None:
+        await self.go.wait()
+        await super()._write(batch)
+
+
+async def test_a_duplicate_during_the_record_write_waits_and_is_skipped(store: Store, tmp_path: Path) -> None:
+    writer = SlowWriter(store)
+    writer.start()
+    try:
+        pool = ScriptedPool([])
+        d = await _dispatcher(store, tmp_path, pool, writer)
+        event = _event()
+        first = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+        while not pool.calls:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the handler is done; its record is held back
+        second = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+        await asyncio.sleep(0.05)
+        assert not second.done() and len(pool.calls) == 1  # it waits for the first's record
+        writer.go.set()
+        assert sorted(await asyncio.gather(first, second)) == ["duplicate", "succeeded"]
+        assert len(pool.calls) == 1 and d._inflight == {}
+    finally:
+        writer.go.set()
+        await writer.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import datetime as dt
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,10 +13,11 @@ from typing import Any
 import aiohttp
 
 from hub.app import Hub
-from hub.inbox import MAX_DELIVERIES, Inbox
 from hub.events import Event
-from tests.hubfixtures import Api, eventually, make_settings
-from tests.test_sources import RECORD
+from hub.inbox import MAX_DELIVERIES, Inbox
+from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
+from tests.test_sources import RECORD, minio_client
+from tests.test_webhook import DATA
 
 
 async def test_item_the_hub_cannot_process_is_dead_lettered_after_its_deliveries(
@@ -78,3 +83,49 @@ async def test_many_async_invokes_are_claimed_and_deleted_in_bulk(
         await eventually(lambda: _empty(hub))
     finally:
         await hub.stop()
+
+
+BATCH_S3 = """
+def handler(event, context):
+    keys = [r["subject"] for r in event["records"]]
+    return {"keys": keys, "batchItemFailures": [{"itemIdentifier": r["id"]} for r in event["records"]
+                                                 if "bad" in r["subject"]]}
+"""
+
+
+async def test_s3_batches_from_the_inbox_retry_only_the_failed_record(
+    api: Api, servers: dict[str, Any], unique: str
+) -> None:
+    """The inbox is an unordered source: a record reported failed is retried (then dead-lettered)
+    on its own, the others finished in the first call and never run again."""
+    bucket = f"inbatch-{unique}"
+    await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
+    await api.put_function(f"b-{unique}", BATCH_S3)
+    await api.put_trigger(f"s3b-{unique}", f"b-{unique}", {"type": "s3", "bucket": bucket},
+                          batch={"size": 4, "window_ms": 1000},
+                          retry={"max_attempts": 2, "backoff_s": 0.05, "max_backoff_s": 0.1})
+    template = json.loads((DATA / "rgw_put.json").read_text())
+    keys = ["k0", "k1", "bad", "k3"]
+    body = {"Records": []}
+    for i, key in enumerate(keys):
+        rec = copy.deepcopy(template["Records"][0])
+        rec["s3"]["bucket"]["name"] = bucket
+        rec["s3"]["object"].update(key=key, sequencer=f"{i:016X}", eTag=f"{i:032x}")
+        rec["eventId"] = f"1715678467.{i}.{i:032x}"
+        # now: an event older than the retry policy's max_event_age_s is not retried at all
+        rec["eventTime"] = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        body["Records"].append(rec)
+    async with api.session.post(api.base + f"/v1/sources/s3/events?token={WEBHOOK_TOKEN}", json=body) as r:
+        assert r.status == 200 and (await r.json())["queued"] == 4
+
+    async def dead_lettered() -> Any:
+        dls = (await api.ok("GET", "/v1/dead-letters", params={"trigger": f"s3b-{unique}"}))["dead_letters"]
+        return dls or None
+
+    (dl,) = await eventually(dead_lettered)
+    assert dl["event"]["subject"] == "bad"
+    invs = sorted(await api.wait_invocations(2, trigger=f"s3b-{unique}"), key=lambda i: i["started_at"])
+    assert [sorted(i["result"]["keys"]) for i in invs] == [sorted(keys), ["bad"]]  # max_attempts 2
+    assert [i["status"] for i in invs] == ["partial", "partial"]
+    first = {it["event_id"]: it["status"] for it in invs[0]["items"]}
+    assert sorted(first.values()) == ["failed", "succeeded", "succeeded", "succeeded"]

@@ -46,6 +46,10 @@ async def test_change_stream_single_reader_and_failover(
         await api.wait_invocations(5, trigger="t")
         await b.sources.reconcile()  # one more round: still only one reader
         assert [h for h in hubs if "t" in h.sources.states()] == [holder]
+        other = next(h for h in hubs if h is not holder)
+        async with http.get(other.url + "/readyz") as r:
+            sub = (await r.json())["subscriptions"]["t"]
+        assert sub["state"] == f"held by {holder.instance_id}", sub
 
         hubs.remove(holder)
         await holder.stop()
