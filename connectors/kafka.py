@@ -126,6 +126,7 @@ async def commit_start_offsets(bootstrap: str, topic: str, group_id: str, start:
 # on the new owner), so no partition is worked on by two members at once.
 REBALANCE_TIMEOUT_MS = 300_000
 REVOKE_GRACE_S = 240.0
+COMMIT_ON_CLOSE_S = 5.0
 
 
 class _FinishLanesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -169,7 +170,8 @@ class KafkaSubscription(SupervisedLoop):
     ) -> None:
         super().__init__(name)
         self.shutdown_grace_s = shutdown_grace_s
-        self.stop_grace_s = shutdown_grace_s + 5.0
+        # lanes' grace, then the bounded final commit, then consumer.stop()
+        self.stop_grace_s = shutdown_grace_s + COMMIT_ON_CLOSE_S + 10.0
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
@@ -245,13 +247,17 @@ class KafkaSubscription(SupervisedLoop):
                 for tp, msgs in batch.items():
                     self._lane(tp).put([self._item(m) for m in msgs])
         finally:
-            if committer is not None:
-                committer.cancel()
-                await asyncio.wait([committer])
-            await self._close_lanes(consumer, list(self.lanes), self.shutdown_grace_s)
-            if self.consumer is consumer:
-                self.consumer = None
-            await asyncio.shield(consumer.stop())
+            try:
+                if committer is not None:
+                    committer.cancel()
+                    await asyncio.wait([committer])
+                await self._close_lanes(consumer, list(self.lanes), self.shutdown_grace_s)
+            finally:
+                # always, even when cancelled mid-close: a consumer left running stays in the
+                # group (heartbeating) and holds partitions a new subscription then waits for
+                if self.consumer is consumer:
+                    self.consumer = None
+                await asyncio.shield(consumer.stop())
 
     def _adapt_fetch_wait(self, consumer: AIOKafkaConsumer, got: bool) -> None:
         """Short fetch waits while records flow (low latency on brokers that do not answer a
@@ -338,6 +344,12 @@ class KafkaSubscription(SupervisedLoop):
             self.log.info("kafka: finishing the chunks in flight before letting partitions go",
                           partitions=sorted(tp.partition for tp in lanes))
         await asyncio.gather(*(lane.close(grace_s) for lane in lanes.values()))
-        await self._commit(consumer, list(lanes))
+        try:
+            # bounded: aiokafka retries a commit for as long as the broker is away (cancelling
+            # it is safe), and the hub must not hang a stop or a rebalance on that
+            await asyncio.wait_for(self._commit(consumer, list(lanes)), COMMIT_ON_CLOSE_S)
+        except TimeoutError:
+            self.log.warning("kafka: final commit timed out; those events will come back and be skipped",
+                             partitions=sorted(tp.partition for tp in lanes))
         for tp in lanes:
             self._marks.pop(tp, None)

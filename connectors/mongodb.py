@@ -20,16 +20,19 @@ from typing import Any
 
 from bson import json_util
 from bson.json_util import RELAXED_JSON_OPTIONS
+import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from connectors.base import Sink, SupervisedLoop
 from connectors.lanes import Item, Lane
 from hub.events import Event
+from hub.records import shielded
 
 # Server error codes meaning "the resume point is gone from the oplog".
 HISTORY_LOST = {136, 286}  # CappedPositionLost, ChangeStreamHistoryLost
 STREAM_ENDERS = {"invalidate", "drop", "dropDatabase", "rename"}
+SAVE_TIMEOUT_S = 5.0
 
 LoadPosition = Callable[[], Awaitable[dict[str, Any] | None]]
 SavePosition = Callable[[dict[str, Any]], Awaitable[None]]
@@ -91,14 +94,16 @@ class ChangeStreamSubscription(SupervisedLoop):
         self.lane_capacity = max(lane_capacity, batch_size)
         self.max_await_ms = max_await_ms
         self.shutdown_grace_s = shutdown_grace_s
-        self.stop_grace_s = shutdown_grace_s + max_await_ms / 1000 + 5.0
+        # the reader notices the flag within max_await_ms (or a server-selection timeout while
+        # MongoDB is away), then the lane's grace, then its last (bounded) token save
+        self.stop_grace_s = shutdown_grace_s + max_await_ms / 1000 + 2 * SAVE_TIMEOUT_S + 5.0
         self.lane: Lane | None = None
 
     def progress(self) -> dict[str, object]:
         return self.lane.progress() if self.lane else {}
 
     async def run_once(self) -> None:
-        position = await self.load_position() or {}
+        position = await shielded(self.load_position()) or {}
         kwargs: dict[str, Any] = {"max_await_time_ms": self.max_await_ms}
         if self.full_document != "default":
             kwargs["full_document"] = self.full_document
@@ -118,7 +123,7 @@ class ChangeStreamSubscription(SupervisedLoop):
                 return
             raise
         lane = self.lane = Lane(
-            self.name, self.sink, self.save_position, batch_size=self.batch_size,
+            self.name, self.sink, self._save, batch_size=self.batch_size,
             window_s=self.batch_window_s, max_chunk=self.max_chunk, capacity=self.lane_capacity,
         )
         lane.start()
@@ -162,6 +167,12 @@ class ChangeStreamSubscription(SupervisedLoop):
                            {"resume_token": change["_id"], "start_after": None})])
             marked = change["_id"]
 
+    async def _save(self, position: dict[str, Any]) -> None:
+        """Save a position: shielded (never cancelled inside the driver) and bounded by
+        PyMongo's own timeout, so a stop during an outage does not wait for ever."""
+        with pymongo.timeout(SAVE_TIMEOUT_S):
+            await shielded(self.save_position(position))
+
     async def _drained(self, lane: Lane) -> bool:
         """Wait until every change read so far is finished (False: stopping first)."""
         while not await lane.wait_drained(timeout=1.0):
@@ -175,5 +186,5 @@ class ChangeStreamSubscription(SupervisedLoop):
             "changes made since then cannot be replayed. Restarting from now.",
             database=self.database, collection=self.collection, code=exc.code, error=str(exc),
         )
-        await self.save_position({"resume_token": None, "start_after": None, "start_at_operation_time": None,
-                                  "history_lost_at": json_util.dumps(exc.details)})
+        await self._save({"resume_token": None, "start_after": None, "start_at_operation_time": None,
+                          "history_lost_at": json_util.dumps(exc.details)})

@@ -85,6 +85,7 @@ class Hub:
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
             lease_s=settings.inbox_lease_s, poll_interval_s=settings.inbox_poll_interval_s,
             capacity=settings.inbox_capacity, shutdown_grace_s=settings.shutdown_grace_s,
+            reload_triggers=self.reload_triggers,
         )
         # S3 catch-up scan + webhook dedup (hub/s3_reconcile.py)
         self.s3_reconciler = S3Reconciler(
@@ -97,6 +98,7 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
         self.port: int | None = None
 
     @property
@@ -113,6 +115,7 @@ class Hub:
             log.warning("functions are NOT sandboxed with bubblewrap; only rlimits contain them",
                         isolation=self.pool.isolation)
         await self.sync_triggers()
+        self.sources.start()
         await self.inbox.start()
         await self.s3_reconciler.start()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
@@ -127,11 +130,13 @@ class Hub:
         # Stop taking requests first, then events; whatever is unfinished is not acked and returns.
         if self._runner:
             await self._runner.cleanup()
+        self._stopping.set()
         if self._sync_task:
-            self._sync_task.cancel()
+            # not cancelled: it may be stopping a subscription, which must run to its end
             await asyncio.gather(self._sync_task, return_exceptions=True)
         await self.watcher.stop()
-        await self.sources.stop()
+        async with self._sync_lock:  # no reconcile may start subscriptions behind the stop
+            await self.sources.stop()
         await self.s3_reconciler.stop()
         await self.inbox.stop()
         await self.writer.close()
@@ -151,7 +156,11 @@ class Hub:
 
     async def _sync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.trigger_sync_interval_s)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.settings.trigger_sync_interval_s)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.sync_triggers()
             except Exception as exc:

@@ -155,7 +155,9 @@ class Dispatcher:
         for fut in list(chunk.durable.values()):
             if not fut.done():
                 try:
-                    await fut
+                    # shielded: a cancelled wait must not cancel the write's own future (the
+                    # claim on these events lasts until the write really ended)
+                    await asyncio.shield(fut)
                 except Exception:
                     pass
         finished, error = chunk.finished_prefix()
@@ -233,30 +235,34 @@ class Dispatcher:
     # -- one group (one event, or one batch) to the end ------------------------------------
     async def _run_to_end(self, target: Target, chunk: Chunk, events: list[Event],
                           request_id: str | None) -> None:
+        """Run one group (an event, or a batch) until every event in it succeeded or was
+        dead-lettered. Attempts are counted per event: a record is dead-lettered once it has
+        failed ``max_attempts`` times itself, whatever the others in its batch did."""
         policy = target.retry
         history: dict[str, list[dict[str, Any]]] = {e.id: [] for e in events}
         remaining = list(events)
         request_id = request_id or new_id()
-        attempt = throttled = 0
+        throttled = 0
         while remaining:
-            if attempt or throttled:
+            tried = max(len(history[e.id]) for e in remaining)
+            if tried or throttled:
                 age = self._age_s(remaining[0])
                 if age is not None and age > policy.max_event_age_s:
                     error = {"type": "EventTooOld",
                              "message": f"event is {age:.0f}s old; max_event_age_s is {policy.max_event_age_s}"}
                     for e in remaining:
-                        history[e.id].append({"attempt": attempt + 1, "status": "expired", "at": now(), "error": error})
+                        history[e.id].append({"attempt": len(history[e.id]) + 1, "status": "expired",
+                                              "at": now(), "error": error})
                     await self._dead_letter(target, chunk, remaining, history)
                     return
-            attempt += 1
+            attempt = tried + 1
             record, outcome = await self._attempt(target, chunk, remaining, request_id, attempt, throttled)
             if outcome is None:  # throttled: our own capacity, not the function's fault
-                attempt -= 1
                 throttled += 1
                 await asyncio.sleep(backoff_delay(policy, min(throttled, 8)) or 0.1)
                 continue
             for e in outcome.failed:
-                history[e.id].append({"attempt": attempt, "invocation_id": record["_id"],
+                history[e.id].append({"attempt": len(history[e.id]) + 1, "invocation_id": record["_id"],
                                       "status": record["status"], "error": record["error"] or _item_error(),
                                       "at": record["finished_at"]})
             if not outcome.failed:
@@ -268,17 +274,18 @@ class Dispatcher:
                 await self._run_to_end(target, chunk, remaining[:half], None)
                 await self._run_to_end(target, chunk, remaining[half:], None)
                 return
-            if attempt >= policy.max_attempts:
-                # Out of attempts: the failed ones are dead-lettered; what followed them in an
-                # ordered batch was never theirs to lose and starts its own attempts.
-                await self._dead_letter(target, chunk, outcome.failed, history)
-                remaining = outcome.not_processed
-                attempt = 0
-                continue
-            again = {e.id for e in outcome.failed} | {e.id for e in outcome.not_processed}
+            # Out of attempts: those records are dead-lettered; the others (what followed them in
+            # an ordered batch included) go on with the attempts they have left.
+            exhausted = [e for e in outcome.failed if len(history[e.id]) >= policy.max_attempts]
+            if exhausted:
+                await self._dead_letter(target, chunk, exhausted, history)
+            again = ({e.id for e in outcome.failed} | {e.id for e in outcome.not_processed}) - \
+                {e.id for e in exhausted}
             remaining = [e for e in remaining if e.id in again]
-            self.metrics.retries.labels(target.key).inc()
-            await asyncio.sleep(backoff_delay(policy, attempt))
+            failures = max((len(history[e.id]) for e in remaining), default=0)
+            if failures:  # someone left failed before: back off; only untried records run at once
+                self.metrics.retries.labels(target.key).inc()
+                await asyncio.sleep(backoff_delay(policy, failures))
 
     async def _attempt(self, target: Target, chunk: Chunk, events: list[Event], request_id: str,
                        attempt: int, throttled: int) -> tuple[dict[str, Any], batches.Split | None]:
@@ -395,7 +402,7 @@ class Dispatcher:
         for e in events:
             chunk.durable[e.id] = write
             chunk.outcomes[e.id] = "dead_lettered"
-        await write
+        await asyncio.shield(write)
         if self.crash_point == "after_dead_letter":
             _crash("after_dead_letter")
         self.metrics.dead_letters.labels(target.key).inc(len(events))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ class Inbox:
         claim_batch: int = 200,
         shutdown_grace_s: float = 10.0,
         retry_delay: Callable[[int], float] = redelivery_delay,
+        reload_triggers: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -103,6 +104,7 @@ class Inbox:
         self.claim_batch = claim_batch
         self.shutdown_grace_s = shutdown_grace_s
         self.retry_delay = retry_delay  # a seam: tests make hub-side redelivery immediate
+        self.reload_triggers = reload_triggers
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._held: dict[Any, _Held] = {}
@@ -114,7 +116,10 @@ class Inbox:
 
     # -- writers ----------------------------------------------------------------------------
     async def put_events(self, events: list[Event]) -> None:
-        await self._put([self._item("s3", e) for e in events])
+        """Queue S3 events for the triggers that match them *now*: the item names them, so an
+        instance whose trigger set lags behind still runs exactly those (see ``_entries``)."""
+        await self._put([self._item("s3", e, triggers=[t.name for t in self.router.match_s3(e)])
+                         for e in events])
 
     async def put_invoke(self, function: str, event: Event) -> str:
         request_id = uuid.uuid4().hex
@@ -192,6 +197,7 @@ class Inbox:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            self._wake.clear()  # before the query: a wake-up during it is not lost
             try:
                 items = await shielded(self.store.inbox_claim(self.owner, self.lease_s, min(room, self.claim_batch)))
                 failures = 0
@@ -202,7 +208,6 @@ class Inbox:
                 await asyncio.sleep(min(0.5 * 2**failures, 10.0))
                 continue
             if not items:
-                self._wake.clear()
                 await self._wake.wait()
                 continue
             for item in items:
@@ -219,13 +224,18 @@ class Inbox:
             except Exception:
                 pass  # the claimer reports outages
 
-    def _route(self, item: dict[str, Any]) -> None:
+    def _route(self, item: dict[str, Any], reloaded: bool = False) -> None:
         held = self._held[item["_id"]] = _Held(item)
         try:
             if item["deliveries"] > MAX_DELIVERIES:
                 self._side_task(self._give_up(held))
                 return
             event = Event.from_cloudevent(item["event"])
+            unknown = [n for n in item.get("triggers") or [] if n not in self.router.triggers]
+            if unknown and not reloaded and self.reload_triggers is not None:
+                # made through another instance a moment ago: look again before deciding
+                self._side_task(self._route_after_reload(item))
+                return
             entries = self._entries(held, event)
         except Exception as exc:
             log.warning("inbox item cannot be processed", item=str(item["_id"]), error=repr(exc))
@@ -242,11 +252,22 @@ class Inbox:
             queue.entries.put_nowait(entry)
             self._spawn(queue)
 
+    async def _route_after_reload(self, item: dict[str, Any]) -> None:
+        try:
+            assert self.reload_triggers is not None
+            await self.reload_triggers()
+        except Exception as exc:
+            log.warning("reloading triggers failed; routing with what is known", error=str(exc))
+        self._route(item, reloaded=True)
+
     def _entries(self, held: _Held, event: Event) -> list[_Entry]:
         item, kind = held.item, held.item["kind"]
         if kind == "s3":
+            # the triggers named when it was queued that still exist and still match it (a
+            # trigger deleted or changed since then no longer wants it); older items name none
+            named = item.get("triggers")
             return [_Entry(held, Target(t.function, t.name, t.retry, t.batch_size, False, event.source), event)
-                    for t in self.router.match_s3(event)]
+                    for t in self.router.match_s3(event) if named is None or t.name in named]
         if kind == "invoke":
             return [_Entry(held, Target(item["function"], None, ASYNC_INVOKE_RETRY, 1, False), event,
                            request_id=item["request_id"])]
@@ -259,7 +280,8 @@ class Inbox:
                 if trigger is None:
                     log.warning("replay dropped: trigger no longer exists", trigger=name)
                     return []
-                target = Target(trigger.function, trigger.name, trigger.retry, 1, False, event.source)
+                target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, False,
+                                event.source)
             return [_Entry(held, target, event, replay_of=item["dead_letter_id"])]
         raise ValueError(f"unknown inbox item kind {kind!r}")
 
@@ -274,6 +296,11 @@ class Inbox:
         while not queue.entries.empty():
             chunk = await self._take_chunk(queue)
             await self._run_chunk(chunk)
+        # leave the count now, not in a done-callback a loop iteration later: an entry routed
+        # meanwhile must see that no worker is left and start one
+        task = asyncio.current_task()
+        if task is not None:
+            queue.workers.discard(task)
 
     async def _take_chunk(self, queue: _Queue) -> list[_Entry]:
         first = queue.entries.get_nowait()

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from hub.records import shielded
+from hub.records import _retrieve, shielded
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -70,6 +70,7 @@ class Readiness:
 
     async def _mongodb(self) -> str:
         ping = asyncio.ensure_future(shielded(self.hub.store.ping(DRIVER_TIMEOUT_S)))
+        ping.add_done_callback(_retrieve)  # it may end after this check gave up on it
         done, _ = await asyncio.wait([ping], timeout=CHECK_TIMEOUT_S)
         if not done:
             return f"error: no answer within {CHECK_TIMEOUT_S}s"
@@ -100,6 +101,7 @@ class Readiness:
 
     async def _stream_holders(self) -> dict[str, Any]:
         query = asyncio.ensure_future(shielded(self.hub.store.lease_holders("stream:", DRIVER_TIMEOUT_S)))
+        query.add_done_callback(_retrieve)
         done, _ = await asyncio.wait([query], timeout=CHECK_TIMEOUT_S)
         if not done or query.exception() is not None:
             return {}

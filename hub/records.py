@@ -30,6 +30,7 @@ log = structlog.get_logger("hub.records")
 
 T = TypeVar("T")
 DUPLICATE_KEY = 11000
+Entries = list[tuple[dict[str, Any], "asyncio.Future[None]"]]
 MAX_BATCH = 1000
 
 
@@ -62,7 +63,9 @@ class RecordWriter:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], max_batch: int = MAX_BATCH) -> None:
         self.coll = db.invocations
         self.max_batch = max_batch
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._pending: Entries = []
+        self._current: Entries = []  # the batch being written (or retried)
+        self._retrying = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -93,12 +96,12 @@ class RecordWriter:
         if self._task is not None:
             await asyncio.wait([self._task], timeout=timeout)
             if not self._task.done():  # MongoDB is away: give up on what is left
-                self._task.cancel()
+                self._task.cancel()  # it is never inside the driver: writes are shielded
                 await asyncio.wait([self._task])
-        for _, fut in self._pending:
+        for _, fut in self._current + self._pending:
             if not fut.done():
                 fut.set_exception(RuntimeError("the hub stopped before the record was written"))
-        self._pending.clear()
+        self._current, self._pending = [], []
 
     async def _run(self) -> None:
         while True:
@@ -109,10 +112,23 @@ class RecordWriter:
                 await self._wake.wait()
                 continue
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            await self._write(batch)
+            self._current = batch
+            delay = 0.2
+            while batch:
+                # A write that fails for a passing reason (an election, a network error, MongoDB
+                # restarting) is retried, in order, until it lands: a success the hub has reported
+                # to a lane must become durable, or a lane that already ran its next chunk would
+                # see the earlier one come back (out of order). Only close gives up.
+                batch = await self._write(batch)
+                if batch:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._current = []
 
-    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: Entries) -> Entries:
+        """Write ``batch``; resolve what landed (or can never land) and return what to retry."""
         failed: dict[int, BaseException] = {}
+        retry: set[int] = set()
         try:
             self.writes += 1
             await shielded(self.coll.insert_many([d for d, _ in batch], ordered=False))
@@ -121,23 +137,30 @@ class RecordWriter:
                 if err.get("code") != DUPLICATE_KEY:  # a duplicate _id: a retried write got there
                     failed[err["index"]] = RuntimeError(f"record not written: {err.get('errmsg')}")
             if exc.details.get("writeConcernErrors"):
-                failed = {i: exc for i in range(len(batch))}
+                retry = set(range(len(batch))) - set(failed)
         except (InvalidDocument, InvalidStringData, OverflowError, DocumentTooLarge):
             # A result MongoDB cannot hold (an int beyond 64 bits, a lone surrogate, too big):
             # write them one by one, making the odd ones storable.
             failed = await self._write_one_by_one(batch)
         except Exception as exc:
-            failed = {i: exc for i in range(len(batch))}
-        self.records += len(batch) - len(failed)
+            retry = set(range(len(batch)))
+            if not self._retrying:
+                log.warning("records not written; retrying until MongoDB takes them",
+                            records=len(batch), error=f"{type(exc).__name__}: {exc}")
+            self._retrying = True
+        if not retry:
+            self._retrying = False
+        self.records += len(batch) - len(failed) - len(retry)
         for i, (_, fut) in enumerate(batch):
-            if fut.done():
+            if fut.done() or i in retry:
                 continue
             if i in failed:
                 fut.set_exception(failed[i])
             else:
                 fut.set_result(None)
+        return [batch[i] for i in sorted(retry)]
 
-    async def _write_one_by_one(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> dict[int, BaseException]:
+    async def _write_one_by_one(self, batch: Entries) -> dict[int, BaseException]:
         failed: dict[int, BaseException] = {}
         for i, (doc, _) in enumerate(batch):
             try:

@@ -43,8 +43,33 @@ class Sources:
         self.owner = owner
         self.running: dict[str, tuple[str, Subscription]] = {}
         self.held_elsewhere: set[str] = set()  # change streams another instance reads
+        self.closed = False
+        self._renewer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_leases(), name="stream-leases")
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of the change streams this instance reads, on a timer of their own:
+        a reconcile busy stopping other subscriptions must not let them lapse."""
+        while True:
+            await asyncio.sleep(self.settings.lease_ttl_s / 3)
+            for name, (_, sub) in list(self.running.items()):
+                trigger = self.router.triggers.get(name)
+                if not isinstance(sub, ChangeStreamSubscription) or trigger is None:
+                    continue
+                try:
+                    held = await shielded(self._hold_lease(trigger))
+                except Exception as exc:
+                    log.warning("stream lease renewal failed; retrying", trigger=name, error=str(exc))
+                    continue
+                if not held and self.running.get(name, (None, None))[1] is sub:
+                    log.warning("stream lease taken by another instance; stopping here", trigger=name)
+                    await self._stop(name, release=False)
 
     async def reconcile(self) -> None:
+        if self.closed:
+            return
         wanted: dict[str, tuple[str, Trigger]] = {}
         held_elsewhere: set[str] = set()
         for t in self.router.triggers.values():
@@ -54,12 +79,13 @@ class Sources:
                     continue
                 wanted[t.name] = (self._key(t), t)
         self.held_elsewhere = held_elsewhere
-        for name in list(self.running):
-            key, sub = self.running[name]
-            if name not in wanted or wanted[name][0] != key:
-                # a changed source restarts under the lease just renewed; only a drop releases it
-                await self._stop(name, release=name not in wanted)
+        # a changed source restarts under the lease just renewed; only a drop releases it.
+        # Together: each stop may take seconds while its in-flight events finish.
+        await asyncio.gather(*(self._stop(name, release=name not in wanted) for name, (key, _) in
+                               list(self.running.items()) if name not in wanted or wanted[name][0] != key))
         for name, (key, trigger) in wanted.items():
+            if self.closed:
+                return
             if name not in self.running:
                 sub = await self._subscription(trigger)
                 await sub.start()
@@ -74,6 +100,8 @@ class Sources:
         return f"stream:{name}"
 
     async def _stop(self, name: str, release: bool = True) -> None:
+        if name not in self.running:
+            return
         _, sub = self.running.pop(name)
         await sub.stop()
         if release:
@@ -84,6 +112,10 @@ class Sources:
         log.info("subscription stopped", trigger=name)
 
     async def stop(self) -> None:
+        self.closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()  # its driver calls are shielded
+            await asyncio.wait([self._renewer])
         # together: each may take a few seconds to let its in-flight events finish
         await asyncio.gather(*(self._stop(name) for name in list(self.running)))
 

@@ -73,21 +73,25 @@ class ConfigWatcher:
         pipeline = [{"$match": {"ns.coll": {"$in": ["functions", "triggers"]}}}]
         stream = await self.db.watch(pipeline, max_await_time_ms=self.max_await_ms)
         async with stream:
-            # From here on every change is seen, so whatever is cached from now on stays true.
-            self.registry.enable_cache(True)
-            self.state = "running"
-            self._changed_triggers()  # anything that changed while the stream was not open
-            while stream.alive and not self._stopping.is_set():
-                change = await stream.try_next()
-                if change is None:
-                    continue
-                coll = change.get("ns", {}).get("coll")
-                if coll == "functions":
-                    name = (change.get("documentKey") or {}).get("_id")
-                    self.registry.invalidate(name if isinstance(name, str) else None)
-                elif coll == "triggers":
-                    self._changed_triggers()
-        self.registry.enable_cache(False)
+            try:
+                # From here on every change is seen, so whatever is cached from now on stays true.
+                self.registry.enable_cache(True)
+                self.state = "running"
+                self._changed_triggers()  # anything that changed while the stream was not open
+                while stream.alive and not self._stopping.is_set():
+                    change = await stream.try_next()
+                    if change is None:
+                        continue
+                    coll = change.get("ns", {}).get("coll")
+                    if coll == "functions":
+                        name = (change.get("documentKey") or {}).get("_id")
+                        self.registry.invalidate(name if isinstance(name, str) else None)
+                    elif coll == "triggers":
+                        self._changed_triggers()
+            finally:
+                # before the stream is closed (which can take a while): from the moment it
+                # stops being read, nothing may be served from the cache
+                self.registry.enable_cache(False)
 
     def _changed_triggers(self) -> None:
         """Reload triggers in the background; changes that come meanwhile make one more reload."""

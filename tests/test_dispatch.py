@@ -344,3 +344,53 @@ async def test_a_duplicate_during_the_record_write_waits_and_is_skipped(store: S
     finally:
         writer.go.set()
         await writer.close()
+
+
+async def test_attempts_are_counted_per_record(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
+    """A record that fails for the first time on the batch's third call is not dead-lettered
+    because another record used up the batch's earlier calls."""
+    events = [_event() for _ in range(6)]
+    fails = {events[0].id: 2, events[5].id: 1}
+    calls: list[list[str]] = []
+
+    def fail(ids: list[str]) -> list[str]:
+        calls.append(ids)
+        first = next((i for i in ids if fails.get(i)), None)
+        if first is None:
+            return []
+        fails[first] -= 1
+        return [first]
+
+    pool = ScriptedPool([], script=_batch_script(fail))
+    d = await _dispatcher(store, tmp_path, pool, writer)
+    outcomes = await d.deliver(Target("fn", "t", FAST, batch_size=6), events)
+    assert set(outcomes.values()) == {"succeeded"}, outcomes
+    # r0 fails twice, then r5 fails once (its first failure, on the batch's third call): retried,
+    # not dead-lettered
+    assert [len(c) for c in calls] == [6, 6, 6, 1]
+    assert await store.list_dead_letters({"trigger": "t"}, 10) == []
+
+
+async def test_a_cancelled_wait_keeps_the_claim_until_the_record_lands(store: Store, tmp_path: Path) -> None:
+    """A lane closing cancels its wait for a chunk's records; the claim on those events must
+    last until the write itself ends, or a redelivery meanwhile runs them again."""
+    writer = SlowWriter(store)
+    writer.start()
+    try:
+        pool = ScriptedPool([])
+        d = await _dispatcher(store, tmp_path, pool, writer)
+        event = _event()
+        first = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+        while not pool.calls:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        second = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+        await asyncio.sleep(0.05)
+        assert not second.done() and len(pool.calls) == 1
+        writer.go.set()
+        assert await second == "duplicate" and len(pool.calls) == 1
+    finally:
+        writer.go.set()
+        await writer.close()

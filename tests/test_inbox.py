@@ -129,3 +129,22 @@ async def test_s3_batches_from_the_inbox_retry_only_the_failed_record(
     assert [i["status"] for i in invs] == ["partial", "partial"]
     first = {it["event_id"]: it["status"] for it in invs[0]["items"]}
     assert sorted(first.values()) == ["failed", "succeeded", "succeeded", "succeeded"]
+
+
+async def test_an_item_names_its_triggers_and_a_lagging_instance_looks_again(
+    api: Api, hub: Hub, servers: dict[str, Any], unique: str
+) -> None:
+    """The instance that claims an S3 item may not know the trigger yet (made elsewhere a moment
+    ago): it reloads and runs it rather than deleting the item unrun."""
+    bucket = f"lag-{unique}"
+    await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
+    await api.put_function(f"rec-{unique}", RECORD)
+    await api.put_trigger(f"lag-{unique}", f"rec-{unique}", {"type": "s3", "bucket": bucket})
+    event = Event(id=f"s3:lag-{unique}", source=f"s3://{bucket}", type="s3:ObjectCreated:Put",
+                  subject="k", data={"bucket": bucket, "key": "k", "event_name": "s3:ObjectCreated:Put"})
+    item = Inbox._item("s3", event, triggers=[f"lag-{unique}"])
+    hub.router.triggers.pop(f"lag-{unique}")  # as if this instance had not heard of it yet
+    await hub.store.inbox_put([item])
+    hub.inbox._wake.set()
+    (inv,) = await api.wait_invocations(1, trigger=f"lag-{unique}")
+    assert inv["status"] == "succeeded" and inv["event_id"] == event.id
