@@ -81,12 +81,17 @@ class TriggerList(_Open):
 class Invocation(_Open):
     invocation_id: str
     status: str = Field(description="succeeded, failed, timeout, out_of_memory, crashed, throttled; "
+                                    "partial for a batch whose handler reported failed records; "
                                     "queued for an async invoke not started yet")
     request_id: str | None = None
     function: str | None = None
     version: str | None = None
     trigger: str | None = None
-    event_id: str | None = None
+    event_id: str | None = Field(default=None, description="the (first) event this call handled")
+    event_ids: list[str] | None = Field(default=None, description="every event this call handled")
+    batch_size: int | None = Field(default=None, description="batches only: how many records")
+    items: list[dict[str, Any]] | None = Field(
+        default=None, description="batches only: {event_id, status: succeeded|failed|not_processed} per record")
     attempt: int | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
@@ -144,6 +149,8 @@ class Purged(_Open):
 class WebhookReceipt(_Open):
     received: int | None = None
     queued: int | None = None
+    duplicates: int | None = Field(default=None, description="already queued (by the bucket scan, or an "
+                                   "earlier delivery of the same notification)")
     status: str | None = Field(default=None, description="SNS subscription confirmations only")
 
 
