@@ -36,6 +36,7 @@ from connectors.s3_records import (
 from hub.code import CodeTooLarge, CodeUnavailable
 from hub.dispatch import Target
 from hub.events import Event
+from hub.http_trigger import PREFIX as FN_PREFIX, FunctionUrls
 from hub.models import NAME_RE, FunctionSpec, RetryPolicy, TriggerSpec
 from hub.openapi import openapi_json
 from hub.registry import CodeError, public_function
@@ -217,6 +218,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     try:
         if len(request.raw_path) > MAX_URL_BYTES:
             raise ApiError(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
+        # /fn/ (http triggers) is public by design: each trigger checks its own token there, and
+        # the admin token is never accepted (hub.http_trigger).
         if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
             if not _token_ok(_bearer(request), hub.settings.api_token):
                 raise ApiError(401, "missing or wrong API token: send 'Authorization: Bearer <HUB_API_TOKEN>'")
@@ -346,7 +349,8 @@ async def list_triggers(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     docs = await hub.store.list_triggers(function=query_filters(request, ("function",)).get("function"))
     states = hub.sources.states()
-    return reply({"triggers": [{**public_trigger(d), "state": states.get(d["_id"], "n/a")} for d in docs]})
+    return reply({"triggers": [{**public_trigger(d), "state": states.get(d["_id"], "n/a"),
+                                **_schedule_view(hub, d)} for d in docs]})
 
 
 async def get_trigger(request: web.Request) -> web.Response:
@@ -355,7 +359,22 @@ async def get_trigger(request: web.Request) -> web.Response:
     doc = await hub.store.get_trigger(name)
     if doc is None:
         raise ApiError(404, f"no trigger {name!r}")
-    return reply({**public_trigger(doc), "state": hub.sources.states().get(name, "n/a")})
+    return reply({**public_trigger(doc), "state": hub.sources.states().get(name, "n/a"), **_schedule_view(hub, doc)})
+
+
+def _schedule_view(hub: Hub, doc: dict[str, Any]) -> dict[str, Any]:
+    """Schedule triggers: when they fire next (and last fired), from this instance's scheduler."""
+    if (doc.get("source") or {}).get("type") != "schedule":
+        return {}
+    return hub.scheduler.describe(doc["_id"])
+
+
+async def rotate_trigger_token(request: web.Request) -> web.Response:
+    """A new token for an http trigger with auth "token", shown this once; the old one stops working."""
+    hub = request.app[HUB_KEY]
+    response = reply(public_trigger(await hub.triggers.rotate_token(path_name(request))))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def delete_trigger(request: web.Request) -> web.Response:
@@ -534,6 +553,10 @@ def make_app(hub: Hub) -> web.Application:
     r.add_get("/v1/triggers", list_triggers)
     r.add_get("/v1/triggers/{name}", get_trigger)
     r.add_delete("/v1/triggers/{name}", delete_trigger)
+    r.add_post("/v1/triggers/{name}/token", rotate_trigger_token)
+    function_urls = FunctionUrls(hub)  # http triggers: public, never the admin API
+    r.add_route("*", FN_PREFIX, function_urls.handle)
+    r.add_route("*", FN_PREFIX + "/{tail:.*}", function_urls.handle)
     r.add_get("/v1/invocations", list_invocations)
     r.add_get("/v1/invocations/{id}", get_invocation)
     r.add_get("/v1/dead-letters", list_dead_letters)

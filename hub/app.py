@@ -28,6 +28,7 @@ from hub.registry import Registry
 from hub.router import Router
 from hub.s3_reconcile import S3Reconciler
 from hub.sandbox.base import WorkerPool
+from hub.scheduler import Scheduler
 from hub.settings import Settings
 from hub.sources import Sources
 from hub.store import Store
@@ -91,6 +92,7 @@ class Hub:
         self.s3_reconciler = S3Reconciler(
             settings, self.store, self.router, self.inbox, self.metrics, owner=self.instance_id)
         self.sources = Sources(settings, self.store, self.router, self.on_source_events, self.instance_id)
+        self.scheduler = Scheduler(self.store, self.router, self.inbox)
         self.readiness_checks = Readiness(self)
         self.watcher = ConfigWatcher(self.store.db, self.registry, self.sync_triggers)
         self.triggers = TriggerService(self.store, settings, self.sync_triggers)
@@ -117,6 +119,7 @@ class Hub:
         await self.sync_triggers()
         self.sources.start()
         await self.inbox.start()
+        self.scheduler.start()
         await self.s3_reconciler.start()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
         self._runner = web.AppRunner(self.web, access_log=None)
@@ -138,6 +141,7 @@ class Hub:
         async with self._sync_lock:  # no reconcile may start subscriptions behind the stop
             await self.sources.stop()
         await self.s3_reconciler.stop()
+        await self.scheduler.stop()
         await self.inbox.stop()
         await self.writer.close()
         await self.pool.close()
@@ -153,6 +157,7 @@ class Hub:
     async def reload_triggers(self) -> None:
         """Re-read the trigger set only (cheap; for the webhook's look-again on a miss)."""
         self.router.load(await shielded(self.store.list_triggers()))
+        self.scheduler.triggers_changed()
 
     async def _sync_loop(self) -> None:
         while True:

@@ -412,13 +412,17 @@ class Dispatcher:
 
     # -- synchronous invoke (the HTTP API) --------------------------------------------------
     async def run_once(self, target: Target, event: Event, invocation_id: str, request_id: str,
-                       attempt: int) -> dict[str, Any]:
-        """One attempt at one event, recorded before it returns (sync invoke: no retries)."""
+                       attempt: int, *, durable: bool = True) -> dict[str, Any]:
+        """One attempt at one event (sync invoke, http triggers: no retries, the caller sees the
+        error). With ``durable`` it returns once the record is in MongoDB; without, the record
+        follows in the next group commit (an http answer does not wait for it)."""
         report, version = await self._invoke(target, [event], invocation_id, attempt)
         outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
         record = self._record(target, [event], report, version, request_id, attempt, outcome, False)
         record["_id"] = invocation_id
-        await self.writer.submit(record)
+        written = self.writer.submit(record)
+        if durable:
+            await asyncio.shield(written)
         self._observe(target, record, report)
         return record
 

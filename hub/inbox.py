@@ -143,6 +143,10 @@ class Inbox:
         await self.store.inbox_put(items)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Something was queued directly (the scheduler): claim now rather than at the next poll."""
+        self._wake.set()
+
     async def idle(self) -> None:
         """Wait until nothing is queued or running (used by tests and graceful shutdown)."""
         while await self.store.inbox_depth():
@@ -231,7 +235,8 @@ class Inbox:
                 self._side_task(self._give_up(held))
                 return
             event = Event.from_cloudevent(item["event"])
-            unknown = [n for n in item.get("triggers") or [] if n not in self.router.triggers]
+            named = item.get("triggers") or ([item["trigger"]] if item.get("kind") == "schedule" else [])
+            unknown = [n for n in named if n not in self.router.triggers]
             if unknown and not reloaded and self.reload_triggers is not None:
                 # made through another instance a moment ago: look again before deciding
                 self._side_task(self._route_after_reload(item))
@@ -271,6 +276,13 @@ class Inbox:
         if kind == "invoke":
             return [_Entry(held, Target(item["function"], None, ASYNC_INVOKE_RETRY, 1, False), event,
                            request_id=item["request_id"])]
+        if kind == "schedule":
+            trigger = self.router.triggers.get(item.get("trigger") or "")
+            if trigger is None or not trigger.enabled:
+                log.info("schedule tick dropped: trigger no longer exists or is disabled", trigger=item.get("trigger"))
+                return []
+            return [_Entry(held, Target(trigger.function, trigger.name, trigger.retry, 1, False, event.source),
+                           event)]
         if kind == "replay":
             name = item.get("trigger")
             if name is None:

@@ -260,7 +260,72 @@ class KafkaSource(_Strict):
         return topic
 
 
-Source = Annotated[S3Source | MongoSource | KafkaSource, Field(discriminator="type")]
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY"]
+# /orders/{id}, /files/{path+} (greedy, the last segment only); literal segments are URL-safe.
+_HTTP_PATH_RE = r"^(/([A-Za-z0-9._~!$&'()*,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\+?\}))*/?$"
+
+
+class CorsSpec(_Strict):
+    allow_origins: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=32,
+                                                                       description='["*"] or exact origins')
+    allow_methods: list[Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*"]] = Field(
+        default_factory=list, max_length=8)
+    allow_headers: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=32)
+    expose_headers: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=32)
+    allow_credentials: bool = False
+    max_age: int = Field(default=0, ge=0, le=86400)
+
+
+class HttpSource(_Strict):
+    """A public route under /fn/ that runs the function synchronously (a Lambda function URL)."""
+
+    type: Literal["http"]
+    path: str = Field(min_length=1, max_length=512, pattern=_HTTP_PATH_RE,
+                      description="under /fn, e.g. /orders/{id} or /files/{path+} (greedy, last segment)")
+    methods: list[HttpMethod] = Field(default_factory=lambda: list[HttpMethod](["ANY"]), min_length=1, max_length=8)
+    auth: Literal["none", "token"] = "token"
+    cors: CorsSpec | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_shape(cls, path: str) -> str:
+        segments = [p for p in path.split("/") if p]
+        names = [p[1:-1].rstrip("+") for p in segments if p.startswith("{")]
+        if len(names) != len(set(names)):
+            raise ValueError("path parameter names must be distinct")
+        if any(p.endswith("+}") for p in segments[:-1]):
+            raise ValueError("a greedy parameter ({name+}) can only be the last segment")
+        return "/" + "/".join(segments)
+
+
+Rate = Annotated[str, Field(max_length=32, pattern=r"^[1-9][0-9]{0,8} (second|seconds|minute|minutes|hour|hours|day|days)$",
+                            description='e.g. "30 seconds", "5 minutes", "1 hour", "2 days"; at least 1 second')]
+
+
+class ScheduleSource(_Strict):
+    """Fires once per tick across every hub instance."""
+
+    type: Literal["schedule"]
+    cron: str | None = Field(default=None, max_length=128,
+                             description='cron: 5 fields ("*/5 * * * *") or 6 with seconds last')
+    rate: Rate | None = None
+    timezone: str = Field(default="UTC", max_length=64, description="an IANA zone for cron, e.g. Europe/Paris")
+    catch_up: bool = Field(default=False, description="fire once on return for ticks missed while no hub ran")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleSource:
+        from hub import schedule_times
+
+        if (self.cron is None) == (self.rate is None):
+            raise ValueError("give exactly one of cron or rate")
+        try:
+            schedule_times.check(self.cron, self.rate, self.timezone)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+Source = Annotated[S3Source | MongoSource | KafkaSource | HttpSource | ScheduleSource, Field(discriminator="type")]
 
 
 class TriggerSpec(_Strict):
@@ -293,6 +358,12 @@ class TriggerSpec(_Strict):
         except filters.PatternError as exc:
             raise ValueError(str(exc)) from None
         return pattern
+
+    @model_validator(mode="after")
+    def _batches_need_a_stream(self) -> TriggerSpec:
+        if self.batch.size > 1 and self.source.type in ("http", "schedule"):
+            raise ValueError(f"{self.source.type} triggers run one event per call; leave batch.size at 1")
+        return self
 
     @model_validator(mode="after")
     def _ordering_needs_keys(self) -> TriggerSpec:

@@ -63,6 +63,8 @@ class Readiness:
             "sandbox": {"isolation": hub.pool.isolation, "sandboxed": hub.pool.isolation == "bwrap"},
             "pool": hub.pool.stats(),
         }
+        if hub.scheduler.status():
+            report["schedules"] = hub.scheduler.status()
         reconciler = getattr(hub, "s3_reconciler", None)
         if reconciler is not None:
             report["s3_reconcile"] = reconciler.status()

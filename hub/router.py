@@ -6,6 +6,7 @@ written through this instance and on a short timer (writes made through other in
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ class Trigger:
     batch_size: int = 1
     batch_window_s: float = 0.0
     ordering: str = "partition"  # kafka: "key" lets different keys of a partition run in parallel
+    schedule_anchor: dt.datetime | None = None  # schedules: ticks are counted from here
 
     @property
     def source_type(self) -> str:
@@ -56,7 +58,12 @@ class Trigger:
             batch_size=int(batch.get("size") or 1),
             batch_window_s=float(batch.get("window_ms") or 0) / 1000,
             ordering=str(doc.get("ordering") or "partition"),
+            schedule_anchor=doc.get("schedule_anchor") or doc.get("created_at"),
         )
+
+    def schedule_anchor_time(self) -> dt.datetime:
+        anchor = self.schedule_anchor or dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+        return anchor if anchor.tzinfo else anchor.replace(tzinfo=dt.timezone.utc)
 
 
 class Router:

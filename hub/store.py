@@ -181,6 +181,12 @@ class Store:
             {"_id": key}, {"$set": {**fields, "trigger": trigger, "updated_at": now()}}, upsert=True
         )
 
+    async def advance_tick(self, key: str, trigger: str, epoch: str, tick: dt.datetime) -> None:
+        """A schedule's latest queued tick only moves forward (a new epoch starts over)."""
+        await self.db.source_state.update_one({"_id": key}, [{"$set": {
+            "last_tick": {"$cond": [{"$eq": ["$epoch", epoch]}, {"$max": ["$last_tick", tick]}, tick]},
+            "epoch": epoch, "trigger": trigger, "updated_at": "$$NOW"}}], upsert=True)
+
     # -- invocations ------------------------------------------------------------------------
     async def get_invocation(self, invocation_id: str) -> dict[str, Any] | None:
         doc = await self.db.invocations.find_one({"_id": invocation_id})

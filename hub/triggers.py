@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,7 +45,25 @@ def source_identity(source: dict[str, Any]) -> str:
         return _hash(["mongodb", source["database"], source["collection"]])
     if source["type"] == "kafka":
         return _hash(["kafka", source["topic"]])
+    if source["type"] == "http":
+        return _hash(["http", route_shape(source["path"])])
+    if source["type"] == "schedule":
+        return _hash(["schedule", source.get("cron"), source.get("rate"), source["timezone"]])
     return _hash(["s3", source["bucket"]])
+
+
+def route_shape(path: str) -> str:
+    """A path template with its parameter names left out: /a/{x} and /a/{y} are the same route."""
+    return "/".join("{+}" if p.endswith("+}") else "{}" if p.startswith("{") else p for p in path.split("/"))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A function-URL token: shown once, stored only as its hash."""
+    return "fn_" + secrets.token_urlsafe(32)
 
 
 def source_state_key(trigger: str, identity: str) -> str:
@@ -59,7 +78,8 @@ def kafka_group_id(trigger: str, identity: str, epoch: str = "") -> str:
 
 
 def public_trigger(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"name": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+    hidden = {"_id", "token_hash"}
+    return {"name": doc["_id"], **{k: v for k, v in doc.items() if k not in hidden}}
 
 
 class TriggerService:
@@ -93,7 +113,19 @@ class TriggerService:
                 )
         elif source["type"] == "kafka" and new_stream:
             await self._kafka_start(source["topic"], kafka_group_id(name, identity, epoch), source["start"])
+        elif source["type"] == "http":
+            await self._check_route(name, source, spec.enabled)
+        token: str | None = None
+        if source["type"] == "http" and source["auth"] == "token":
+            if old is not None and old.get("token_hash") and not new_stream:
+                extra["token_hash"], extra["token_hint"] = old["token_hash"], old.get("token_hint")
+            else:
+                token = new_token()
+                extra["token_hash"], extra["token_hint"] = hash_token(token), token[:7] + "..."
         t = now()
+        if source["type"] == "schedule":
+            # ticks are counted from here (a rate) and nothing before it is caught up
+            extra["schedule_anchor"] = old.get("schedule_anchor", t) if old and not new_stream else t
         doc = {
             "_id": name,
             **spec.model_dump(),
@@ -108,7 +140,37 @@ class TriggerService:
         }
         await self.store.put_trigger(doc)
         await self._changed()
+        if token is not None:
+            doc = {**doc, "token": token}  # the only time it is shown
         return doc, old is None
+
+    async def rotate_token(self, name: str) -> dict[str, Any]:
+        """A new token for an http trigger with auth "token"; the old one stops working at once."""
+        doc = await self.store.get_trigger(name)
+        if doc is None:
+            raise TriggerError(404, f"no trigger {name!r}")
+        if doc["source"]["type"] != "http" or doc["source"].get("auth") != "token":
+            raise TriggerError(409, f"trigger {name!r} is not an http trigger with auth 'token'")
+        token = new_token()
+        doc["token_hash"], doc["token_hint"], doc["updated_at"] = hash_token(token), token[:7] + "...", now()
+        await self.store.put_trigger(doc)
+        await self._changed()
+        return {**doc, "token": token}
+
+    async def _check_route(self, name: str, source: dict[str, Any], enabled: bool) -> None:
+        """Two enabled http triggers may not answer the same method on the same route."""
+        if not enabled:
+            return
+        shape = route_shape(source["path"])
+        mine = set(source["methods"])
+        for other in await self.store.list_triggers():
+            src = other.get("source") or {}
+            if other["_id"] == name or src.get("type") != "http" or not other.get("enabled", True):
+                continue
+            theirs = set(src.get("methods") or [])
+            if route_shape(src.get("path", "")) == shape and ("ANY" in mine or "ANY" in theirs or mine & theirs):
+                raise TriggerError(409, f"trigger {other['_id']!r} already answers {sorted(theirs)} on "
+                                        f"/fn{src['path']}")
 
     async def delete(self, name: str) -> bool:
         deleted = await self.store.delete_trigger(name)
