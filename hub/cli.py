@@ -1,30 +1,111 @@
-"""Command line: ``python -m hub serve`` runs one hub instance from HUB_* settings."""
+"""``trigger-hub``: run a hub, and work with one from the shell.
+
+    trigger-hub serve                           run one hub instance from HUB_* settings
+    trigger-hub deploy DIR [--dry-run]          a function directory -> function + triggers
+    trigger-hub invoke NAME [--data JSON|@FILE] [--async] [--version V|--alias A]
+    trigger-hub logs NAME [--follow] [--since 10m] [--status failed]
+    trigger-hub functions|triggers|versions|invocations|dead-letters ...
+
+Tables for people, ``--json`` for scripts. Exit codes: 0 done; 1 the function failed (invoke) or
+what was asked for is not there; 2 bad usage or input the hub refused (4xx); 3 the hub could not
+be reached or failed (5xx). The hub and its token come from --url/--token, HUB_URL/HUB_API_TOKEN,
+or the .hub/dev.env that ./scripts/run writes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
-from hub import logs
-from hub.settings import Settings
+from hub.client import ApiError, Client
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+
+
+# -- plumbing -------------------------------------------------------------------------------
+class Ctx:
+    def __init__(self, url: str | None, token: str | None, as_json: bool) -> None:
+        self.client = Client(url, token)
+        self.as_json = as_json
+
+    def out(self, data: Any, human: Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            human()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.secho(message, fg="red", err=True)
+    sys.exit(code)
+
+
+def api_call(fn: Callable[[], Any]) -> Any:
+    """Run one client call; an API error becomes a message and the exit code that fits."""
+    try:
+        return fn()
+    except ApiError as exc:
+        if exc.status == 0 or exc.status >= 500:
+            fail(exc.message, EXIT_UNAVAILABLE)
+        fail(exc.message, EXIT_FAILED if exc.status == 404 else EXIT_USAGE)
+
+
+def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    rows = [{c: _cell(r.get(c)) for c in columns} for r in rows]
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for r in rows:
+        click.echo("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))[:60]
+    return str(value)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
 
 
 @click.group()
-def main() -> None:
-    """Trigger Hub."""
+@click.option("--url", envvar="HUB_URL", help="the hub (default: HUB_URL or .hub/dev.env)")
+@click.option("--token", envvar="HUB_API_TOKEN", help="the admin API token (HUB_API_TOKEN)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
+    """Trigger Hub: Lambda-style functions on S3, MongoDB, Kafka, HTTP and schedules."""
+    ctx.obj = Ctx(url, token, as_json)
 
 
+# -- serve ----------------------------------------------------------------------------------
 @main.command()
 def serve() -> None:
     """Serve the API and run every enabled trigger until SIGINT/SIGTERM."""
+    from hub import logs
+    from hub.settings import Settings
+
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level)
     asyncio.run(_serve(settings))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Any) -> None:
     from hub.app import Hub
 
     hub = Hub(settings)
@@ -53,6 +134,314 @@ def _dump_tasks() -> None:
         task.print_stack(limit=12, file=out)
         log.warning("task", name=task.get_name(), stack=out.getvalue())
     log.warning("task dump done", tasks=len(tasks))
+
+
+# -- deploy ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="show what would change, change nothing")
+@pass_ctx
+def deploy(c: Ctx, directory: Path, dry_run: bool) -> None:
+    """Deploy a function directory: its code (and requirements.txt) and function.toml's triggers."""
+    from hub.deploy import DeployError, apply, plan
+
+    try:
+        p = api_call(lambda: plan(c.client, directory))
+        if dry_run:
+            c.out({"function": p.name, "version": p.version, "changes": p.changes, "dry_run": True},
+                  lambda: click.echo("\n".join(p.changes) or f"{p.name}: nothing to change"))
+            return
+        shown = api_call(lambda: apply(c.client, p))
+    except DeployError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+    def human() -> None:
+        for line in p.changes or [f"function {p.name}: unchanged (version {shown['version']})"]:
+            click.echo(line)
+        for tname, t in shown["triggers"].items():
+            if "token" in t:
+                click.echo(f"trigger {tname}: token {t['token']} (shown this once; rotate with "
+                           f"`trigger-hub triggers rotate-token {tname}`)")
+        click.secho(f"deployed {p.name} version {shown['version']}", fg="green")
+
+    c.out(shown, human)
+
+
+# -- invoke ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("name")
+@click.option("--data", "-d", default=None, help="the event: JSON, or @FILE")
+@click.option("--async", "is_async", is_flag=True, help="queue it and print the invocation id")
+@click.option("--version", "version", default=None, help="run this version")
+@click.option("--alias", default=None, help="run the version this alias points at")
+@pass_ctx
+def invoke(c: Ctx, name: str, data: str | None, is_async: bool, version: str | None, alias: str | None) -> None:
+    """Run a function with an event and print its result, or its error and output."""
+    if version and alias:
+        fail("give --version or --alias, not both", EXIT_USAGE)
+    body: bytes = b""
+    if data is not None:
+        text = Path(data[1:]).read_text() if data.startswith("@") else data
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            fail(f"--data is not JSON: {exc}", EXIT_USAGE)
+        body = text.encode()
+    query = {"mode": "async" if is_async else None, "version": version, "alias": alias}
+    rec = api_call(lambda: c.client.call("POST", f"/v1/functions/{name}/invoke", raw=body, query=query))
+    if is_async:
+        c.out(rec, lambda: click.echo(rec["invocation_id"]))
+        return
+
+    def human() -> None:
+        for stream in ("stdout", "stderr"):
+            if rec.get(stream):
+                click.echo(rec[stream].rstrip("\n"), err=stream == "stderr")
+        if rec["status"] == "succeeded":
+            click.echo(json.dumps(rec.get("result"), indent=2))
+        else:
+            err = rec.get("error") or {}
+            click.secho(f"{rec['status']}: {err.get('type', '')}: {err.get('message', '')}", fg="red", err=True)
+            if err.get("traceback"):
+                click.echo(err["traceback"].rstrip("\n"), err=True)
+
+    c.out(rec, human)
+    if rec["status"] != "succeeded":
+        sys.exit(EXIT_FAILED)
+
+
+# -- logs -----------------------------------------------------------------------------------
+def _since(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1] in units and value[:-1].isdigit():
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since {value!r}: give e.g. 10m, 2h, 1d or an ISO time", EXIT_USAGE)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _log_line(rec: dict[str, Any]) -> str:
+    warm = "cold" if rec.get("cold_start") else "warm"
+    dur = f"{rec.get('duration_ms') or 0:.1f}ms"
+    events = rec.get("event_ids") or [rec.get("event_id")]
+    what = events[0] if len(events) == 1 else f"{len(events)} events"
+    return (f"{rec.get('finished_at') or rec.get('started_at')}  {rec['status']:<13} {dur:>9}  {warm}  "
+            f"{rec.get('trigger') or '(invoke)'}  {what}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new invocations")
+@click.option("--since", default=None, help="only newer than this: 10m, 2h, 1d or an ISO time")
+@click.option("--status", default=None, help="only this status (succeeded, failed, timeout, ...)")
+@click.option("--limit", default=50, show_default=True, help="at most this many to start with")
+@pass_ctx
+def logs(c: Ctx, name: str, follow: bool, since: str | None, status: str | None, limit: int) -> None:
+    """A function's invocations with their output, newest last; --follow for new ones."""
+    if c.client.get_or_none(f"/v1/functions/{name}") is None:
+        fail(f"no function {name!r}", EXIT_FAILED)
+    after = _since(since)
+    seen: set[str] = set()
+    first = True
+    while True:
+        query = {"function": name, "status": status, "limit": min(limit if first else 1000, 1000)}
+        recs = api_call(lambda: c.client.call("GET", "/v1/invocations", query=query))["invocations"]
+        new = [r for r in reversed(recs) if r["invocation_id"] not in seen and
+               (after is None or _when(r) >= after)]
+        for rec in new:
+            seen.add(rec["invocation_id"])
+            path = f"/v1/invocations/{rec['invocation_id']}"
+            full = api_call(lambda: c.client.call("GET", path))
+            if c.as_json:
+                click.echo(json.dumps(full, default=str))
+                continue
+            click.secho(_log_line(full), fg="red" if full["status"] not in ("succeeded",) else None)
+            for stream in ("stdout", "stderr"):
+                for line in (full.get(stream) or "").splitlines():
+                    click.echo(f"    {line}")
+            if full.get("error"):
+                click.echo(f"    {full['error'].get('type')}: {full['error'].get('message')}")
+        first = False
+        if not follow:
+            return
+        time.sleep(1.0)
+
+
+def _when(rec: dict[str, Any]) -> dt.datetime:
+    value = str(rec.get("finished_at") or rec.get("started_at") or "1970-01-01T00:00:00Z")
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# -- listing --------------------------------------------------------------------------------
+@main.command()
+@click.argument("name", required=False)
+@pass_ctx
+def functions(c: Ctx, name: str | None) -> None:
+    """List functions, or show one."""
+    if name:
+        doc = api_call(lambda: c.client.call("GET", f"/v1/functions/{name}"))
+        c.out(doc, lambda: click.echo(json.dumps(doc, indent=2, default=str)))
+        return
+    docs = api_call(lambda: c.client.call("GET", "/v1/functions"))["functions"]
+    c.out(docs, lambda: table(docs, ["name", "version", "handler", "timeout_s", "memory_mb",
+                                     "max_concurrency", "updated_at"]))
+
+
+@main.command()
+@click.argument("name")
+@pass_ctx
+def versions(c: Ctx, name: str) -> None:
+    """A function's versions, newest first."""
+    doc = api_call(lambda: c.client.call("GET", f"/v1/functions/{name}"))
+    rows = [{**v, "current": "*" if v["version"] == doc["version"] else ""} for v in doc.get("versions", [])]
+    c.out(rows, lambda: table(rows, ["version", "created_at", "current"]))
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def triggers(ctx: click.Context) -> None:
+    """List triggers; show, enable, disable, rotate-token."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Ctx = ctx.obj
+    docs = api_call(lambda: c.client.call("GET", "/v1/triggers"))["triggers"]
+    rows = [{**d, "type": d["source"]["type"], "on": _describe_source(d["source"])} for d in docs]
+    c.out(docs, lambda: table(rows, ["name", "function", "type", "on", "enabled", "state"]))
+
+
+@triggers.command("show")
+@click.argument("name")
+@pass_ctx
+def triggers_show(c: Ctx, name: str) -> None:
+    """One trigger, with its state (and next fire time for a schedule)."""
+    doc = api_call(lambda: c.client.call("GET", f"/v1/triggers/{name}"))
+    c.out(doc, lambda: click.echo(json.dumps(doc, indent=2, default=str)))
+
+
+def _describe_source(src: dict[str, Any]) -> str:
+    t = src["type"]
+    return {"s3": lambda: f"s3://{src['bucket']}/{src.get('prefix', '')}",
+            "mongodb": lambda: f"{src['database']}.{src['collection']}",
+            "kafka": lambda: src["topic"],
+            "http": lambda: f"/fn{src['path']}",
+            "schedule": lambda: src.get("cron") or f"rate {src.get('rate')}"}.get(t, lambda: t)()
+
+
+def _set_enabled(c: Ctx, name: str, enabled: bool) -> None:
+    doc = api_call(lambda: c.client.call("GET", f"/v1/triggers/{name}"))
+    keys = ("function", "source", "filter", "retry", "batch", "ordering", "description")
+    body = {k: doc[k] for k in keys if k in doc}
+    body["enabled"] = enabled
+    out = api_call(lambda: c.client.call("PUT", f"/v1/triggers/{name}", body))
+    c.out(out, lambda: click.echo(f"trigger {name}: {'enabled' if enabled else 'disabled'}"))
+
+
+@triggers.command("enable")
+@click.argument("name")
+@pass_ctx
+def triggers_enable(c: Ctx, name: str) -> None:
+    """Start a trigger again."""
+    _set_enabled(c, name, True)
+
+
+@triggers.command("disable")
+@click.argument("name")
+@pass_ctx
+def triggers_disable(c: Ctx, name: str) -> None:
+    """Stop a trigger without deleting it (its position is kept)."""
+    _set_enabled(c, name, False)
+
+
+@triggers.command("rotate-token")
+@click.argument("name")
+@pass_ctx
+def triggers_rotate(c: Ctx, name: str) -> None:
+    """A new token for an http trigger (auth token); the old one stops working."""
+    doc = api_call(lambda: c.client.call("POST", f"/v1/triggers/{name}/token"))
+    c.out(doc, lambda: click.echo(doc["token"]))
+
+
+@main.command()
+@click.option("--function", "function", default=None)
+@click.option("--trigger", default=None)
+@click.option("--status", default=None)
+@click.option("--event-id", default=None)
+@click.option("--limit", default=50, show_default=True)
+@pass_ctx
+def invocations(c: Ctx, function: str | None, trigger: str | None, status: str | None,
+                event_id: str | None, limit: int) -> None:
+    """Recent invocations, newest first."""
+    query = {"function": function, "trigger": trigger, "status": status, "event_id": event_id, "limit": limit}
+    docs = api_call(lambda: c.client.call("GET", "/v1/invocations", query=query))["invocations"]
+    c.out(docs, lambda: table(docs, ["invocation_id", "function", "trigger", "status", "attempt",
+                                     "duration_ms", "cold_start", "finished_at"]))
+
+
+@main.group("dead-letters", invoke_without_command=True)
+@click.option("--trigger", default=None)
+@click.option("--function", "function", default=None)
+@click.pass_context
+def dead_letters(ctx: click.Context, trigger: str | None, function: str | None) -> None:
+    """List dead letters (of --trigger / --function); show, replay, purge."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Ctx = ctx.obj
+    docs = _dead_letters(c, trigger, function)
+    rows = [{**d, "event_id": (d.get("event") or {}).get("id"), "attempts": len(d.get("attempts") or []),
+             "error": (d.get("last_error") or {}).get("message")} for d in docs]
+    c.out(docs, lambda: table(rows, ["id", "trigger", "function", "event_id", "attempts", "error", "created_at"]))
+
+
+@dead_letters.command("show")
+@click.argument("dead_letter_id")
+@pass_ctx
+def dead_letters_show(c: Ctx, dead_letter_id: str) -> None:
+    """One dead letter: its event and every attempt's error."""
+    doc = api_call(lambda: c.client.call("GET", f"/v1/dead-letters/{dead_letter_id}"))
+    c.out(doc, lambda: click.echo(json.dumps(doc, indent=2, default=str)))
+
+
+def _dead_letters(c: Ctx, trigger: str | None, function: str | None) -> list[dict[str, Any]]:
+    query = {"trigger": trigger, "function": function, "limit": 1000}
+    return list(api_call(lambda: c.client.call("GET", "/v1/dead-letters", query=query))["dead_letters"])
+
+
+@dead_letters.command("replay")
+@click.argument("dead_letter_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="every dead letter of --trigger / --function")
+@click.option("--trigger", default=None)
+@click.option("--function", "function", default=None)
+@pass_ctx
+def dead_letters_replay(c: Ctx, dead_letter_id: str | None, replay_all: bool, trigger: str | None,
+                        function: str | None) -> None:
+    """Run dead-lettered events again (one by id, or --all of a trigger or function)."""
+    if bool(dead_letter_id) == replay_all:
+        fail("give a dead letter id, or --all with --trigger or --function", EXIT_USAGE)
+    if replay_all and not (trigger or function):
+        fail("--all needs --trigger or --function", EXIT_USAGE)
+    ids = [dead_letter_id] if dead_letter_id else [d["id"] for d in _dead_letters(c, trigger, function)]
+    for dl in ids:
+        path = f"/v1/dead-letters/{dl}/replay"
+        api_call(lambda: c.client.call("POST", path))
+    c.out({"replayed": ids}, lambda: click.echo(f"queued {len(ids)} dead letter(s) for replay"))
+
+
+@dead_letters.command("purge")
+@click.option("--trigger", default=None)
+@click.option("--function", "function", default=None)
+@click.option("--all", "purge_all", is_flag=True)
+@pass_ctx
+def dead_letters_purge(c: Ctx, trigger: str | None, function: str | None, purge_all: bool) -> None:
+    """Delete the dead letters of a trigger or function (or --all)."""
+    if not (trigger or function or purge_all):
+        fail("say which: --trigger, --function or --all", EXIT_USAGE)
+    query = {"trigger": trigger, "function": function, "all": "true" if purge_all else None}
+    out = api_call(lambda: c.client.call("DELETE", "/v1/dead-letters", query=query))
+    c.out(out, lambda: click.echo(f"deleted {out['deleted']} dead letter(s)"))
 
 
 if __name__ == "__main__":

@@ -1,35 +1,20 @@
-"""Deploy every sample (function + trigger) to a running hub: ``python -m samples.deploy``.
+"""Deploy every sample with the CLI, exactly as a user would: ``python -m samples.deploy``.
 
-Reads HUB_URL and HUB_API_TOKEN (and HUB_S3_* to create the sample bucket), as written to
-``.hub/dev.env`` by the run command. Plain HTTP calls: what a user would do with curl.
+Each sample is a function directory (code + ``function.toml`` with its triggers) deployed by
+``trigger-hub deploy DIR``; the only extra step is creating the S3 bucket a sample listens to
+(with HUB_S3_* from ``.hub/dev.env``), which is the user's business, not the hub's.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import subprocess
 import sys
-import urllib.error
-import urllib.request
+import tomllib
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).parent
-SAMPLES = ["s3_upload_report", "order_audit", "click_counter"]
-
-
-def call(method: str, path: str, body: Any = None) -> Any:
-    req = urllib.request.Request(
-        os.environ["HUB_URL"].rstrip("/") + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {os.environ['HUB_API_TOKEN']}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raise SystemExit(f"{method} {path} failed: {exc.code} {exc.read().decode(errors='replace')}") from None
+SAMPLES = ["s3_upload_report", "order_audit", "click_counter", "hello_http"]
 
 
 def ensure_bucket(name: str) -> None:
@@ -45,24 +30,16 @@ def ensure_bucket(name: str) -> None:
         client.make_bucket(name)
 
 
-def name_of(sample: str) -> str:
-    return sample.replace("_", "-")
-
-
-def deploy(sample: str) -> None:
-    definition = json.loads((HERE / sample / "definition.json").read_text())
-    files = {p.name: p.read_text() for p in (HERE / sample).glob("*.py")}
-    fn = call("PUT", f"/v1/functions/{name_of(sample)}", {**definition["function"], "code": {"files": files}})
-    trigger = definition["trigger"]
-    if trigger["source"]["type"] == "s3":
-        ensure_bucket(trigger["source"]["bucket"])
-    call("PUT", f"/v1/triggers/{name_of(sample)}", {"function": name_of(sample), **trigger})
-    print(f"deployed {name_of(sample)} (version {fn['version']}) <- {trigger['source']['type']}")
-
-
-def main() -> None:
+def main() -> int:
     for sample in SAMPLES:
-        deploy(sample)
+        manifest = tomllib.loads((HERE / sample / "function.toml").read_text())
+        for trigger in manifest.get("triggers", []):
+            if trigger["source"]["type"] == "s3":
+                ensure_bucket(trigger["source"]["bucket"])
+        done = subprocess.run([sys.executable, "-m", "hub", "deploy", str(HERE / sample)])
+        if done.returncode:
+            return done.returncode
+    return 0
 
 
 if __name__ == "__main__":

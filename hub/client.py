@@ -1,0 +1,97 @@
+"""A small client for the hub's HTTP API, for the CLI and scripts (standard library only).
+
+Where the hub is and its token come from ``--url``/``--token``, else ``HUB_URL``/``HUB_API_TOKEN``,
+else the ``.hub/dev.env`` the run command writes (looked for from the current directory up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class ApiError(Exception):
+    """The hub answered with an error (``status``) or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+def dev_env(start: Path | None = None) -> dict[str, str]:
+    """KEY=VALUE lines of the nearest ``.hub/dev.env`` (empty if there is none)."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        path = d / ".hub" / "dev.env"
+        if path.is_file():
+            out: dict[str, str] = {}
+            for line in path.read_text().splitlines():
+                key, sep, value = line.strip().partition("=")
+                if sep and not key.startswith("#"):
+                    out[key.strip()] = value.strip().strip("'\"")
+            return out
+    return {}
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120.0) -> None:
+        env = {**dev_env(), **os.environ}
+        self.url = (url or env.get("HUB_URL") or "http://127.0.0.1:8080").rstrip("/")
+        self.token = token or env.get("HUB_API_TOKEN") or ""
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+             raw: bytes | None = None, timeout: float | None = None) -> Any:
+        """One request; the decoded JSON answer (or the raw bytes when it is not JSON)."""
+        with self._open(method, path, body, query, raw, timeout) as resp:
+            data = resp.read()
+            if resp.headers.get_content_type() == "application/json":
+                return json.loads(data or b"null")
+            return data
+
+    def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[bytes]:
+        """The lines of a streaming answer (server-sent events or JSON lines), as they come."""
+        with self._open("GET", path, None, query, None, None) as resp:
+            for line in resp:
+                yield line.rstrip(b"\r\n")
+
+    def _open(self, method: str, path: str, body: Any, query: dict[str, Any] | None, raw: bytes | None,
+              timeout: float | None) -> Any:
+        url = self.url + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, method=method, data=data, headers=headers)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")
+            try:
+                parsed = json.loads(text)
+                message = parsed.get("error", text) if isinstance(parsed, dict) else text
+            except ValueError:
+                parsed, message = None, text
+            raise ApiError(exc.code, f"{method} {path}: {exc.code} {message}", parsed) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(0, f"cannot reach the hub at {self.url}: {reason} (set HUB_URL, or run "
+                              f"./scripts/run which writes .hub/dev.env)") from None
+
+    def get_or_none(self, path: str) -> Any:
+        try:
+            return self.call("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
