@@ -9,6 +9,11 @@ machine hurts both sides alike:
 - cold start: a fresh ``ProcessPoolExecutor``'s first call (start method: the platform default);
 - warm overhead: a ``ProcessPoolExecutor`` round trip of a no-op, both ``submit().result()`` and
   ``await loop.run_in_executor()``; the target compares with the faster of the two.
+- cold start with a dependency: a function whose module imports ``requests``, deployed with it as
+  a dependency (built by ``hub.deps`` into a directory mounted at ``/opt/python``), next to the
+  plain cold start, a function with the same dependencies that does not import them (what the
+  mechanism itself costs: the mount and ``site.addsitedir``), and the floor for that import:
+  ``python -I -S -c "import sys; sys.path.insert(0, DEPSDIR); import requests"``.
 
 Targets (from the issue): cold p50 <= 25 ms and p99 <= 60 ms; warm p50 <= 1.5x the pool round
 trip; <= 25 MB per warm worker (RSS summed over the worker's processes, bwrap included).
@@ -35,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog  # noqa: E402
 
+from hub.deps import Deps  # noqa: E402
 from hub.sandbox.base import FunctionRuntime, InvokeContext, Status  # noqa: E402
 from hub.sandbox.pool import SandboxPool  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return None\n"
+REQUESTS = "import requests\n\ndef handler(event, context):\n    return requests.__version__\n"
 
 
 def noop() -> None:
@@ -79,9 +86,10 @@ def make_code(root: Path, source: str) -> Path:
     return d
 
 
-def fn_for(code: Path, name: str | None = None) -> FunctionRuntime:
+def fn_for(code: Path, name: str | None = None, deps_dir: Path | None = None) -> FunctionRuntime:
     return FunctionRuntime(name=name or f"bench-{uuid.uuid4().hex[:8]}", version=uuid.uuid4().hex[:12],
-                           handler="main.handler", code_dir=code, timeout_s=10.0, memory_mb=256)
+                           handler="main.handler", code_dir=code, timeout_s=10.0, memory_mb=256,
+                           deps_dir=deps_dir)
 
 
 def ctx() -> InvokeContext:
@@ -119,6 +127,41 @@ async def bench_cold(pool: SandboxPool, root: Path, runs: int) -> dict[str, list
             out["floor"].append(floor)
             out["ppe"].append(ppe)
             out["ppe_spawn"].append(ppe_spawn)
+    return out
+
+
+async def build_requests(root: Path) -> Path:
+    """``requests`` and its dependencies, built the way the hub builds a function's (hub.deps:
+    resolve, then install the pinned wheels into a directory of their own)."""
+    deps = Deps(None, root / "deps")  # type: ignore[arg-type]  # no store: nothing is recorded
+    pins = await deps._resolve(["requests"])
+    key = "0" * 32
+    await deps._install(key, pins)
+    print("dependency set: " + ", ".join(p.spec() for p in pins))
+    return deps.path(key)
+
+
+async def bench_cold_deps(pool: SandboxPool, root: Path, runs: int, deps_dir: Path) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"plain": [], "mounted": [], "requests": [], "floor": [], "floor_import": []}
+    python = pool.python
+    floor_import = f"import sys; sys.path.insert(0, {str(deps_dir)!r}); import requests"
+    for i in range(runs + 3):  # 3 warm-up rounds, not recorded
+        times = {}
+        for key, source, deps in (("plain", NOOP, None), ("mounted", NOOP, deps_dir),
+                                  ("requests", REQUESTS, deps_dir)):
+            fn = fn_for(make_code(root, source), deps_dir=deps)
+            t = time.perf_counter()
+            rep = await pool.invoke(fn, {}, ctx())
+            times[key] = (time.perf_counter() - t) * 1000
+            assert rep.status is Status.succeeded and rep.cold_start, rep
+            await pool.retire(fn.name)
+        for key, code in (("floor", "pass"), ("floor_import", floor_import)):
+            t = time.perf_counter()
+            subprocess.run([python, "-I", "-S", "-c", code], check=True)
+            times[key] = (time.perf_counter() - t) * 1000
+        if i >= 3:
+            for key, value in times.items():
+                out[key].append(value)
     return out
 
 
@@ -191,6 +234,7 @@ async def main() -> int:
     ap.add_argument("--cold-runs", type=int, default=60)
     ap.add_argument("--warm-calls", type=int, default=3000)
     ap.add_argument("--workers", type=int, default=20)
+    ap.add_argument("--deps-runs", type=int, default=40, help="cold starts with a dependency (0: skip)")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
 
@@ -200,6 +244,10 @@ async def main() -> int:
     await pool.start()
     try:
         cold = await bench_cold(pool, root, args.cold_runs)
+        deps_cold = None
+        if args.deps_runs > 0:
+            deps_dir = await build_requests(root)
+            deps_cold = await bench_cold_deps(pool, root, args.deps_runs, deps_dir)
         warm = await bench_warm(pool, root, args.warm_calls)
         mem = await bench_memory(pool, root, args.workers)
     finally:
@@ -241,6 +289,19 @@ async def main() -> int:
     print(row(f"RSS per warm worker ({what})", f"{mem['rss_mean']:.1f} MB mean",
               f"max {mem['rss_max']:.1f} MB; PSS {mem['pss_mean']:.1f} MB; runtime alone "
               f"{mem['runtime_rss_mean']:.1f} MB", "", "<= 25 MB", mem["rss_mean"] <= 25))
+    if deps_cold is not None:
+        d = {k: (pct(v, 50), pct(v, 99)) for k, v in deps_cold.items()}
+        imp50 = d["floor_import"][0] - d["floor"][0]
+        print(f"\nCold start with a dependency ({len(deps_cold['plain'])} runs, interleaved; p50 / p99):\n")
+        print("| function | ours | floor in the same run | ours - plain | floor's import cost |")
+        print("|---|---|---|---|---|")
+        print(f"| no-op, no dependencies | {d['plain'][0]:.1f} / {d['plain'][1]:.1f} ms | `python -I -S -c pass` "
+              f"{d['floor'][0]:.1f} / {d['floor'][1]:.1f} ms | | |")
+        print(f"| no-op, `requests` mounted, not imported | {d['mounted'][0]:.1f} / {d['mounted'][1]:.1f} ms | | "
+              f"{d['mounted'][0] - d['plain'][0]:+.1f} ms (mount + site.addsitedir) | |")
+        print(f"| `import requests` at module level | {d['requests'][0]:.1f} / {d['requests'][1]:.1f} ms | "
+              f"`python -I -S -c \"...; import requests\"` {d['floor_import'][0]:.1f} / {d['floor_import'][1]:.1f} ms"
+              f" | {d['requests'][0] - d['plain'][0]:+.1f} ms | {imp50:+.1f} ms |")
     ok = c50 <= 25 and c99 <= 60 and w50 <= 1.5 * base50 and mem["rss_mean"] <= 25
     print(f"\nall targets met: {'yes' if ok else 'NO'}")
     return 0 if ok else 1

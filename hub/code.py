@@ -44,6 +44,9 @@ CODE_CHECK_TIMEOUT_S = 20.0  # the checker also has a CPU rlimit of the same siz
 
 CodeError = codecheck.CodeError
 
+# Dependencies (hub.deps): a requirements.txt at the root of the code, one PEP 508 requirement a line.
+REQUIREMENTS_FILE = "requirements.txt"
+
 
 class CodeTooLarge(CodeError):
     """The code is over one of the size bounds (answered with 413)."""
@@ -173,6 +176,17 @@ def _unpack_zip(zip_base64: str, out: _Collector) -> None:
     except (RuntimeError, NotImplementedError, zlib.error, EOFError, OSError) as exc:
         # encrypted members, unsupported compression, truncated or corrupt data
         raise CodeError(f"code.zip_base64 cannot be unpacked: {exc}") from None
+
+
+def requirements_text(files: dict[str, bytes]) -> str | None:
+    """The code's ``requirements.txt`` as text (None if it has none); built by ``hub.deps``."""
+    data = files.get(REQUIREMENTS_FILE)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CodeError(f"{REQUIREMENTS_FILE} is not UTF-8 text") from None
 
 
 async def check_code(files: dict[str, bytes], handler: str) -> None:

@@ -33,6 +33,8 @@ S3_EVENTS_MAX = 32
 MONGO_DB_MAX = 63  # bytes (MongoDB: fewer than 64)
 MONGO_NAMESPACE_MAX = 255  # bytes of "database.collection" (MongoDB 4.4+, unsharded)
 TIMEOUT_MIN_S = 0.1  # below this not even a warm worker can answer; Lambda's minimum is 1 s
+REQUIREMENTS_MAX = 100  # hub.deps.MAX_REQUIREMENTS
+REQUIREMENT_MAX = 200  # characters of one requirement (hub.deps.MAX_REQUIREMENT_CHARS)
 
 
 def _utf8(text: str) -> str:
@@ -110,6 +112,20 @@ class FunctionSpec(_Strict):
     )
     network: bool = False
     description: Description = ""
+    # Dependencies (hub.deps): checked here, resolved and built at PUT.
+    requirements: list[Annotated[str, Field(min_length=1, max_length=REQUIREMENT_MAX)]] | None = Field(
+        default=None, max_length=REQUIREMENTS_MAX,
+        description="Dependencies, PEP 508 requirements such as 'requests==2.32.3' (or a requirements.txt in "
+                    "the code; not both). Installed from wheels only and mounted read-only at /opt/python. "
+                    "No pip options, URLs, paths or 'name @ URL'.",
+    )
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, reqs: list[str] | None) -> list[str] | None:
+        from hub.deps import check_requirement
+
+        return None if reqs is None else [check_requirement(r) for r in reqs]
 
     @field_validator("env")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 from hub.code import CodeError, check_code, unpack_code
 from hub.code import write_tree as _write_tree
+from hub.deps import Deps, requirements_of
 from hub.models import FunctionSpec
 from hub.records import shielded
 from hub.sandbox.base import FunctionRuntime
@@ -30,7 +31,8 @@ class Conflict(Exception):
 
 def version_of(spec: FunctionSpec, files: dict[str, bytes]) -> str:
     h = hashlib.sha256()
-    config = spec.model_dump(exclude={"code", "description"})
+    # exclude_none: an unset optional field (e.g. requirements) leaves older versions' hashes alone
+    config = spec.model_dump(exclude={"code", "description"}, exclude_none=True)
     h.update(json.dumps(config, sort_keys=True).encode())
     for path in sorted(files):
         h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
@@ -50,6 +52,7 @@ class Registry:
     def __init__(self, store: Store, data_dir: Path) -> None:
         self.store = store
         self.code_root = data_dir / "code"
+        self.deps = Deps(store, data_dir / "deps")  # function dependencies (hub.deps)
         self._cache: dict[str, FunctionRuntime] = {}
         self._generation = 0  # bumped by every invalidation: a read that straddles one is not cached
         self.cache_enabled = False
@@ -70,6 +73,13 @@ class Registry:
         files = unpack_code(spec)
         await check_code(files, spec.handler)
         version = version_of(spec, files)
+        # Dependencies: resolved and built before anything is stored (DepsError: a 400). Sending a
+        # stored version again reuses its pins.
+        requirements = requirements_of(spec.requirements, files)
+        known = await self.store.get_version(name, version) if requirements else None
+        deps = known.get("deps") if known else None
+        if requirements and not deps:
+            deps = await self.deps.prepare(requirements)
         t = now()
         config = spec.model_dump(exclude={"code"})
         version_doc = {
@@ -90,6 +100,8 @@ class Registry:
             "created_at": old["created_at"] if old else t,
             "updated_at": t if not old or old["version"] != version else old["updated_at"],
         }
+        if deps:
+            version_doc["deps"] = head["deps"] = deps
         created = await self.store.put_function(name, version_doc, head)
         self.invalidate(name)
         return head, created
@@ -97,8 +109,8 @@ class Registry:
     async def runtime(self, name: str) -> FunctionRuntime | None:
         """The current version of a function, with its code on disk; None if there is no such function."""
         cached = self._cache.get(name) if self.cache_enabled else None
-        if cached is not None:
-            return cached
+        if cached is not None and (cached.deps_dir is None or cached.deps_dir.is_dir()):
+            return cached  # (a deps dir gone from this host is rebuilt by _load)
         generation = self._generation
         runtime = await self._load(name)
         if runtime is not None and self.cache_enabled and generation == self._generation:
@@ -115,6 +127,7 @@ class Registry:
             if doc is None:
                 return None
             await _materialise(code_dir, {c["path"]: bytes(c["data"]) for c in doc["code"]})
+        deps_dir = await self.deps.ensure(head.get("deps"))  # rebuilt here if missing on this host
         return FunctionRuntime(
             name=name,
             version=head["version"],
@@ -125,6 +138,7 @@ class Registry:
             max_concurrency=head["max_concurrency"],
             env=dict(head.get("env") or {}),
             network=bool(head.get("network")),
+            deps_dir=deps_dir,
         )
 
     def forget(self, name: str) -> None:

@@ -25,6 +25,9 @@ class FunctionRuntime:
     max_concurrency: int = 4
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
+    # Installed dependencies (hub.deps), shared by every version with the same resolved set;
+    # mounted read-only at /opt/python and put on sys.path after the code. None: no dependencies.
+    deps_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ Two ways to run bwrap, chosen by who the hub runs as:
 
 Everything outside the sandbox is invisible except what is bound here: the system directories
 (read-only), the interpreter's prefix (read-only), a handful of harmless ``/etc`` files, the
-function's code at ``/var/task`` (read-only) and the runtime at ``/var/runtime``. ``/tmp`` and
+function's code at ``/var/task`` (read-only), its dependencies at ``/opt/python`` (read-only, when
+it has any; see ``hub.deps``) and the runtime at ``/var/runtime``. ``/tmp`` and
 ``/dev/shm`` are private size-limited tmpfs mounts; the root is remounted read-only.
 """
 
@@ -35,6 +36,7 @@ from typing import Any, Callable
 from hub.sandbox.base import FunctionRuntime
 
 TASK_DIR = "/var/task"  # where the code is mounted (Lambda's path)
+DEPS_DIR = "/opt/python"  # where the function's dependencies are mounted (Lambda layers' path)
 RUNTIME_DIR = "/var/runtime"
 SANDBOX_UID_BASE = 0x70000000  # host uids [BASE, BASE + 65536) are used for sandboxed workers
 SANDBOX_NS_UID_FIRST = 1000  # ns-uid mapped to SANDBOX_UID_BASE
@@ -176,7 +178,10 @@ class BwrapCommand:
         a += ["--size", tmp, "--perms", "1777", "--tmpfs", "/tmp"]
         a += ["--size", tmp, "--perms", "1777", "--tmpfs", "/dev/shm"]
         code_dir = os.path.abspath(fn.code_dir)  # bwrap resolves sources from its own root
-        a += ["--ro-bind", code_dir, TASK_DIR, "--remount-ro", "/", "--chdir", TASK_DIR]
+        a += ["--ro-bind", code_dir, TASK_DIR]
+        if fn.deps_dir is not None:
+            a += ["--perms", "0755", "--dir", "/opt", "--ro-bind", os.path.abspath(fn.deps_dir), DEPS_DIR]
+        a += ["--remount-ro", "/", "--chdir", TASK_DIR]
         a += ["--clearenv"]
         for k, v in clean_env(fn).items():
             a += ["--setenv", k, v]
@@ -247,6 +252,8 @@ def worker_command(fn: FunctionRuntime, cfg: SpawnConfig, config: dict[str, Any]
         uid = uid_of()
         pass_fds = [cfg.userns.fd] if cfg.userns is not None else []
         config["code_dir"] = TASK_DIR
+        if fn.deps_dir is not None:
+            config["deps_dir"] = DEPS_DIR
         opts, cmd = cfg.bwrap.argv(fn, limits=cfg.limits, uid=uid, config=config)
         memfd = args_memfd(opts)
         # bwrap's own environ is readable in the sandbox as /proc/1/environ: give it nothing.
@@ -254,6 +261,8 @@ def worker_command(fn: FunctionRuntime, cfg: SpawnConfig, config: dict[str, Any]
                              pass_fds + [memfd], [memfd])
     cwd = os.path.abspath(fn.code_dir)
     config["code_dir"] = cwd
+    if fn.deps_dir is not None:
+        config["deps_dir"] = os.path.abspath(fn.deps_dir)
     env = clean_env(fn)
     home = scratch()
     if home is not None:  # a private HOME/TMPDIR per worker (not enforced without bwrap)

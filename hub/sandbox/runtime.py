@@ -8,7 +8,9 @@ friends, ~8 ms) in favour of the C accelerator ``_json`` directly, and imports `
 Life of a worker::
 
     python -I -S runtime.pyc '<config json>'
-      -> apply rlimits, import the handler once (cold start)
+      -> apply rlimits, put the code first on sys.path (and the function's dependencies, if it
+         has any, after the standard library: site.addsitedir(/opt/python)), import the handler
+         once (cold start)
       -> send {"op": "ready"} or {"op": "init_error"}
       -> loop: read an invoke frame, run the handler, send one response frame
 
@@ -548,6 +550,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [cfg.get("handler", "")]
     t0 = time.perf_counter()
     try:
+        deps_dir = cfg.get("deps_dir")
+        if deps_dir:
+            # After the code (and the standard library); addsitedir so .pth files work. Only
+            # here: a function without dependencies never pays for importing site.
+            import site
+
+            site.addsitedir(deps_dir)
         handler = _load_handler(cfg["handler"])
         if getattr(getattr(handler, "__code__", None), "co_flags", 0) & 0x80:  # CO_COROUTINE
             _event_loop()  # asyncio's import belongs to the cold start, not the first invocation
