@@ -19,6 +19,7 @@ import datetime as dt
 import os
 import random
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,8 @@ class Dispatcher:
         # (target, event id) -> the delivery of it running now: a duplicate that arrives
         # meanwhile (a webhook retry, a rebalance) waits for it and is then skipped, not run twice.
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     # -- the entry point -------------------------------------------------------------------
     async def deliver(self, target: Target, events: list[Event], *, request_id: str | None = None,
@@ -368,8 +371,17 @@ class Dispatcher:
         return record
 
     def _observe(self, target: Target, record: dict[str, Any], report: InvocationReport) -> None:
-        self.metrics.invocations.labels(target.function, record["status"]).inc()
-        self.metrics.duration.labels(target.function).observe(report.duration_ms / 1000)
+        counter = self._counters.get((target.function, record["status"]))
+        if counter is None:  # prometheus' labels() takes a lock and builds a key every call
+            counter = self._counters[(target.function, record["status"])] = \
+                self.metrics.invocations.labels(target.function, record["status"])
+        counter.inc()
+        histogram = self._histograms.get(target.function)
+        if histogram is None:
+            histogram = self._histograms[target.function] = self.metrics.duration.labels(target.function)
+        histogram.observe(report.duration_ms / 1000)
+        if record["status"] == "succeeded" and not log.is_enabled_for(logging.INFO):
+            return  # the record is the log; the line is only for who asked for info
         fields = dict(invocation_id=record["_id"], function=target.function, trigger=target.trigger,
                       status=record["status"], attempt=record["attempt"],
                       duration_ms=round(report.duration_ms, 2), billed_ms=report.billed_ms,

@@ -91,6 +91,8 @@ class Route:
     greedy_at: int  # its segment index
     auth: str
     cors: dict[str, Any] | None
+    target: Target  # where its requests go (built once per route, not per request)
+    source: str  # the events' "source": http://TRIGGER
 
     def accepts(self, method: str) -> bool:
         return "ANY" in self.methods or method in self.methods
@@ -115,7 +117,8 @@ def compile_route(trigger: Trigger) -> Route:
     greedy = segments[-1][1:-2] if segments and segments[-1].endswith("+}") else None
     return Route(trigger=trigger, template="/" + "/".join(segments), methods=frozenset(src.get("methods") or ["ANY"]),
                  params=params, greedy=greedy, greedy_at=len(segments) - 1, auth=src.get("auth", "token"),
-                 cors=src.get("cors"))
+                 cors=src.get("cors"), target=Target(trigger.function, trigger.name, ONE_ATTEMPT),
+                 source=f"http://{trigger.name}")
 
 
 class RouteTable:
@@ -192,8 +195,21 @@ def is_text(content_type: str) -> bool:
     return not ct or ct.startswith(_TEXT_TYPES) or ct.endswith(_TEXT_SUFFIXES)
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
+_clock: list[Any] = [None, "", ""]  # (second, CLF time, ISO prefix): formatted once a second
+
+
+def timestamps(t: float) -> tuple[str, str]:
+    """(Lambda's requestContext.time, the CloudEvent's RFC 3339 time) for ``t``."""
+    second = int(t)
+    if _clock[0] != second:
+        tm = time.gmtime(second)
+        _clock[:] = [second, time.strftime("%d/%b/%Y:%H:%M:%S +0000", tm), time.strftime("%Y-%m-%dT%H:%M:%S", tm)]
+    return _clock[1], f"{_clock[2]}.{int((t - second) * 1_000_000):06d}Z"
+
+
 def request_data(request: web.Request, route: Route, raw_path: str, segments: list[str], body: bytes,
-                 request_id: str, t: float) -> dict[str, Any]:
+                 request_id: str, t: float, clf_time: str) -> dict[str, Any]:
     """Lambda's function-URL / API Gateway v2 payload (version 2.0), paths relative to /fn."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
@@ -234,7 +250,7 @@ def request_data(request: web.Request, route: Route, raw_path: str, segments: li
             "requestId": request_id,
             "routeKey": route_key,
             "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(t)),
+            "time": clf_time,
             "timeEpoch": int(t * 1000),
             "domainName": request.host,
             "http": {
@@ -275,7 +291,7 @@ def to_response(result: Any) -> tuple[int, CIMultiDict[str], bytes]:
     JSON of it. Raises :class:`BadResponse` for what cannot be sent (a 502)."""
     headers: CIMultiDict[str] = CIMultiDict()
     if not isinstance(result, dict) or "statusCode" not in result:
-        body = json.dumps(result, separators=(",", ":")).encode()
+        body = b"null" if result is None else _encode_json(result).encode()
         if len(body) > MAX_RESPONSE_BODY:
             raise BadResponse(f"the response is larger than {MAX_RESPONSE_BODY} bytes")
         headers["Content-Type"] = "application/json"
@@ -407,13 +423,14 @@ class FunctionUrls:
 
     async def token_hash(self, name: str) -> str | None:
         """The stored hash of trigger ``name``'s token, as of the router's current trigger set."""
-        triggers = self.hub.router.triggers
-        if self._tokens_of is not triggers and time.monotonic() - self._tokens_failed_at > TOKEN_REFRESH_RETRY_S:
+        for _ in range(3):  # the router may reload again while a read is on its way
+            triggers = self.hub.router.triggers
+            if self._tokens_of is triggers or time.monotonic() - self._tokens_failed_at < TOKEN_REFRESH_RETRY_S:
+                break
             if self._token_read is None:
                 self._token_read = asyncio.ensure_future(self._read_tokens(triggers))
-            task = self._token_read
             try:
-                await shielded(task)
+                await shielded(self._token_read)
             except Exception as exc:
                 self._tokens_failed_at = time.monotonic()
                 log.warning("http trigger tokens could not be read; using the last known", error=str(exc))
@@ -467,20 +484,20 @@ class FunctionUrls:
         if route.auth != "none":
             denied = await self._check_token(request, trigger.name)
             if denied is not None:
-                return _with(error_response(denied, request_id,
-                                            headers={"WWW-Authenticate": 'Bearer realm="fn"'} if denied == 401 else None),
-                             extra)
+                more = ({"WWW-Authenticate": 'Bearer realm="fn"'} if denied == 401 else
+                        {"Retry-After": "1"} if denied == 503 else None)
+                return _with(error_response(denied, request_id, headers=more), extra)
         body = await read_limited(request)
         if body is None:
             return _with(error_response(413, request_id, f"Request body is larger than {MAX_REQUEST_BODY} bytes"),
                          extra)
         t = time.time()
-        event = Event(id=request_id, source=f"http://{trigger.name}", type="http.request",
-                      data=request_data(request, route, raw_path, segments, body, request_id, t), subject=raw_path)
+        clf_time, iso_time = timestamps(t)
+        event = Event(id=request_id, source=route.source, type="http.request", subject=raw_path, time=iso_time,
+                      data=request_data(request, route, raw_path, segments, body, request_id, t, clf_time))
         if trigger.filter and not self.hub.router.passes_filter(trigger, event):
             return _with(error_response(404, request_id), extra)
-        record = await self.hub.dispatcher.run_once(Target(trigger.function, trigger.name, ONE_ATTEMPT),
-                                                    event, request_id, request_id, 1, durable=False)
+        record = await self.hub.dispatcher.run_once(route.target, event, request_id, request_id, 1, durable=False)
         status = record["status"]
         if status != "succeeded":
             code = _FAILED.get(status, 502)
@@ -499,11 +516,14 @@ class FunctionUrls:
         return response
 
     async def _check_token(self, request: web.Request, name: str) -> int | None:
-        """None when the request carries the trigger's own token; else 401 (none) or 403 (wrong)."""
+        """None when the request carries the trigger's own token; else 401 (none), 403 (wrong),
+        or 503 when its hash could not be read (MongoDB away since the trigger was made)."""
         auth = request.headers.get("Authorization", "")
         if auth[:7].lower() != "bearer " or not auth[7:].strip():
             return 401
         expected = await self.token_hash(name)
+        if expected is None and self._tokens_of is not self.hub.router.triggers:
+            return 503
         given = hashlib.sha256(auth[7:].strip().encode("utf-8", "surrogateescape")).hexdigest()
         if not expected or not hmac.compare_digest(given, expected):
             return 403

@@ -70,8 +70,18 @@ class Trigger(_Open):
     enabled: bool = True
     description: str = ""
     state: str | None = Field(default=None, description="the subscription's state (GET only)")
+    token: str | None = Field(default=None, description="http triggers with auth 'token': the token, shown only in "
+                              "the PUT that made it and in POST /v1/triggers/{name}/token")
+    token_hint: str | None = Field(default=None, description="http triggers with auth 'token': its first characters")
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class FnError(_Open):
+    """What /fn/ answers when the hub, not the function, decides the answer (Lambda's shape)."""
+
+    message: str = Field(description="e.g. Not Found, Forbidden, Internal Server Error; never a traceback")
+    requestId: str = Field(description="the invocation id (GET /v1/invocations/{id}), also in x-hub-request-id")
 
 
 class TriggerList(_Open):
@@ -167,7 +177,7 @@ class Readiness(_Open):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Error, Function, FunctionList, Trigger, TriggerList, Invocation, InvocationList, Queued,
-    DeadLetter, DeadLetterList, Replayed, Deleted, Purged, WebhookReceipt, Health, Readiness,
+    DeadLetter, DeadLetterList, Replayed, Deleted, Purged, WebhookReceipt, Health, Readiness, FnError,
 )
 
 _REASONS = {
@@ -227,6 +237,42 @@ _NAME = _param("name", "path", {"type": "string", "pattern": NAME_RE, "maxLength
 _ID = _param("id", "path", {"type": "string", "minLength": 1, "maxLength": ID_MAX})
 _LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": 100},
                 "at most this many, newest first")
+
+
+_FN_ERRORS = {
+    "401": "auth 'token': no Authorization: Bearer token",
+    "403": "auth 'token': not the trigger's token (the admin token never works here)",
+    "404": "no enabled http trigger has this path",
+    "405": "the path is routed, the method is not (see Allow)",
+    "413": "request body over 6 MB",
+    "429": "the function is at max_concurrency and its queue is full (Retry-After)",
+    "502": "the function failed, crashed, ran out of memory or answered something that is not a response",
+    "504": "the function timed out",
+}
+
+
+def _function_urls() -> dict[str, Any]:
+    """/fn/{path}: the http triggers' public routes (made at run time, so described once)."""
+    error = {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/FnError"},
+                                                       {"$ref": "#/components/schemas/Error"}]}}}
+    responses: dict[str, Any] = {
+        "default": {"description": "what the function answered: its statusCode, headers, cookies and body, "
+                                   "or 200 application/json with any other result; x-hub-request-id always"},
+        **{code: {"description": reason, "content": error} for code, reason in _FN_ERRORS.items()},
+        "414": {"$ref": "#/components/responses/E414"},
+    }
+    body = {"required": False, "description": "anything, at most 6 MB (text or base64 in the event)",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        "application/json": {"schema": {}}}}
+    summary = ("An http trigger's route (source.path under /fn, e.g. /fn/orders/42): runs the function "
+               "synchronously with a Lambda function-URL event; auth per trigger (Bearer token or none)")
+    ops = {m: {"summary": summary, "security": [], "responses": responses}
+           for m in ("get", "head", "options", "delete")}
+    ops.update({m: {"summary": summary, "security": [], "responses": responses, "requestBody": body}
+                for m in ("post", "put", "patch")})
+    return {"/fn/{path}": {"parameters": [_param("path", "path", {"type": "string"},
+                                                 "the rest of the path, matched against the triggers' paths")],
+                           **ops}}
 
 
 def openapi_spec() -> dict[str, Any]:
@@ -296,10 +342,16 @@ def _build() -> dict[str, Any]:
             "/v1/triggers/{name}": {
                 "parameters": [_NAME],
                 "put": _op("Create or update a trigger; takes effect at once",
-                           {"200": "Trigger", "201": "Trigger"}, "400 413 503", _spec_body("TriggerSpec")),
+                           {"200": "Trigger", "201": "Trigger"}, "400 409 413 503", _spec_body("TriggerSpec")),
                 "get": _op("A trigger and its subscription state", {"200": "Trigger"}, "400 404 503"),
                 "delete": _op("Delete a trigger; its events stop running", {"200": "Deleted"}, "400 404 503"),
             },
+            "/v1/triggers/{name}/token": {
+                "parameters": [_NAME],
+                "post": _op("A new token for an http trigger with auth 'token' (shown once; the old one stops "
+                            "working)", {"200": "Trigger"}, "400 404 409 503"),
+            },
+            **_function_urls(),
             "/v1/invocations": {
                 "parameters": [
                     *(_text(p) for p in ("function", "trigger", "status")),

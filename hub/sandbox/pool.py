@@ -40,6 +40,8 @@ from hub.sandbox.outcome import (
 from hub.sandbox.worker import Worker
 
 log = structlog.get_logger("hub.sandbox")
+# One encoder for every request: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 @dataclass
@@ -295,7 +297,7 @@ class SandboxPool:
             "event": event,
         }
         try:
-            data = json.dumps(request, separators=(",", ":"), default=str).encode()
+            data = _ENCODER.encode(request).encode()
         except (TypeError, ValueError) as exc:  # e.g. a circular structure
             st.busy.discard(worker)
             self._park(st, worker)

@@ -41,6 +41,7 @@ from hub.sandbox.outcome import (
 )
 
 MAX_FRAME = 6 * 1024 * 1024 + 256 * 1024  # 6 MB result + envelope
+STRAY_CHECK_EVERY = 8
 _READ_CHUNK = 256 * 1024
 _DRAIN_MAX_READS = 64  # per callback / drain: bounds how long a chatty worker can hold the loop
 MEMORY_SAMPLE_S = 0.05  # how often a busy worker's process tree is measured
@@ -306,8 +307,12 @@ class Worker:
             else:
                 # Informational only (bounded); the kernel enforces the CPU budget itself.
                 self.cpu_s = as_float(out.frame.get("cpu_s"))
-                # Never believe the worker about its own processes: count them from here.
-                self.strays = self.count_strays()
+                # Never believe the worker about its own processes: count them from here --
+                # after each of a worker's first invocations, then every STRAY_CHECK_EVERY-th (a
+                # function that leaves processes behind does it on every call or early; Lambda
+                # itself keeps them, frozen, across warm invocations).
+                if self.invocations <= STRAY_CHECK_EVERY or self.invocations % STRAY_CHECK_EVERY == 0:
+                    self.strays = self.count_strays()
         return out
 
     def count_strays(self) -> int:
