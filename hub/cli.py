@@ -242,7 +242,7 @@ def _log_line(rec: dict[str, Any]) -> str:
 @pass_ctx
 def logs(c: Ctx, name: str, follow: bool, since: str | None, status: str | None, limit: int) -> None:
     """A function's invocations with their output, newest last; --follow for new ones."""
-    if c.client.get_or_none(f"/v1/functions/{name}") is None:
+    if api_call(lambda: c.client.get_or_none(f"/v1/functions/{name}")) is None:
         fail(f"no function {name!r}", EXIT_FAILED)
     after = _since(since)
     seen: set[str] = set()

@@ -1,4 +1,4 @@
-"""Exercise all three samples against the running stack and print their invocations.
+"""Exercise the samples against the running stack and print their invocations.
 
     set -a; . .hub/dev.env; set +a; .venv/bin/python -m samples.demo
 """
@@ -17,7 +17,13 @@ from aiokafka import AIOKafkaProducer
 from minio import Minio
 from pymongo import AsyncMongoClient
 
-from samples.deploy import call
+from hub.client import Client
+
+HUB = Client()
+
+
+def call(method: str, path: str) -> Any:
+    return HUB.call(method, path)
 
 
 async def upload() -> str:
@@ -72,8 +78,10 @@ async def main() -> None:
     key = await upload()
     order_id = await write_order()
     await produce_clicks()
-    print(f"uploaded uploads/{key}; wrote order {order_id} (insert + update); produced 1 message to clicks\n")
-    for trigger, count in (("s3-upload-report", 1), ("order-audit", 2), ("click-counter", 1)):
+    hello = await asyncio.to_thread(HUB.call, "GET", "/fn/hello/demo")  # the function URL (auth none)
+    print(f"uploaded uploads/{key}; wrote order {order_id} (insert + update); produced 1 message to clicks; "
+          f"GET /fn/hello/demo -> {hello}\n")
+    for trigger, count in (("s3-upload-report", 1), ("order-audit", 2), ("click-counter", 1), ("hello-http", 1)):
         invs = await asyncio.to_thread(wait_for, trigger, since, count)
         print(f"{trigger}: {len(invs)} invocation(s)")
         for inv in invs:
