@@ -37,9 +37,21 @@ from hub.code import CodeTooLarge, CodeUnavailable
 from hub.dispatch import Target
 from hub.events import Event
 from hub.http_trigger import PREFIX as FN_PREFIX, FunctionUrls
-from hub.models import NAME_RE, FunctionSpec, RetryPolicy, TriggerSpec
+from hub.logstream import (
+    LogQueryError,
+    LogStreams,
+    StreamRefused,
+    decode_cursor,
+    encode_cursor,
+    parse_bool,
+    parse_include,
+    parse_statuses,
+    parse_time,
+)
+from hub.models import LATEST, NAME_RE, AliasSpec, FunctionSpec, RetryPolicy, TriggerSpec, alias_name_problem
 from hub.openapi import openapi_json
-from hub.registry import CodeError, public_function
+from hub.registry import CodeError, Conflict, NotFound, is_version, public_function
+from hub.sandbox.pool import SandboxPool
 from hub.store import unstorable_reason
 from hub.triggers import TriggerError, public_trigger
 
@@ -48,6 +60,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hub.api")
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub")
+LOG_STREAMS: web.AppKey[LogStreams] = web.AppKey("log_streams", LogStreams)
 MAX_BODY = 16 * 1024 * 1024  # aiohttp's own cap; each endpoint has a smaller one below
 MAX_FUNCTION_BODY = MAX_BODY  # inline code or a zip (hub.code bounds the unpacked code)
 MAX_TRIGGER_BODY = 256 * 1024
@@ -231,6 +244,10 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return reply(body, exc.status)
     except TriggerError as exc:
         return reply({"error": exc.message}, exc.status)
+    except NotFound as exc:  # versions and aliases (hub.registry)
+        return reply({"error": exc.message}, 404)
+    except Conflict as exc:
+        return reply({"error": exc.message, **({"details": exc.users} if exc.users else {})}, 409)
     except CodeTooLarge as exc:
         return reply({"error": f"code too large: {exc}"}, 413)
     except CodeError as exc:
@@ -289,11 +306,11 @@ async def get_function(request: web.Request) -> web.Response:
     head = await hub.store.get_function(name)
     if head is None:
         raise ApiError(404, f"no function {name!r}")
-    versions = await hub.store.list_versions(name)
-    triggers = [t["_id"] for t in await hub.store.list_triggers(function=name)]
+    versions = await hub.registry.versions(name)  # with created_at, code_size, deps, aliases
+    triggers = [t["_id"] for t in await hub.store.list_triggers(function=name)]  # any qualifier
     return reply({
         **public_function(head),
-        "versions": [{"version": v["version"], "created_at": v["created_at"]} for v in versions],
+        "versions": versions,
         "triggers": triggers,
     })
 
@@ -317,8 +334,7 @@ async def invoke_function(request: web.Request) -> web.Response:
     mode = request.query.get("mode", "sync")
     if mode not in ("sync", "async"):
         raise ApiError(400, "mode must be 'sync' or 'async'")
-    if await hub.store.get_function(name) is None:
-        raise ApiError(404, f"no function {name!r}")
+    ref = await _invoke_ref(request, name)  # ?version= / ?alias= (versions and aliases)
     limit = MAX_ASYNC_PAYLOAD if mode == "async" else MAX_SYNC_PAYLOAD
     raw = await read_body(request, limit)
     payload = parse_json(raw, MAX_PAYLOAD_DEPTH) if raw.strip() else None
@@ -327,13 +343,115 @@ async def invoke_function(request: web.Request) -> web.Response:
         problem = unstorable_reason({"data": payload})
         if problem:
             raise ApiError(400, f"payload cannot be queued: {problem}")
-        request_id = await hub.inbox.put_invoke(name, event)
+        request_id = await hub.inbox.put_invoke(ref, event)
         return reply({"invocation_id": request_id, "status": "queued"}, 202)
     invocation_id = uuid.uuid4().hex
     record = await hub.dispatcher.run_once(
-        Target(name, None, RetryPolicy(max_attempts=1)), event, invocation_id, invocation_id, 1
+        Target(ref, None, RetryPolicy(max_attempts=1)), event, invocation_id, invocation_id, 1
     )
     return reply(_invocation_view(record, full=True))
+
+
+# -- versions and aliases (hub.registry) ----------------------------------------------------
+async def _invoke_ref(request: web.Request, name: str) -> str:
+    """What an invoke runs: NAME (latest), or NAME:QUALIFIER from ?version= or ?alias=; 404 when
+    the function, version or alias does not exist (checked through the registry's cache)."""
+    hub = request.app[HUB_KEY]
+    version, alias = request.query.get("version"), request.query.get("alias")
+    if version is not None and alias is not None:
+        raise ApiError(400, "give ?version= or ?alias=, not both")
+    qualifier = LATEST
+    if version is not None and version != LATEST:
+        qualifier = _check_version(version)
+    elif alias is not None and alias != LATEST:
+        qualifier = _check_alias(alias)
+    ref = name if qualifier == LATEST else f"{name}:{qualifier}"
+    if await hub.registry.runtime(ref) is None:
+        if qualifier == LATEST or await hub.store.get_function(name) is None:
+            raise ApiError(404, f"no function {name!r}")
+        raise ApiError(404, f"function {name!r} has no {'version' if version is not None else 'alias'} "
+                            f"{qualifier!r}")
+    return ref
+
+
+def _check_version(version: str) -> str:
+    if not is_version(version):
+        shown = version if len(version) <= 80 else version[:80] + "..."
+        raise ApiError(400, f"bad version {shown!r}: a version is 16 hex digits (GET /v1/functions/NAME lists them)")
+    return version
+
+
+def _check_alias(alias: str) -> str:
+    problem = alias_name_problem(alias)
+    if problem:
+        raise ApiError(400, problem)
+    return alias
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    return reply({"function": name, "versions": await hub.registry.versions(name)})
+
+
+async def delete_version(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    version = _check_version(request.match_info["version"])
+    await hub.registry.delete_version(name, version)  # 409 naming what still uses it
+    if isinstance(hub.pool, SandboxPool):
+        await hub.pool.retire_version(name, version)
+    return reply({"deleted": version})
+
+
+async def version_code(request: web.Request) -> web.Response:
+    """The version's code as stored (what runs), as a zip."""
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    version = _check_version(request.match_info["version"])
+    data = await hub.registry.version_code(name, version)
+    return web.Response(body=data, content_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{name}-{version}.zip"'})
+
+
+async def list_aliases(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    head = await hub.store.get_function(name)
+    if head is None:
+        raise ApiError(404, f"no function {name!r}")
+    return reply({"function": name, "latest": head["version"], "aliases": head.get("aliases") or []})
+
+
+async def get_alias(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    alias = request.match_info["alias"]
+    if alias == LATEST:  # not stored: it always means the current version
+        head = await hub.store.get_function(name)
+        if head is None:
+            raise ApiError(404, f"no function {name!r}")
+        return reply({"function": name, "name": LATEST, "version": head["version"],
+                      "description": "the current version", "updated_at": head.get("updated_at")})
+    return reply({"function": name, **await hub.registry.alias(name, _check_alias(alias))})
+
+
+async def put_alias(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    alias = _check_alias(request.match_info["alias"])
+    spec = validate(AliasSpec, await read_json(request))
+    entry, old = await hub.registry.set_alias(name, alias, spec.version, spec.description)
+    return reply({"function": name, **entry, "previous_version": old["version"] if old else None},
+                 200 if old else 201)
+
+
+async def delete_alias(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    alias = _check_alias(request.match_info["alias"])
+    old = await hub.registry.delete_alias(name, alias)  # 409 naming the triggers that use it
+    return reply({"deleted": alias, "version": old["version"]})
 
 
 # -- triggers -------------------------------------------------------------------------------
@@ -399,10 +517,63 @@ DEAD_LETTER_FILTERS = ("trigger", "function")
 
 
 async def list_invocations(request: web.Request) -> web.Response:
+    """Newest first, paged by an opaque cursor; started in [from, to); include=output adds stdout/stderr."""
     hub = request.app[HUB_KEY]
     query: dict[str, Any] = query_filters(request, INVOCATION_FILTERS)
-    docs = await hub.store.list_invocations(query, query_limit(request))
-    return reply({"invocations": [_invocation_view(d) for d in docs]})
+    if "status" in query:  # one status, or several: failed,timeout
+        statuses = parse_statuses(query["status"])
+        query["status"] = statuses[0] if len(statuses) == 1 else statuses
+    given = query_filters(request, ("from", "to", "cursor", "include"))
+    try:
+        start = parse_time(given["from"], "from") if "from" in given else None
+        end = parse_time(given["to"], "to") if "to" in given else None
+        after = decode_cursor(given["cursor"]) if "cursor" in given else None
+        output = "output" in parse_include(given.get("include", ""))
+    except LogQueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    if start is not None and end is not None and start > end:
+        raise ApiError(400, "from is after to: the range is [from, to)")
+    limit = query_limit(request)
+    docs = await hub.store.list_invocations(query, limit + 1, start=start, end=end, after=after, output=output)
+    page = docs[:limit]
+    return reply({"invocations": [_invocation_view(d, full=output) for d in page],
+                  "next_cursor": encode_cursor(page[-1]) if len(docs) > limit else None})
+
+
+def _json_line(doc: dict[str, Any]) -> bytes:
+    """One record as one line of JSON (control characters are escaped: never a newline inside)."""
+    view = _invocation_view(doc, full=True)
+    try:
+        text = json.dumps(view, default=_default, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(view), default=_default, allow_nan=False)
+    return text.encode() + b"\n"
+
+
+async def function_logs(request: web.Request) -> web.StreamResponse:
+    """A function's records as JSON lines, oldest first; follow=true keeps sending new ones (hub.logstream)."""
+    hub = request.app[HUB_KEY]
+    name = path_name(request)
+    given = query_filters(request, ("follow", "since", "status"))
+    try:
+        follow = parse_bool(given.get("follow", "false"), "follow")
+        since = parse_time(given["since"], "since") if "since" in given else None
+    except LogQueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    statuses = parse_statuses(given["status"]) if "status" in given else None
+    limit = query_limit(request)
+    if await hub.store.get_function(name) is None:
+        raise ApiError(404, f"no function {name!r}")
+    try:
+        return await request.app[LOG_STREAMS].serve(request, hub.store, name, render=_json_line, since=since,
+                                                     statuses=statuses, limit=limit, follow=follow)
+    except StreamRefused as exc:
+        raise ApiError(exc.status, exc.message) from None
+
+
+async def _stop_log_streams(app: web.Application) -> None:
+    """on_shutdown: before aiohttp waits for (and then cancels) handlers, streams end on their own."""
+    await app[LOG_STREAMS].stop()
 
 
 async def get_invocation(request: web.Request) -> web.Response:
@@ -443,6 +614,8 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         raise ApiError(404, f"no dead letter {request.match_info['id']!r}")
     if doc["trigger"] is not None and await hub.store.get_trigger(doc["trigger"]) is None:
         raise ApiError(409, f"trigger {doc['trigger']!r} no longer exists; nothing to replay into")
+    if doc.get("qualifier") not in (None, LATEST):  # a direct invoke of a version or alias runs it again
+        doc = {**doc, "function": f"{doc['function']}:{doc['qualifier']}"}
     await hub.inbox.put_replay(doc)
     return reply({"id": doc["_id"], "status": "queued"}, 202)
 
@@ -543,12 +716,21 @@ def make_app(hub: Hub) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY,
                           handler_args={"max_line_size": MAX_REQUEST_LINE})
     app[HUB_KEY] = hub
+    app[LOG_STREAMS] = LogStreams()
+    app.on_shutdown.append(_stop_log_streams)
     r = app.router
     r.add_put("/v1/functions/{name}", put_function)
     r.add_get("/v1/functions", list_functions)
     r.add_get("/v1/functions/{name}", get_function)
     r.add_delete("/v1/functions/{name}", delete_function)
     r.add_post("/v1/functions/{name}/invoke", invoke_function)
+    r.add_get("/v1/functions/{name}/versions", list_versions)
+    r.add_delete("/v1/functions/{name}/versions/{version}", delete_version)
+    r.add_get("/v1/functions/{name}/versions/{version}/code", version_code)
+    r.add_get("/v1/functions/{name}/aliases", list_aliases)
+    r.add_get("/v1/functions/{name}/aliases/{alias}", get_alias)
+    r.add_put("/v1/functions/{name}/aliases/{alias}", put_alias)
+    r.add_delete("/v1/functions/{name}/aliases/{alias}", delete_alias)
     r.add_put("/v1/triggers/{name}", put_trigger)
     r.add_get("/v1/triggers", list_triggers)
     r.add_get("/v1/triggers/{name}", get_trigger)
@@ -559,6 +741,7 @@ def make_app(hub: Hub) -> web.Application:
     r.add_route("*", FN_PREFIX + "/{tail:.*}", function_urls.handle)
     r.add_get("/v1/invocations", list_invocations)
     r.add_get("/v1/invocations/{id}", get_invocation)
+    r.add_get("/v1/functions/{name}/logs", function_logs)
     r.add_get("/v1/dead-letters", list_dead_letters)
     r.add_delete("/v1/dead-letters", purge_dead_letters)
     r.add_get("/v1/dead-letters/{id}", get_dead_letter)

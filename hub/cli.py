@@ -5,6 +5,8 @@
     trigger-hub invoke NAME [--data JSON|@FILE] [--async] [--version V|--alias A]
     trigger-hub logs NAME [--follow] [--since 10m] [--status failed]
     trigger-hub functions|triggers|versions|invocations|dead-letters ...
+    trigger-hub aliases NAME | alias set NAME ALIAS VERSION | alias delete NAME ALIAS
+    trigger-hub version code NAME VERSION [-o FILE] | version delete NAME VERSION
 
 Tables for people, ``--json`` for scripts. Exit codes: 0 done; 1 the function failed (invoke) or
 what was asked for is not there; 2 bad usage or input the hub refused (4xx); 3 the hub could not
@@ -233,47 +235,92 @@ def _log_line(rec: dict[str, Any]) -> str:
             f"{rec.get('trigger') or '(invoke)'}  {what}")
 
 
+def _print_record(c: Ctx, rec: dict[str, Any]) -> None:
+    """One invocation: a summary line, then its output indented (a JSON line with --json)."""
+    if c.as_json:
+        click.echo(json.dumps(rec, default=str))
+        return
+    click.secho(_log_line(rec), fg=None if rec.get("status") == "succeeded" else "red")
+    for stream in ("stdout", "stderr"):
+        for line in (rec.get(stream) or "").splitlines():
+            click.echo(f"    {line}")
+    if rec.get("error"):
+        click.echo(f"    {rec['error'].get('type')}: {rec['error'].get('message')}")
+
+
 @main.command()
 @click.argument("name")
-@click.option("--follow", "-f", is_flag=True, help="keep printing new invocations")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new invocations as they finish")
 @click.option("--since", default=None, help="only newer than this: 10m, 2h, 1d or an ISO time")
-@click.option("--status", default=None, help="only this status (succeeded, failed, timeout, ...)")
+@click.option("--status", default=None, help="only this status (succeeded, failed, timeout, ...; "
+                                             "several with commas)")
 @click.option("--limit", default=50, show_default=True, help="at most this many to start with")
 @pass_ctx
 def logs(c: Ctx, name: str, follow: bool, since: str | None, status: str | None, limit: int) -> None:
     """A function's invocations with their output, newest last; --follow for new ones."""
+    after = _since(since)
+    start = after.isoformat() if after else None
+    limit = max(1, limit)
+    if follow:
+        try:
+            _follow_logs(c, name, start, status, limit)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return
     if api_call(lambda: c.client.get_or_none(f"/v1/functions/{name}")) is None:
         fail(f"no function {name!r}", EXIT_FAILED)
-    after = _since(since)
-    seen: set[str] = set()
+    recs: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(recs) < limit:  # the newest first, a page at a time
+        query = {"function": name, "status": status, "from": start, "include": "output",
+                 "limit": min(limit - len(recs), 1000), "cursor": cursor}
+        page = api_call(lambda: c.client.call("GET", "/v1/invocations", query=query))
+        recs += page["invocations"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    for rec in reversed(recs):
+        _print_record(c, rec)
+
+
+def _follow_logs(c: Ctx, name: str, start: str | None, status: str | None, limit: int) -> None:
+    """Read GET /v1/functions/NAME/logs?follow=true; when the stream ends (the hub restarted),
+    reconnect from the last invocation printed (one that started before it and finished while
+    disconnected is missed)."""
+    import http.client
+    from collections import OrderedDict
+
+    seen: OrderedDict[str, None] = OrderedDict()
+    delay = 1.0
     first = True
     while True:
-        query = {"function": name, "status": status, "limit": min(limit if first else 1000, 1000)}
-        recs = api_call(lambda: c.client.call("GET", "/v1/invocations", query=query))["invocations"]
-        new = [r for r in reversed(recs) if r["invocation_id"] not in seen and
-               (after is None or _when(r) >= after)]
-        for rec in new:
-            seen.add(rec["invocation_id"])
-            path = f"/v1/invocations/{rec['invocation_id']}"
-            full = api_call(lambda: c.client.call("GET", path))
-            if c.as_json:
-                click.echo(json.dumps(full, default=str))
-                continue
-            click.secho(_log_line(full), fg="red" if full["status"] not in ("succeeded",) else None)
-            for stream in ("stdout", "stderr"):
-                for line in (full.get(stream) or "").splitlines():
-                    click.echo(f"    {line}")
-            if full.get("error"):
-                click.echo(f"    {full['error'].get('type')}: {full['error'].get('message')}")
-        first = False
-        if not follow:
-            return
-        time.sleep(1.0)
-
-
-def _when(rec: dict[str, Any]) -> dt.datetime:
-    value = str(rec.get("finished_at") or rec.get("started_at") or "1970-01-01T00:00:00Z")
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        query = {"follow": "true", "since": start, "status": status, "limit": limit if first else 1000}
+        try:
+            for line in c.client.stream(f"/v1/functions/{name}/logs", query):
+                if not line.strip():
+                    continue  # heartbeat
+                rec = json.loads(line)
+                if "invocation_id" not in rec:
+                    click.secho(f"(log stream: {rec.get('error', rec)})", fg="yellow", err=True)
+                    break
+                first, delay = False, 1.0
+                start = rec.get("started_at") or start
+                if rec["invocation_id"] in seen:
+                    continue
+                seen[rec["invocation_id"]] = None
+                if len(seen) > 10000:
+                    seen.popitem(last=False)
+                _print_record(c, rec)
+        except ApiError as exc:
+            if exc.status != 0 and exc.status < 500:  # no such function, bad --status: no retry
+                fail(exc.message, EXIT_FAILED if exc.status == 404 else EXIT_USAGE)
+            click.secho(f"({exc.message}; retrying in {delay:.0f}s)", fg="yellow", err=True)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            click.secho(f"(log stream interrupted: {type(exc).__name__}; reconnecting)", fg="yellow", err=True)
+        else:
+            click.secho("(log stream ended; reconnecting)", fg="yellow", err=True)
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 # -- listing --------------------------------------------------------------------------------
@@ -297,8 +344,86 @@ def functions(c: Ctx, name: str | None) -> None:
 def versions(c: Ctx, name: str) -> None:
     """A function's versions, newest first."""
     doc = api_call(lambda: c.client.call("GET", f"/v1/functions/{name}"))
-    rows = [{**v, "current": "*" if v["version"] == doc["version"] else ""} for v in doc.get("versions", [])]
-    c.out(rows, lambda: table(rows, ["version", "created_at", "current"]))
+    rows = [{**v, "current": "*" if v["version"] == doc["version"] else "",
+             "aliases": ",".join(v.get("aliases") or []) or None} for v in doc.get("versions", [])]
+    c.out(rows, lambda: table(rows, ["version", "created_at", "code_size", "current", "aliases"]))
+
+
+# -- versions and aliases -------------------------------------------------------------------
+@main.command()
+@click.argument("name")
+@pass_ctx
+def aliases(c: Ctx, name: str) -> None:
+    """A function's aliases (and its current version, which NAME and NAME:latest run)."""
+    doc = api_call(lambda: c.client.call("GET", f"/v1/functions/{name}/aliases"))
+
+    def human() -> None:
+        click.echo(f"latest -> {doc['latest']}")
+        table(doc["aliases"], ["name", "version", "description", "updated_at"])
+
+    c.out(doc, human)
+
+
+@main.group()
+def alias() -> None:
+    """Point an alias at a version (moving it is a rollback), or delete it."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version")
+@click.option("--description", default="", help="what the alias is for")
+@pass_ctx
+def alias_set(c: Ctx, name: str, alias_name: str, version: str, description: str) -> None:
+    """Create or move ALIAS to VERSION (a version, or latest: the current one, pinned now)."""
+    if version == "latest":
+        version = api_call(lambda: c.client.call("GET", f"/v1/functions/{name}"))["version"]
+    body = {"version": version, "description": description}
+    doc = api_call(lambda: c.client.call("PUT", f"/v1/functions/{name}/aliases/{alias_name}", body))
+    before = doc.get("previous_version")
+    c.out(doc, lambda: click.echo(f"{name}:{alias_name} -> {doc['version']}" +
+                                  (f" (was {before})" if before and before != doc["version"] else
+                                   "" if before else " (created)")))
+
+
+@alias.command("delete")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@pass_ctx
+def alias_delete(c: Ctx, name: str, alias_name: str) -> None:
+    """Delete an alias (refused while a trigger uses it)."""
+    doc = api_call(lambda: c.client.call("DELETE", f"/v1/functions/{name}/aliases/{alias_name}"))
+    c.out(doc, lambda: click.echo(f"deleted alias {name}:{alias_name} (was {doc['version']})"))
+
+
+@main.group()
+def version() -> None:
+    """Download or delete one version of a function."""
+
+
+@version.command("code")
+@click.argument("name")
+@click.argument("version_id", metavar="VERSION")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the zip here (default: NAME-VERSION.zip)")
+@pass_ctx
+def version_code(c: Ctx, name: str, version_id: str, output: Path | None) -> None:
+    """Save a version's code (exactly what runs) as a zip."""
+    data = api_call(lambda: c.client.call("GET", f"/v1/functions/{name}/versions/{version_id}/code"))
+    out = output or Path(f"{name}-{version_id}.zip")
+    out.write_bytes(data)
+    c.out({"file": str(out), "bytes": len(data)}, lambda: click.echo(f"wrote {out} ({len(data)} bytes)"))
+
+
+@version.command("delete")
+@click.argument("name")
+@click.argument("version_id", metavar="VERSION")
+@pass_ctx
+def version_delete(c: Ctx, name: str, version_id: str) -> None:
+    """Delete a version (refused while it is the current one, or an alias or trigger uses it)."""
+    doc = api_call(lambda: c.client.call("DELETE", f"/v1/functions/{name}/versions/{version_id}"))
+    c.out(doc, lambda: click.echo(f"deleted version {version_id} of {name}"))
 
 
 @main.group(invoke_without_command=True)
@@ -370,12 +495,15 @@ def triggers_rotate(c: Ctx, name: str) -> None:
 @click.option("--trigger", default=None)
 @click.option("--status", default=None)
 @click.option("--event-id", default=None)
+@click.option("--since", default=None, help="only newer than this: 10m, 2h, 1d or an ISO time")
 @click.option("--limit", default=50, show_default=True)
 @pass_ctx
 def invocations(c: Ctx, function: str | None, trigger: str | None, status: str | None,
-                event_id: str | None, limit: int) -> None:
+                event_id: str | None, since: str | None, limit: int) -> None:
     """Recent invocations, newest first."""
-    query = {"function": function, "trigger": trigger, "status": status, "event_id": event_id, "limit": limit}
+    after = _since(since)
+    query = {"function": function, "trigger": trigger, "status": status, "event_id": event_id, "limit": limit,
+             "from": after.isoformat() if after else None}
     docs = api_call(lambda: c.client.call("GET", "/v1/invocations", query=query))["invocations"]
     c.out(docs, lambda: table(docs, ["invocation_id", "function", "trigger", "status", "attempt",
                                      "duration_ms", "cold_start", "finished_at"]))

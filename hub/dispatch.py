@@ -55,7 +55,7 @@ def new_id() -> str:
 class Target:
     """Where events go: a trigger's function, or a function invoked directly (trigger None)."""
 
-    function: str
+    function: str  # NAME, or NAME:QUALIFIER (an alias, a version, latest): resolved at each call
     trigger: str | None
     retry: RetryPolicy
     batch_size: int = 1  # above 1: the handler gets a hub.batch envelope
@@ -66,6 +66,14 @@ class Target:
     def key(self) -> str:
         # completions and dead letters are keyed per trigger; direct invokes get a pseudo-trigger
         return self.trigger or f"invoke:{self.function}"
+
+    @property
+    def function_name(self) -> str:
+        return self.function.partition(":")[0]
+
+    @property
+    def qualifier(self) -> str:
+        return self.function.partition(":")[2] or "latest"
 
     @property
     def bisect(self) -> bool:
@@ -324,17 +332,21 @@ class Dispatcher:
     async def _invoke(self, target: Target, events: list[Event], invocation_id: str,
                       attempt: int) -> tuple[InvocationReport, str | None]:
         try:
+            # the version the reference resolves to now (a moved alias counts from its next event)
             fn = await self.registry.runtime(target.function)
         except CodeUnavailable as exc:  # this host cannot lay the code out (a full disk, say)
             return InvocationReport(status=Status.failed, error={
                 "type": "CodeUnavailable", "message": str(exc)}), None
         if fn is None:
+            missing = (f"function {target.function_name!r} does not exist" if target.qualifier == "latest" else
+                       f"function {target.function_name!r} has no alias or version {target.qualifier!r} "
+                       f"(or does not exist)")
             return InvocationReport(status=Status.failed, error={
-                "type": "FunctionNotFound", "message": f"function {target.function!r} does not exist"}), None
+                "type": "FunctionNotFound", "message": missing}), None
         payload = (batches.envelope(events, target.source, target.trigger) if target.batch_size > 1
                    else events[0].to_cloudevent())
         ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt)
-        with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function,
+        with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function_name,
                                                      trigger=target.trigger):
             return await self.pool.invoke(fn, payload, ctx), fn.version
 
@@ -347,8 +359,9 @@ class Dispatcher:
         record: dict[str, Any] = {
             "_id": new_id(),
             "request_id": request_id,
-            "function": target.function,
-            "version": version,
+            "function": target.function_name,
+            "version": version,  # what ran
+            "qualifier": target.qualifier,  # what was asked for: latest, an alias or a version
             "trigger": target.trigger,
             "event_id": events[0].id,
             "event_ids": [e.id for e in events],
@@ -371,18 +384,19 @@ class Dispatcher:
         return record
 
     def _observe(self, target: Target, record: dict[str, Any], report: InvocationReport) -> None:
-        counter = self._counters.get((target.function, record["status"]))
+        name = target.function_name
+        counter = self._counters.get((name, record["status"]))
         if counter is None:  # prometheus' labels() takes a lock and builds a key every call
-            counter = self._counters[(target.function, record["status"])] = \
-                self.metrics.invocations.labels(target.function, record["status"])
+            counter = self._counters[(name, record["status"])] = \
+                self.metrics.invocations.labels(name, record["status"])
         counter.inc()
-        histogram = self._histograms.get(target.function)
+        histogram = self._histograms.get(name)
         if histogram is None:
-            histogram = self._histograms[target.function] = self.metrics.duration.labels(target.function)
+            histogram = self._histograms[name] = self.metrics.duration.labels(name)
         histogram.observe(report.duration_ms / 1000)
         if record["status"] == "succeeded" and not log.is_enabled_for(logging.INFO):
             return  # the record is the log; the line is only for who asked for info
-        fields = dict(invocation_id=record["_id"], function=target.function, trigger=target.trigger,
+        fields = dict(invocation_id=record["_id"], function=name, version=record["version"], trigger=target.trigger,
                       status=record["status"], attempt=record["attempt"],
                       duration_ms=round(report.duration_ms, 2), billed_ms=report.billed_ms,
                       max_memory_mb=report.max_memory_mb, cold_start=report.cold_start)
@@ -405,7 +419,8 @@ class Dispatcher:
             attempts = history[e.id]
             last = attempts[-1] if attempts else {}
             ops.append(ReplaceOne({"_id": dead_letter_id(target.key, e.id)}, storable({
-                "_id": dead_letter_id(target.key, e.id), "trigger": target.trigger, "function": target.function,
+                "_id": dead_letter_id(target.key, e.id), "trigger": target.trigger,
+                "function": target.function_name, "qualifier": target.qualifier,
                 "event": e.to_cloudevent(), "attempts": attempts, "last_error": last.get("error"),
                 "last_status": last.get("status"), "created_at": t,
             }), upsert=True))
@@ -419,7 +434,7 @@ class Dispatcher:
             _crash("after_dead_letter")
         self.metrics.dead_letters.labels(target.key).inc(len(events))
         for e in events:
-            log.warning("event dead-lettered", trigger=target.trigger, function=target.function,
+            log.warning("event dead-lettered", trigger=target.trigger, function=target.function_name,
                         event_id=e.id, attempts=len(history[e.id]), dead_letter_id=dead_letter_id(target.key, e.id))
 
     # -- synchronous invoke (the HTTP API) --------------------------------------------------

@@ -18,6 +18,15 @@ from hub import filters
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_MAX = 63
 Name = Annotated[str, Field(pattern=NAME_RE, max_length=NAME_MAX)]
+# Versions and aliases (hub.registry): a version is 16 hex digits of a content hash; "latest" is the
+# head. A trigger names NAME, NAME:ALIAS or NAME:VERSION (NAME:latest is NAME).
+VERSION_RE = r"^[0-9a-f]{16}$"
+LATEST = "latest"
+FUNCTION_REF_RE = NAME_RE[:-1] + "(:" + NAME_RE[1:-1] + ")?$"
+FunctionRef = Annotated[str, Field(
+    pattern=FUNCTION_REF_RE, max_length=2 * NAME_MAX + 1,
+    description="NAME, NAME:ALIAS or NAME:VERSION: events run the version the qualifier points at "
+                "when each one runs (NAME alone, or NAME:latest, is the current version)")]
 
 # Bounds (Lambda's where it has one).
 DESCRIPTION_MAX = 256  # Lambda: 256 characters
@@ -140,6 +149,29 @@ class FunctionSpec(_Strict):
         if sum(_utf8_len(k) + _utf8_len(v) for k, v in env.items()) > ENV_TOTAL_MAX:
             raise ValueError(f"env is larger than {ENV_TOTAL_MAX} bytes in total (Lambda's limit)")
         return env
+
+
+class AliasSpec(_Strict):
+    """``PUT /v1/functions/{name}/aliases/{alias}``: a name for one version (moving it is a rollback)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"version": "3f2a9c0d1b4e5f60",
+                                                               "description": "production"}]})
+
+    version: str = Field(pattern=VERSION_RE, max_length=16, description="an existing version of the function")
+    description: Description = ""
+
+
+def alias_name_problem(alias: str) -> str | None:
+    """Why ``alias`` cannot name an alias (None if it can): the function name pattern, not a
+    version's shape (16 hex digits: NAME:QUALIFIER must be unambiguous), not "latest"."""
+    shown = alias if len(alias) <= 80 else alias[:80] + "..."
+    if not re.fullmatch(NAME_RE, alias):
+        return f"bad alias name {shown!r}: use letters, digits, '_', '-', '.' (max {NAME_MAX})"
+    if alias == LATEST:
+        return "'latest' is reserved: it always means the current version"
+    if re.fullmatch(VERSION_RE, alias):
+        return f"bad alias name {shown!r}: 16 hex digits look like a version"
+    return None
 
 
 class RetryPolicy(_Strict):
@@ -350,7 +382,7 @@ class TriggerSpec(_Strict):
         "retry": {"max_attempts": 5, "backoff_s": 0.5}, "batch": {"size": 10, "window_ms": 100},
     }]})
 
-    function: Name
+    function: FunctionRef
     source: Source
     filter: dict[str, Any] = Field(
         default_factory=dict,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.models import NAME_MAX, NAME_RE, FunctionSpec, TriggerSpec
+from hub.models import NAME_MAX, NAME_RE, VERSION_RE, AliasSpec, FunctionSpec, TriggerSpec
 
 ID_MAX = 256
 QUERY_MAX = 1024  # hub.api.MAX_QUERY_VALUE
@@ -35,6 +35,33 @@ class Error(BaseModel):
 class FunctionVersionRef(_Open):
     version: str
     created_at: dt.datetime
+    code_size: int | None = None
+    handler: str | None = None
+    deps: dict[str, Any] | None = Field(default=None, description="its dependencies, when it has some")
+    latest: bool | None = Field(default=None, description="whether it is the current version")
+    aliases: list[str] | None = Field(default=None, description="the aliases that point at it")
+
+
+class Alias(_Open):
+    name: str = Field(description="the alias (\"latest\" only in GET .../aliases/latest: the current version)")
+    version: str
+    description: str = ""
+    function: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    previous_version: str | None = Field(default=None, description="PUT only: where it pointed before "
+                                                                   "(null: created)")
+
+
+class AliasList(_Open):
+    function: str
+    latest: str = Field(description="the current version (what NAME and NAME:latest run)")
+    aliases: list[Alias]
+
+
+class VersionList(_Open):
+    function: str
+    versions: list[FunctionVersionRef]
 
 
 class Function(_Open):
@@ -52,6 +79,7 @@ class Function(_Open):
     updated_at: dt.datetime
     new_version: bool | None = Field(default=None, description="PUT only: whether this made a new version")
     versions: list[FunctionVersionRef] | None = Field(default=None, description="GET of one function only")
+    aliases: list[Alias] = []
     triggers: list[str] | None = Field(default=None, description="GET of one function only")
 
 
@@ -95,7 +123,8 @@ class Invocation(_Open):
                                     "queued for an async invoke not started yet")
     request_id: str | None = None
     function: str | None = None
-    version: str | None = None
+    version: str | None = Field(default=None, description="the version that ran")
+    qualifier: str | None = Field(default=None, description="what was asked for: latest, an alias or a version")
     trigger: str | None = None
     event_id: str | None = Field(default=None, description="the (first) event this call handled")
     event_ids: list[str] | None = Field(default=None, description="every event this call handled")
@@ -120,7 +149,10 @@ class Invocation(_Open):
 
 
 class InvocationList(_Open):
-    invocations: list[Invocation]
+    invocations: list[Invocation] = Field(description="newest first (started_at, then invocation_id, "
+                                          "descending); stdout/stderr only with include=output")
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= (with the same filters) for "
+                                    "the next page; null on the last page")
 
 
 class Queued(_Open):
@@ -176,7 +208,8 @@ class Readiness(_Open):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    Error, Function, FunctionList, Trigger, TriggerList, Invocation, InvocationList, Queued,
+    Error, Function, FunctionList, Alias, AliasList, VersionList, Trigger, TriggerList, Invocation,
+    InvocationList, Queued,
     DeadLetter, DeadLetterList, Replayed, Deleted, Purged, WebhookReceipt, Health, Readiness, FnError,
 )
 
@@ -218,6 +251,12 @@ def _op(summary: str, ok: dict[str, str], errors: str, body: dict[str, Any] | No
     return op
 
 
+def _with_responses(op: dict[str, Any], responses: dict[str, Any]) -> dict[str, Any]:
+    """``op`` answering ``responses`` too (e.g. a 200 that is not JSON) besides its error codes."""
+    op["responses"] = {**responses, **op["responses"]}
+    return op
+
+
 def _spec_body(model: str) -> dict[str, Any]:
     return {"required": True, "content": _json(model)}
 
@@ -234,9 +273,41 @@ def _text(name: str, description: str = "") -> dict[str, Any]:
 
 
 _NAME = _param("name", "path", {"type": "string", "pattern": NAME_RE, "maxLength": NAME_MAX})
+_VERSION = _param("version", "path", {"type": "string", "pattern": VERSION_RE, "maxLength": 16},
+                  "a version: 16 hex digits")
+_ALIAS = _param("alias", "path", {"type": "string", "pattern": NAME_RE, "maxLength": NAME_MAX},
+                "an alias: the function name pattern, not 16 hex digits; \"latest\" is reserved (GET only)")
 _ID = _param("id", "path", {"type": "string", "minLength": 1, "maxLength": ID_MAX})
 _LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": 100},
                 "at most this many, newest first")
+# Invocation logs (hub.logstream): times are ISO 8601 (a naive one is UTC) or seconds since the epoch.
+_TIME = {"anyOf": [{"type": "string", "format": "date-time", "maxLength": 64},
+                   {"type": "number", "minimum": 0, "maximum": 253402300799}]}
+_STATUS = _text("status", "only these statuses: one, or several separated by commas (failed,timeout,crashed)")
+_INVOCATION_PAGING = [
+    _param("from", "query", _TIME, "only invocations that started at or after this time"),
+    _param("to", "query", _TIME, "only invocations that started before this time"),
+    _param("cursor", "query", {"type": "string", "maxLength": 512, "pattern": "^[A-Za-z0-9_-]+$"},
+           "the next_cursor of the previous page (keep the other parameters the same); an invalid one is a 400"),
+    _param("include", "query", {"type": "string", "enum": ["output"]},
+           "output: add each invocation's stdout and stderr (left out by default)"),
+]
+_LOGS_PARAMS = [
+    _NAME,
+    _param("follow", "query", {"type": "boolean", "default": False},
+           "true: after what exists, keep sending each new invocation as it is recorded, until the client "
+           "disconnects or the hub stops"),
+    _param("since", "query", _TIME, "only invocations that started at or after this time"),
+    _STATUS,
+    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": 100},
+           "at most this many of the existing invocations (the newest), sent oldest first"),
+]
+_LOGS_RESPONSES = {
+    "200": {"description": "JSON lines (chunked): one Invocation (#/components/schemas/Invocation, stdout and "
+                           "stderr included) per line, oldest first; a blank line every 15 s while following "
+                           "(a heartbeat: skip it); a last {\"error\": ...} line if the stream fails after it began",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+}
 
 
 _FN_ERRORS = {
@@ -275,6 +346,15 @@ def _function_urls() -> dict[str, Any]:
                            **ops}}
 
 
+def _code_zip_op() -> dict[str, Any]:
+    """GET .../versions/{version}/code: a zip, not JSON."""
+    op = _op("The version's code as stored (what runs), as a zip", {}, "400 404 503")
+    op["responses"]["200"] = {"description": "application/zip: the stored files byte for byte",
+                              "content": {"application/zip": {"schema": {"type": "string",
+                                                                         "contentMediaType": "application/zip"}}}}
+    return op
+
+
 def openapi_spec() -> dict[str, Any]:
     """The document as a new dict (callers may change it)."""
     return dict(json.loads(openapi_json()))
@@ -289,7 +369,7 @@ def openapi_json() -> str:
 def _build() -> dict[str, Any]:
     ref = "#/components/schemas/{model}"
     schemas: dict[str, Any] = {}
-    models: tuple[type[BaseModel], ...] = (FunctionSpec, TriggerSpec, *RESPONSE_MODELS)
+    models: tuple[type[BaseModel], ...] = (FunctionSpec, TriggerSpec, AliasSpec, *RESPONSE_MODELS)
     for model in models:
         schema = model.model_json_schema(ref_template=ref)
         schemas.update(schema.pop("$defs", {}))
@@ -324,19 +404,53 @@ def _build() -> dict[str, Any]:
             "/v1/functions/{name}": {
                 "parameters": [_NAME],
                 "put": _op("Create or update a function (a new immutable version when anything changed)",
-                           {"200": "Function", "201": "Function"}, "400 413 503", _spec_body("FunctionSpec")),
+                           {"200": "Function", "201": "Function"}, "400 409 413 503", _spec_body("FunctionSpec")),
                 "get": _op("A function with its versions and triggers", {"200": "Function"}, "400 404 503"),
                 "delete": _op("Delete a function (409 while triggers use it)", {"200": "Deleted"},
                               "400 404 409 503"),
             },
             "/v1/functions/{name}/invoke": {
                 "parameters": [_NAME, _param("mode", "query", {"type": "string", "enum": ["sync", "async"],
-                                                               "default": "sync"})],
-                "post": _op("Invoke: sync answers 200 with the invocation; mode=async answers 202 with its id",
+                                                               "default": "sync"}),
+                               _param("version", "query", {"type": "string", "maxLength": QUERY_MAX},
+                                      "run this version (16 hex digits, or latest); not with alias"),
+                               _param("alias", "query", {"type": "string", "maxLength": QUERY_MAX},
+                                      "run the version this alias points at (or latest); not with version")],
+                "post": _op("Invoke: sync answers 200 with the invocation; mode=async answers 202 with its id. "
+                            "404 names an unknown version or alias",
                             {"200": "Invocation", "202": "Queued"}, "400 404 413 503", invoke_body),
             },
+            "/v1/functions/{name}/versions": {
+                "parameters": [_NAME],
+                "get": _op("A function's versions, newest first (each stays invocable)", {"200": "VersionList"},
+                           "400 404 503"),
+            },
+            "/v1/functions/{name}/versions/{version}": {
+                "parameters": [_NAME, _VERSION],
+                "delete": _op("Delete a version; 409 (details: kind latest|alias|trigger, name) while the "
+                              "function's head, an alias or a trigger on NAME:VERSION uses it",
+                              {"200": "Deleted"}, "400 404 409 503"),
+            },
+            "/v1/functions/{name}/versions/{version}/code": {
+                "parameters": [_NAME, _VERSION],
+                "get": _code_zip_op(),
+            },
+            "/v1/functions/{name}/aliases": {
+                "parameters": [_NAME],
+                "get": _op("A function's aliases and its current version", {"200": "AliasList"}, "400 404 503"),
+            },
+            "/v1/functions/{name}/aliases/{alias}": {
+                "parameters": [_NAME, _ALIAS],
+                "get": _op("One alias (latest: the current version)", {"200": "Alias"}, "400 404 503"),
+                "put": _op("Create (201) or move (200) an alias to an existing version: moving it is a rollback, "
+                           "and triggers on NAME:ALIAS run the new version from their next event",
+                           {"200": "Alias", "201": "Alias"}, "400 404 409 413 503", _spec_body("AliasSpec")),
+                "delete": _op("Delete an alias (409 naming the triggers that use it)", {"200": "Deleted"},
+                              "400 404 409 503"),
+            },
             "/v1/triggers": {
-                "parameters": [_text("function", "only the triggers of this function")],
+                "parameters": [_text("function", "only the triggers of this function (NAME: on any qualifier; "
+                                                 "NAME:QUALIFIER: on exactly that)")],
                 "get": _op("List triggers", {"200": "TriggerList"}, "400 503"),
             },
             "/v1/triggers/{name}": {
@@ -354,12 +468,20 @@ def _build() -> dict[str, Any]:
             **_function_urls(),
             "/v1/invocations": {
                 "parameters": [
-                    *(_text(p) for p in ("function", "trigger", "status")),
+                    *(_text(p) for p in ("function", "trigger")),
+                    _STATUS,
                     _text("event_id", "the invocations of one event (all attempts)"),
                     _text("request_id", "the invocations of one request (an async invoke's invocation_id)"),
                     _LIMIT,
+                    *_INVOCATION_PAGING,
                 ],
-                "get": _op("Recent invocations, newest first", {"200": "InvocationList"}, "400 503"),
+                "get": _op("Recent invocations, newest first, a page at a time (next_cursor)",
+                           {"200": "InvocationList"}, "400 503"),
+            },
+            "/v1/functions/{name}/logs": {
+                "parameters": _LOGS_PARAMS,
+                "get": _with_responses(_op("A function's invocations with their output as JSON lines; "
+                                           "follow=true streams new ones", {}, "400 404 503"), _LOGS_RESPONSES),
             },
             "/v1/invocations/{id}": {
                 "parameters": [_ID],

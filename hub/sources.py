@@ -182,7 +182,7 @@ class Sources:
         """How many chunks of one partition may run at once (ordering "key"): the function's
         max_concurrency when the subscription starts (the pool enforces the live value)."""
         try:
-            head = await shielded(self.store.get_function(t.function))
+            head = await shielded(self.store.get_function(t.function.split(":", 1)[0]))
         except Exception:
             head = None
         return int((head or {}).get("max_concurrency") or 4)

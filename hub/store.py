@@ -94,11 +94,13 @@ class Store:
 
     async def init(self) -> None:
         db = self.db
-        await db.invocations.create_index([("function", ASCENDING), ("started_at", DESCENDING)])
-        await db.invocations.create_index([("trigger", ASCENDING), ("started_at", DESCENDING)])
-        await db.invocations.create_index([("status", ASCENDING), ("started_at", DESCENDING)])
+        # Listing pages by (started_at, _id) newest first (hub.logstream): _id ends each index so
+        # the sort and the cursor come from the index, however deep the page.
+        await db.invocations.create_index([("function", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
+        await db.invocations.create_index([("trigger", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
+        await db.invocations.create_index([("status", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
         await db.invocations.create_index([("request_id", ASCENDING)])
-        await db.invocations.create_index([("started_at", DESCENDING)])
+        await db.invocations.create_index([("started_at", DESCENDING), ("_id", DESCENDING)])
         await db.invocations.create_index([("event_ids", ASCENDING)])
         await db.invocations.create_index([("done", ASCENDING)])
         # Records only need to outlive redeliveries (they are the success markers) and a log's
@@ -134,22 +136,62 @@ class Store:
     async def list_functions(self) -> list[dict[str, Any]]:
         return await self.db.functions.find().sort("_id", ASCENDING).to_list(None)
 
-    async def get_version(self, name: str, version: str) -> dict[str, Any] | None:
-        return await self.db.function_versions.find_one({"_id": f"{name}:{version}"})
+    async def get_version(self, name: str, version: str, code: bool = True) -> dict[str, Any] | None:
+        projection = None if code else {"code": 0}
+        return await self.db.function_versions.find_one({"_id": f"{name}:{version}"}, projection)
 
     async def list_versions(self, name: str) -> list[dict[str, Any]]:
         cursor = self.db.function_versions.find({"name": name}, {"code": 0}).sort("created_at", DESCENDING)
         return await cursor.to_list(None)
 
-    async def put_function(self, name: str, version_doc: dict[str, Any], head: dict[str, Any]) -> bool:
-        """Store a version (if new) and point the function at it. Returns True when the version is new."""
-        created = True
+    # Versions and aliases (hub.registry). The head document (functions, _id = name) holds the
+    # current version's config, the aliases and ``rev``, a counter every change of the head or
+    # its aliases bumps: writes are compare-and-set on it, and since hub.watch follows this
+    # collection, every instance drops its cached runtimes of a function on any such change.
+    async def put_version(self, version_doc: dict[str, Any]) -> bool | None:
+        """Store a version if new: True when inserted, False when it was there; None when it was
+        there, marked for deletion, and has just been deleted (the caller inserts it again). A mark
+        found is removed: deploying a version takes it back from a deletion still under way."""
         try:
             await self.db.function_versions.insert_one(version_doc)
+            return True
         except DuplicateKeyError:
-            created = False
-        await self.db.functions.replace_one({"_id": name}, head, upsert=True)
-        return created
+            pass
+        res = await self.db.function_versions.update_one({"_id": version_doc["_id"]}, {"$unset": {"deleting": ""}})
+        return False if res.matched_count else None
+
+    async def replace_head(self, head: dict[str, Any], old: dict[str, Any] | None) -> bool:
+        """Write the head if it is still ``old`` (None: if there is none); False if it changed."""
+        if old is None:
+            try:
+                await self.db.functions.insert_one(head)
+            except DuplicateKeyError:
+                return False
+            return True
+        res = await self.db.functions.replace_one({"_id": head["_id"], "rev": old.get("rev")}, head)
+        return res.matched_count == 1
+
+    async def update_head(self, old: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """Set ``fields`` (and the next rev) on the head if it is still ``old``; False if it changed."""
+        res = await self.db.functions.update_one(
+            {"_id": old["_id"], "rev": old.get("rev")},
+            {"$set": {**fields, "rev": int(old.get("rev") or 0) + 1}})
+        return res.matched_count == 1
+
+    async def mark_version_deleting(self, name: str, version: str, token: str) -> bool:
+        """Claim a version for deletion (False: it is gone, or another deletion holds it)."""
+        res = await self.db.function_versions.update_one(
+            {"_id": f"{name}:{version}", "deleting": {"$exists": False}}, {"$set": {"deleting": token}})
+        return res.matched_count == 1
+
+    async def unmark_version_deleting(self, name: str, version: str, token: str) -> None:
+        await self.db.function_versions.update_one({"_id": f"{name}:{version}", "deleting": token},
+                                                   {"$unset": {"deleting": ""}})
+
+    async def delete_version(self, name: str, version: str, token: str) -> bool:
+        """Delete a version claimed with ``token`` (False: a deploy took it back meanwhile)."""
+        res = await self.db.function_versions.delete_one({"_id": f"{name}:{version}", "deleting": token})
+        return res.deleted_count == 1
 
     async def delete_function(self, name: str) -> bool:
         res = await self.db.functions.delete_one({"_id": name})
@@ -161,7 +203,11 @@ class Store:
         return await self.db.triggers.find_one({"_id": name})
 
     async def list_triggers(self, function: str | None = None) -> list[dict[str, Any]]:
-        query = {"function": function} if function else {}
+        """Every trigger, or those of ``function``: "NAME" gives the triggers on NAME and on any
+        NAME:QUALIFIER; "NAME:QUALIFIER" those on exactly that."""
+        query: dict[str, Any] = {}
+        if function:
+            query = {"$or": [{"function": function}, {"function": {"$regex": f"^{re.escape(function)}:"}}]}
         return await self.db.triggers.find(query).sort("_id", ASCENDING).to_list(None)
 
     async def put_trigger(self, doc: dict[str, Any]) -> None:
@@ -196,12 +242,42 @@ class Store:
             )
         return doc
 
-    async def list_invocations(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    async def list_invocations(self, query: dict[str, Any], limit: int, *, start: dt.datetime | None = None,
+                               end: dt.datetime | None = None, after: tuple[dt.datetime, str] | None = None,
+                               output: bool = False) -> list[dict[str, Any]]:
+        """Records newest first by (started_at, _id): equality filters (a list is any of), started
+        in [start, end), and after the (started_at, _id) key of a previous page's last record
+        (keyset paging, hub.logstream). stdout/stderr only with ``output``."""
         query = dict(query)
         if "event_id" in query:  # any record that handled it, a batch's included
             query["event_ids"] = query.pop("event_id")
-        cursor = self.db.invocations.find(query, {"stdout": 0, "stderr": 0, "event": 0, "done": 0})
-        return await cursor.sort("started_at", DESCENDING).limit(limit).to_list(None)
+        for key, value in list(query.items()):
+            if isinstance(value, list):
+                query[key] = {"$in": value}
+        started: dict[str, Any] = {}
+        if start is not None:
+            started["$gte"] = start
+        if end is not None:
+            started["$lt"] = end
+        if after is not None:
+            at, last_id = after
+            started["$lte"] = at  # the index bound; the tie on started_at is broken by _id
+            query["$or"] = [{"started_at": {"$lt": at}}, {"_id": {"$lt": last_id}}]
+        if started:
+            query["started_at"] = started
+        hidden = {"event": 0, "done": 0} if output else {"stdout": 0, "stderr": 0, "event": 0, "done": 0}
+        cursor = self.db.invocations.find(query, hidden)
+        cursor = cursor.sort([("started_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return await cursor.to_list(None)
+
+    async def watch_invocations(self, function: str, statuses: list[str] | None, max_await_ms: int) -> Any:
+        """A change stream of the records written from now on for ``function`` (hub.logstream);
+        ``try_next`` returns None after ``max_await_ms`` when nothing came."""
+        match: dict[str, Any] = {"operationType": "insert", "fullDocument.function": function}
+        if statuses:
+            match["fullDocument.status"] = {"$in": statuses}
+        pipeline = [{"$match": match}, {"$project": {"fullDocument.event": 0, "fullDocument.done": 0}}]
+        return await self.db.invocations.watch(pipeline, max_await_time_ms=max_await_ms)
 
     # -- dead letters -----------------------------------------------------------------------
     async def put_dead_letter(self, doc: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from connectors import kafka as kafka_source
 from connectors.s3 import S3Server, S3SetupError, ensure_bucket_notifications
 from hub import filters
 from hub.models import TriggerSpec
+from hub.registry import qualifier_problem
 from hub.settings import Settings
 from hub.store import Store, now
 
@@ -89,8 +90,11 @@ class TriggerService:
         self.on_change = on_change
 
     async def put(self, name: str, spec: TriggerSpec) -> tuple[dict[str, Any], bool]:
-        if await self.store.get_function(spec.function) is None:
-            raise TriggerError(400, f"unknown function {spec.function!r}: create it with PUT /v1/functions/{spec.function} first")
+        # NAME, NAME:ALIAS or NAME:VERSION: the function and the qualifier must exist now (each
+        # event then runs what the qualifier points at when it runs)
+        problem = await qualifier_problem(self.store, spec.function)
+        if problem:
+            raise TriggerError(400, problem)
         try:
             filters.validate_pattern(spec.filter)
         except filters.PatternError as exc:

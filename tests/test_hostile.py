@@ -155,11 +155,19 @@ async def test_memory_bomb_at_import(pool: SandboxPool, good: FunctionRuntime,
 
 
 async def test_fork_bomb(pool: SandboxPool, good: FunctionRuntime, tmp_path: Path) -> None:
+    # Each child forks on until the process limit, then lingers (a bomb whose children all exit
+    # at once leaves nothing to count, and the test would race them).
     fn = write_fn(tmp_path, """
-        import os
+        import os, time
+        MAIN = os.getpid()
         def handler(event, context):
             while True:
-                os.fork()
+                try:
+                    os.fork()
+                except BlockingIOError:
+                    if os.getpid() != MAIN:
+                        time.sleep(30)
+                    raise
     """, timeout_s=5.0)
     rep = await pool.invoke(fn, {}, ctx())
     assert rep.status is Status.failed, rep

@@ -1,12 +1,21 @@
-"""The sandboxed worker pool: warm reuse, per-function concurrency, throttling, scale to zero.
+"""The sandboxed worker pool: warm reuse, per-version concurrency, throttling, scale to zero.
 
-Per function (by name) the pool keeps a LIFO stack of idle warm workers of the current version,
-the invocations in flight (never more than ``max_concurrency``) and a bounded FIFO of waiting
-invocations. An invocation takes the most recently used idle worker (warm) or starts one (cold).
-Workers are never shared across versions: when a new version shows up, idle workers of the old
-one are stopped at once and busy ones when they finish. Idle workers are stopped after
-``idle_ttl_s`` (a timer per worker, no polling). A worker that timed out, crashed, ran out of
-memory or spoke out of turn is never reused.
+Per function version (name and version: an alias on v1 and latest on v2 are both live at once)
+the pool keeps a LIFO stack of idle warm workers, the invocations in flight (never more than
+``max_concurrency``, which so applies per version) and a bounded FIFO of waiting invocations. An
+invocation takes the most recently used idle worker (warm) or starts one (cold). Workers are never
+shared across versions.
+
+Which versions are worth keeping warm is the registry's knowledge, not the pool's: each runtime it
+hands over says which versions of the function are *live* (the head and every alias target,
+``live_versions``). When an invocation brings a different live set (a deploy, an alias moved),
+idle workers of versions that left it are stopped at once and busy ones when they finish; a
+version invoked explicitly (``?version=``, a trigger on NAME:VERSION) is kept warm like any other
+until the next such change or its idle timeout. A runtime without ``live_versions`` (a plain
+``FunctionRuntime``) counts only its own version as live, which is the old rule: a new version
+replaces the previous one's idle workers. Idle workers are stopped after ``idle_ttl_s`` (a timer
+per worker, no polling). A worker that timed out, crashed, ran out of memory or spoke out of turn
+is never reused.
 
 Isolation is decided once at :meth:`SandboxPool.start`: ``bwrap`` (see :mod:`hub.sandbox.bwrap`),
 or ``process`` (rlimited plain processes: no filesystem, network or /proc isolation).
@@ -45,9 +54,14 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 @dataclass
-class _Function:
+class _Version:
+    """One version of a function: its workers, concurrency slots and queue."""
+
     name: str
-    version: str | None = None  # None: retired
+    version: str
+    # retired, or no longer live: idle workers were stopped, busy ones stop when they finish,
+    # and the state is forgotten once empty. An invocation of the version makes it wanted again.
+    stale: bool = False
     max_concurrency: int = 1
     idle: list[Worker] = field(default_factory=list)  # LIFO: last is the warmest
     busy: set[Worker] = field(default_factory=set)
@@ -57,6 +71,22 @@ class _Function:
     rejected_total: int = 0  # queue full: returned status throttled
     invocations_total: int = 0
     cold_starts_total: int = 0
+
+
+_COUNTERS = ("throttled_total", "rejected_total", "invocations_total", "cold_starts_total")
+
+
+@dataclass
+class _Function:
+    """A function's versions, and which of them the registry last said are live."""
+
+    name: str
+    versions: dict[str, _Version] = field(default_factory=dict)
+    live: frozenset[str] = frozenset()
+    last_version: str | None = None  # the most recently invoked
+    retired: bool = False
+    # counters of versions already forgotten, so the function's totals never go down
+    past: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
 
 
 class SandboxPool:
@@ -168,7 +198,7 @@ class SandboxPool:
     async def close(self) -> None:
         self._closed = True
         workers: list[Worker] = []
-        for st in self._fns.values():
+        for st in self._versions():
             workers += st.idle + list(st.busy)
             st.idle.clear()
             while st.waiters:  # let them through: each gets a "pool closed" report
@@ -186,16 +216,36 @@ class SandboxPool:
             self._userns = None
 
     async def retire(self, name: str) -> None:
-        """Stop every worker of a function; busy ones stop as soon as their invocation ends."""
-        st = self._fns.get(name)
-        if st is None:
+        """Stop every worker of a function, every version; busy ones stop as soon as their
+        invocation ends."""
+        f = self._fns.get(name)
+        if f is None:
             return
-        st.version = None
-        idle, st.idle = st.idle, []
+        f.retired = True
+        f.live = frozenset()
+        await self._retire(list(f.versions.values()))
+
+    async def retire_version(self, name: str, version: str) -> None:
+        """Stop the workers of one version (deleted); the function's other versions keep theirs."""
+        f = self._fns.get(name)
+        st = f.versions.get(version) if f else None
+        if st is not None:
+            await self._retire([st])
+
+    async def _retire(self, states: list[_Version]) -> None:
+        idle: list[Worker] = []
+        for st in states:
+            st.stale = True
+            idle += st.idle
+            st.idle = []
         for w in idle:
+            if w.idle_handle is not None:
+                w.idle_handle.cancel()
+                w.idle_handle = None
             w.kill()
         await asyncio.gather(*(w.wait_closed() for w in idle), return_exceptions=True)
-        self._maybe_forget(st)
+        for st in states:
+            self._maybe_forget(st)
 
     # ------------------------------------------------------------------ invoke
 
@@ -205,11 +255,17 @@ class SandboxPool:
             await self.start()
         blog = log.bind(function=fn.name, version=fn.version, invocation_id=ctx.invocation_id,
                         trigger=ctx.trigger)
-        st = self._fns.get(fn.name)
+        f = self._fns.get(fn.name)
+        if f is None:
+            f = self._fns[fn.name] = _Function(fn.name)
+        live = getattr(fn, "live_versions", None) or frozenset((fn.version,))
+        if live is not f.live and live != f.live:  # (a cached runtime brings the same set object)
+            self._set_live(f, live)
+        st = f.versions.get(fn.version)
         if st is None:
-            st = self._fns[fn.name] = _Function(fn.name)
-        if st.version != fn.version:
-            self._switch_version(st, fn.version)
+            st = f.versions[fn.version] = _Version(fn.name, fn.version)
+        st.stale = f.retired = False  # wanted (again)
+        f.last_version = fn.version
         st.max_concurrency = max(1, fn.max_concurrency)
         st.invocations_total += 1
 
@@ -220,7 +276,8 @@ class SandboxPool:
                 blog.info("invocation throttled: queue full", queued=len(st.waiters))
                 return InvocationReport(status=Status.throttled, error={
                     "type": "Throttled",
-                    "message": f"function {fn.name} is at max_concurrency={st.max_concurrency} "
+                    "message": f"function {fn.name} (version {fn.version}) is at "
+                               f"max_concurrency={st.max_concurrency} "
                                f"and its queue is full ({self.max_queue} waiting)",
                     "traceback": ""})
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -247,7 +304,7 @@ class SandboxPool:
         finally:
             self._release_slot(st)
 
-    def _release_slot(self, st: _Function) -> None:
+    def _release_slot(self, st: _Version) -> None:
         st.active -= 1
         while st.waiters and st.active < st.max_concurrency:
             fut = st.waiters.popleft()
@@ -256,13 +313,22 @@ class SandboxPool:
                 fut.set_result(None)
         self._maybe_forget(st)
 
-    def _switch_version(self, st: _Function, version: str) -> None:
-        old, st.idle = st.idle, []
-        st.version = version
-        for w in old:
-            self._stop_later(w)
+    def _set_live(self, f: _Function, live: frozenset[str]) -> None:
+        """The function's live versions changed: versions that left the set lose their idle
+        workers now and their busy ones when they finish."""
+        f.live = live
+        for st in list(f.versions.values()):
+            if st.version not in live and not st.stale:
+                st.stale = True
+                old, st.idle = st.idle, []
+                for w in old:
+                    if w.idle_handle is not None:
+                        w.idle_handle.cancel()
+                        w.idle_handle = None
+                    self._stop_later(w)
+                self._maybe_forget(st)
 
-    async def _run(self, st: _Function, fn: FunctionRuntime, event: dict[str, Any],
+    async def _run(self, st: _Version, fn: FunctionRuntime, event: dict[str, Any],
                    ctx: InvokeContext, blog: Any) -> InvocationReport:
         assert self._cfg is not None
         worker = self._take_idle(st, fn.version)
@@ -316,7 +382,7 @@ class SandboxPool:
         if cold:
             report.init_duration_ms = worker.init_ms
         keep = (outcome.kind is Kind.result and report.status in (Status.succeeded, Status.failed)
-                and worker.alive and not self._closed and st.version == fn.version
+                and worker.alive and not self._closed and not st.stale
                 and worker.cpu_s + fn.timeout_s + 2 < self.limits.cpu_budget_for(fn))
         if keep and worker.strays:
             # Lambda freezes an idle sandbox; we cannot, so background processes end with the
@@ -338,7 +404,7 @@ class SandboxPool:
 
     # ------------------------------------------------------------------ workers
 
-    def _take_idle(self, st: _Function, version: str) -> Worker | None:
+    def _take_idle(self, st: _Version, version: str) -> Worker | None:
         while st.idle:
             w = st.idle.pop()
             if w.idle_handle is not None:
@@ -349,18 +415,18 @@ class SandboxPool:
             self._stop_later(w)
         return None
 
-    def _park(self, st: _Function, w: Worker) -> None:
+    def _park(self, st: _Version, w: Worker) -> None:
         st.idle.append(w)
         w.idle_handle = asyncio.get_running_loop().call_later(self.idle_ttl_s, self._reap, st, w)
 
-    def _forget_idle(self, st: _Function, w: Worker) -> None:
+    def _forget_idle(self, st: _Version, w: Worker) -> None:
         """An idle worker died on its own (or was killed): it is no longer warm."""
         if w in st.idle:
             st.idle.remove(w)
             self._stop_later(w)
             self._maybe_forget(st)
 
-    def _reap(self, st: _Function, w: Worker) -> None:
+    def _reap(self, st: _Version, w: Worker) -> None:
         w.idle_handle = None
         if w in st.idle:
             st.idle.remove(w)
@@ -374,10 +440,21 @@ class SandboxPool:
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
-    def _maybe_forget(self, st: _Function) -> None:
-        if (st.version is None and st.active == 0 and not st.idle and not st.busy
-                and not st.waiters and self._fns.get(st.name) is st):
+    def _maybe_forget(self, st: _Version) -> None:
+        """Drop a stale version's state once nothing is left in it (and a retired function's
+        once it has no versions)."""
+        f = self._fns.get(st.name)
+        if (f is None or not st.stale or st.active or st.idle or st.busy or st.waiters
+                or f.versions.get(st.version) is not st):
+            return
+        del f.versions[st.version]
+        for k in _COUNTERS:
+            f.past[k] += getattr(st, k)
+        if f.retired and not f.versions:
             del self._fns[st.name]
+
+    def _versions(self) -> list[_Version]:
+        return [st for f in self._fns.values() for st in f.versions.values()]
 
     # ------------------------------------------------------------------ introspection
 
@@ -385,26 +462,28 @@ class SandboxPool:
         fns: dict[str, Any] = {}
         totals = {"warm": 0, "busy": 0, "queued": 0, "throttled_total": 0, "rejected_total": 0,
                   "invocations_total": 0, "cold_starts_total": 0}
-        for name, st in self._fns.items():
-            row = {
-                "version": st.version,
-                "warm": len(st.idle),
-                "busy": len(st.busy),
-                "queued": len(st.waiters),
-                "throttled_total": st.throttled_total,
-                "rejected_total": st.rejected_total,
-                "invocations_total": st.invocations_total,
-                "cold_starts_total": st.cold_starts_total,
+        for name, f in self._fns.items():
+            versions = {
+                v: {"warm": len(st.idle), "busy": len(st.busy), "queued": len(st.waiters),
+                    "live": v in f.live, **{k: getattr(st, k) for k in _COUNTERS}}
+                for v, st in f.versions.items()
             }
+            # the function's row: every version together; "version" is the one invoked last
+            row: dict[str, Any] = {"version": f.last_version}
+            for k in ("warm", "busy", "queued"):
+                row[k] = sum(vr[k] for vr in versions.values())
+            for k in _COUNTERS:
+                row[k] = f.past[k] + sum(vr[k] for vr in versions.values())
+            row["versions"] = versions
             fns[name] = row
             for k in totals:
-                totals[k] += row[k]  # type: ignore[operator]
+                totals[k] += row[k]
         return {"isolation": self.isolation, "functions": fns, "totals": totals}
 
     def workers(self, name: str | None = None) -> list[Worker]:
         """Live workers (idle and busy), e.g. to measure their memory."""
         out: list[Worker] = []
-        for st in self._fns.values():
+        for st in self._versions():
             if name is None or st.name == name:
                 out += st.idle + list(st.busy)
         return out

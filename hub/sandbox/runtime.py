@@ -415,6 +415,22 @@ def _flush_std() -> None:
             pass
 
 
+def _line_buffered() -> None:
+    """Every complete line reaches the hub's pipe when it is written, not when a buffer fills.
+
+    stdout on a pipe is block-buffered by default, so whatever a handler printed before a
+    timeout, a crash (``os._exit``, a segfault) or the hub's out-of-memory kill died with the
+    process in an 8 KB buffer. Line buffering (what a terminal gets; one write per line) keeps
+    every complete line: the hub drains the pipe after the worker is gone. Only a last line
+    without its newline can still be lost to a kill; on normal ends the runtime flushes anyway.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        except Exception:
+            pass
+
+
 def _event_loop() -> Any:
     global _loop
     if _loop is None:
@@ -539,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     os.closerange(_fd + 1, 65536)
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _function_name = cfg.get("name", "")
+    _line_buffered()
     resource = _apply_limits(cfg.get("limits") or {})
     oom_frame = {"op": "result", "ok": False, "oom": True, "error": {
         "type": "MemoryError",

@@ -6,6 +6,12 @@ That makes "what did the function print during this invocation" exact: the runti
 stdout/stderr *before* it writes its response frame, so when the response arrives, every byte of
 the invocation's output is already in the pipes and one non-blocking drain collects it.
 
+An invocation that ends without a response (timeout, crash, the hub's out-of-memory kill) keeps
+its output too: the runtime line-buffers stdout/stderr (so each printed line is in the pipe as
+soon as it is written, not in a buffer that dies with the process), the pipes are drained right
+before the kill, and again once the process is gone -- a pipe keeps what was written to it after
+its writer died, so ``take_output`` after the exit collects everything up to the last line.
+
 The worker is untrusted: frames are size-checked JSON, anything unexpected is a protocol error
 that ends the worker, and the durations we report are measured here, not taken from the worker.
 """
@@ -225,6 +231,7 @@ class Worker:
         if self.pid is None or self._exited.done():
             self._cleanup()
             return
+        self._drain_all()  # what it printed so far is ours before anything dies (the rest: after)
         victims = descendants(self.pid) if self.cfg.isolation != "bwrap" else []
         try:
             # Our child leads its own session/process group. Under bwrap, killing the monitor
@@ -411,9 +418,7 @@ class Worker:
             out.exit_code = code
 
     def take_output(self) -> tuple[str, str, bool]:
-        for i, fd in enumerate(self._out_fds):
-            if fd >= 0:
-                self._drain(i)
+        self._drain_all()
         out, t1 = self._captures[0].take()
         err, t2 = self._captures[1].take()
         return out, err, t1 or t2
@@ -490,6 +495,11 @@ class Worker:
 
     def _on_output(self, i: int) -> None:
         self._drain(i)
+
+    def _drain_all(self) -> None:
+        for i, fd in enumerate(self._out_fds):
+            if fd >= 0:
+                self._drain(i)
 
     def _drain(self, i: int) -> None:
         fd = self._out_fds[i]
