@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,23 @@ async def api(hub: Hub, http: aiohttp.ClientSession) -> Api:
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@asynccontextmanager
+async def watching_pair(servers: dict[str, Any], tmp_path: Path, db: str) -> AsyncIterator[tuple[Hub, Hub]]:
+    """Two instances on one database whose trigger timer never fires: whatever B learns of A's
+    changes, it learns through the config watch. Yields once B's function cache is on."""
+    a = Hub(make_settings(servers, tmp_path / "a", db, trigger_sync_interval_s=3600))
+    b = Hub(make_settings(servers, tmp_path / "b", db, trigger_sync_interval_s=3600))
+    await a.start()
+    await b.start()
+    try:
+        await eventually(lambda: _value(b.registry.cache_enabled))
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def _value(value: Any) -> Any:
+    return value

@@ -13,7 +13,7 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from hub.app import Hub
-from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
+from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client
 
 
@@ -98,15 +98,8 @@ VERSIONED = "def handler(event, context):\n    return {'version': %r}\n"
 async def test_new_version_through_one_instance_runs_on_the_other_next(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
 ) -> None:
-    db = f"cache_{unique}"
-    # a long sync interval: only the config watch can tell B about the new version
-    a = Hub(make_settings(servers, tmp_path / "a", db, trigger_sync_interval_s=3600))
-    b = Hub(make_settings(servers, tmp_path / "b", db, trigger_sync_interval_s=3600))
-    await a.start()
-    await b.start()
-    try:
+    async with watching_pair(servers, tmp_path, f"cache_{unique}") as (a, b):
         api_a, api_b = Api(http, a.url), Api(http, b.url)
-        await eventually(lambda: _true(b.registry.cache_enabled))
         await api_a.put_function("fn", VERSIONED % "one")
         assert (await api_b.ok("POST", "/v1/functions/fn/invoke", {}))["result"] == {"version": "one"}
         assert "fn" in b.registry._cache  # B now runs it from its cache, without a MongoDB read
@@ -118,9 +111,6 @@ async def test_new_version_through_one_instance_runs_on_the_other_next(
         # and a trigger made through A reaches B's router the same way
         await api_a.put_trigger("t", "fn", {"type": "mongodb", "database": f"app_{unique}", "collection": "c"})
         await eventually(lambda: _true("t" in b.router.triggers), timeout=10)
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def _true(value: bool) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from hub.app import Hub
-from tests.hubfixtures import Api, eventually, make_settings
+from tests.hubfixtures import Api, eventually, watching_pair
 from tests.test_cli import cli
 from tests.test_sources import produce
 
@@ -123,15 +123,8 @@ async def test_trigger_on_an_alias_runs_what_it_points_at_now(hub: Hub, api: Api
 
 async def test_moving_an_alias_reaches_every_instance(servers: dict[str, Any], tmp_path: Path,
                                                       http: aiohttp.ClientSession, unique: str) -> None:
-    db = f"alias_{unique}"
-    # a long sync interval: only the config watch can tell B that the alias moved
-    a = Hub(make_settings(servers, tmp_path / "a", db, trigger_sync_interval_s=3600))
-    b = Hub(make_settings(servers, tmp_path / "b", db, trigger_sync_interval_s=3600))
-    await a.start()
-    await b.start()
-    try:
+    async with watching_pair(servers, tmp_path, f"alias_{unique}") as (a, b):
         api_a, api_b = Api(http, a.url), Api(http, b.url)
-        await eventually(lambda: _true(b.registry.cache_enabled))
         v1, v2 = await two_versions(api_a, "fn")
         await api_a.ok("PUT", "/v1/functions/fn/aliases/prod", {"version": v1})
         assert (await api_b.ok("POST", "/v1/functions/fn/invoke?alias=prod", {}))["version"] == v1
@@ -139,9 +132,6 @@ async def test_moving_an_alias_reaches_every_instance(servers: dict[str, Any], t
         await api_a.ok("PUT", "/v1/functions/fn/aliases/prod", {"version": v2})
         await eventually(lambda: _true("fn" not in b.registry._cache), timeout=10)
         assert (await api_b.ok("POST", "/v1/functions/fn/invoke?alias=prod", {}))["version"] == v2
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def _true(value: bool) -> bool:
