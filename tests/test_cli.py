@@ -178,3 +178,39 @@ async def test_unreachable_hub_exits_3(tmp_path: Path) -> None:
                                                 stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 3 and b"cannot reach the hub" in err
+
+
+async def test_deploy_a_directory_with_a_dependency_and_roll_back_through_an_alias(
+    hub: Hub, api: Api, tmp_path: Path, unique: str
+) -> None:
+    """The workflow end to end: a directory with requirements.txt and a trigger, an alias on the
+    first version, a second deploy, and a rollback by moving the alias."""
+    topic = f"deps-{unique}"
+    d = write_function(tmp_path / f"dep-{unique}",
+                       "import six\n\ndef handler(event, context):\n    return {'six': six.__version__, 'v': 1}\n",
+                       f'[[triggers]]\nsource = {{ type = "kafka", topic = "{topic}" }}\n')
+    (d / "requirements.txt").write_text("six==1.16.0\n")
+    first = await cli(hub, "--json", "deploy", str(d))
+    assert first.exit_code == 0, first.output
+    v1 = json.loads(first.stdout)["version"]
+    assert (await api.ok("GET", f"/v1/functions/dep-{unique}"))["deps"]["packages"]
+    await produce(hub.settings.kafka_bootstrap, topic, [(None, b'{"n": 1}')])
+    (inv,) = await api.wait_invocations(1, trigger=f"dep-{unique}")
+    assert inv["result"] == {"six": "1.16.0", "v": 1}
+    pinned = await cli(hub, "alias", "set", f"dep-{unique}", "prod", v1)
+    assert pinned.exit_code == 0, pinned.output
+    (d / "main.py").write_text("import six\n\ndef handler(event, context):\n    return {'six': six.__version__, 'v': 2}\n")
+    second = await cli(hub, "--json", "deploy", str(d))
+    v2 = json.loads(second.stdout)["version"]
+    assert v2 != v1
+    latest = await cli(hub, "--json", "invoke", f"dep-{unique}")
+    assert json.loads(latest.stdout)["result"]["v"] == 2
+    prod = await cli(hub, "--json", "invoke", f"dep-{unique}", "--alias", "prod")
+    assert json.loads(prod.stdout)["result"]["v"] == 1
+    # roll forward, then back: moving the alias is the whole rollback
+    await cli(hub, "alias", "set", f"dep-{unique}", "prod", v2)
+    assert json.loads((await cli(hub, "--json", "invoke", f"dep-{unique}", "--alias", "prod")).stdout)["result"]["v"] == 2
+    await cli(hub, "alias", "set", f"dep-{unique}", "prod", v1)
+    assert json.loads((await cli(hub, "--json", "invoke", f"dep-{unique}", "--alias", "prod")).stdout)["result"]["v"] == 1
+    old = await cli(hub, "--json", "invoke", f"dep-{unique}", "--version", v1)
+    assert json.loads(old.stdout)["result"]["v"] == 1
