@@ -34,6 +34,11 @@ class Unfinished(Exception):
         self.cause = cause
 
 
+class LeaseLost(Exception):
+    """This instance no longer holds the source's lease: it must stop reading at once (another
+    instance has taken over, and a cursor save carrying our fencing token was refused)."""
+
+
 class Subscription(Protocol):
     state: str  # "starting", "running", "stopped" or "error: <reason>"
     state_since: float  # time.monotonic() of the last state change

@@ -24,7 +24,7 @@ import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from connectors.base import Sink, SupervisedLoop
+from connectors.base import LeaseLost, Sink, SupervisedLoop
 from connectors.lanes import Item, Lane
 from hub.events import Event
 from hub.records import shielded
@@ -78,6 +78,7 @@ class ChangeStreamSubscription(SupervisedLoop):
         lane_capacity: int = 2000,
         max_await_ms: int = 1000,
         shutdown_grace_s: float = 10.0,
+        lease_ok: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(name)
         self.client = client
@@ -98,12 +99,26 @@ class ChangeStreamSubscription(SupervisedLoop):
         # MongoDB is away), then the lane's grace, then its last (bounded) token save
         self.stop_grace_s = shutdown_grace_s + max_await_ms / 1000 + 2 * SAVE_TIMEOUT_S + 5.0
         self.lane: Lane | None = None
+        self.started_from: dict[str, Any] | None = None  # the saved position the stream resumed from
+        # True while this instance's lease on the stream is surely still valid (renewed recently
+        # enough): no chunk starts without it, so a holder that stalled past its lease stops
+        # running events even before its next (fenced) cursor save is refused.
+        self.lease_ok = lease_ok
 
     def progress(self) -> dict[str, object]:
         return self.lane.progress() if self.lane else {}
 
+    def cursor(self) -> dict[str, Any] | None:
+        """The position this reader last saved (resume_token, start_after or
+        start_at_operation_time), or the one it resumed from when it has saved none yet; None
+        before it has loaded one. Read-only, no server call."""
+        acked = self.lane.acked if self.lane is not None else None
+        position = acked if isinstance(acked, dict) else self.started_from
+        return dict(position) if position is not None else None
+
     async def run_once(self) -> None:
         position = await shielded(self.load_position()) or {}
+        self.started_from = position
         kwargs: dict[str, Any] = {"max_await_time_ms": self.max_await_ms}
         if self.full_document != "default":
             kwargs["full_document"] = self.full_document
@@ -123,7 +138,7 @@ class ChangeStreamSubscription(SupervisedLoop):
                 return
             raise
         lane = self.lane = Lane(
-            self.name, self.sink, self._save, batch_size=self.batch_size,
+            self.name, self._fenced_sink, self._save, batch_size=self.batch_size,
             window_s=self.batch_window_s, max_chunk=self.max_chunk, capacity=self.lane_capacity,
         )
         lane.start()
@@ -167,11 +182,28 @@ class ChangeStreamSubscription(SupervisedLoop):
                            {"resume_token": change["_id"], "start_after": None})])
             marked = change["_id"]
 
+    async def _fenced_sink(self, events: list[Event]) -> Any:
+        if self.lease_ok is not None and not self.lease_ok():
+            self._lost("the stream's lease was not renewed in time")
+            raise LeaseLost("lease not renewed in time")
+        return await self.sink(events)
+
     async def _save(self, position: dict[str, Any]) -> None:
         """Save a position: shielded (never cancelled inside the driver) and bounded by
         PyMongo's own timeout, so a stop during an outage does not wait for ever."""
-        with pymongo.timeout(SAVE_TIMEOUT_S):
-            await shielded(self.save_position(position))
+        try:
+            with pymongo.timeout(SAVE_TIMEOUT_S):
+                await shielded(self.save_position(position))
+        except LeaseLost:
+            self._lost("a newer lease holder has moved the cursor")
+            raise
+
+    def _lost(self, why: str) -> None:
+        """Stop for good (the supervisor must not restart us): another instance reads now."""
+        if not self.stopping.is_set():
+            self.log.error("change stream lease lost; this instance stops reading it", reason=why)
+            self.state = "error: lease lost"
+            self.stopping.set()
 
     async def _drained(self, lane: Lane) -> bool:
         """Wait until every change read so far is finished (False: stopping first)."""

@@ -12,12 +12,14 @@ every reconcile; when its holder dies, another instance takes over after the lea
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from connectors.base import Subscription
+from connectors.base import LeaseLost, Subscription
 from connectors.kafka import KafkaSubscription
 from connectors.mongodb import ChangeStreamSubscription
 from hub.events import Event
@@ -45,6 +47,8 @@ class Sources:
         self.held_elsewhere: set[str] = set()  # change streams another instance reads
         self.closed = False
         self._renewer: asyncio.Task[None] | None = None
+        self._tokens: dict[str, int] = {}  # the fencing token each running stream was started under
+        self._lease_until: dict[str, float] = {}  # monotonic: our lease surely valid until then
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_leases(), name="stream-leases")
@@ -59,12 +63,17 @@ class Sources:
                 if not isinstance(sub, ChangeStreamSubscription) or trigger is None:
                     continue
                 try:
-                    held = await shielded(self._hold_lease(trigger))
+                    token = await shielded(self._hold_lease(trigger))
                 except Exception as exc:
                     log.warning("stream lease renewal failed; retrying", trigger=name, error=str(exc))
                     continue
-                if not held and self.running.get(name, (None, None))[1] is sub:
-                    log.warning("stream lease taken by another instance; stopping here", trigger=name)
+                if self.running.get(name, (None, None))[1] is not sub:
+                    continue
+                if token is None or token != self._tokens.get(name) or sub.state == "error: lease lost":
+                    # taken by another instance, or lapsed and taken back (someone may have read
+                    # in between): stop; reconcile starts it again under the new token if ours
+                    log.warning("stream lease lost; stopping here", trigger=name, token=token,
+                                started_under=self._tokens.get(name))
                     await self._stop(name, release=False)
 
     async def reconcile(self) -> None:
@@ -72,12 +81,16 @@ class Sources:
             return
         wanted: dict[str, tuple[str, Trigger]] = {}
         held_elsewhere: set[str] = set()
+        tokens: dict[str, int] = {}
         for t in self.router.triggers.values():
             if t.enabled and t.source_type in ("kafka", "mongodb"):
-                if t.source_type == "mongodb" and not await shielded(self._hold_lease(t)):
-                    held_elsewhere.add(t.name)
-                    continue
-                wanted[t.name] = (self._key(t), t)
+                if t.source_type == "mongodb":
+                    token = await shielded(self._hold_lease(t))
+                    if token is None:
+                        held_elsewhere.add(t.name)
+                        continue
+                    tokens[t.name] = token
+                wanted[t.name] = (self._key(t) + f":{tokens.get(t.name, '')}", t)
         self.held_elsewhere = held_elsewhere
         # a changed source restarts under the lease just renewed; only a drop releases it.
         # Together: each stop may take seconds while its in-flight events finish.
@@ -87,13 +100,24 @@ class Sources:
             if self.closed:
                 return
             if name not in self.running:
+                if name in tokens:
+                    self._tokens[name] = tokens[name]
                 sub = await self._subscription(trigger)
                 await sub.start()
                 self.running[name] = (key, sub)
                 log.info("subscription started", trigger=name, source=trigger.source)
 
-    async def _hold_lease(self, t: Trigger) -> bool:
-        return await self.store.acquire_lease(self._lease_key(t.name), self.owner, self.settings.lease_ttl_s)
+    async def _hold_lease(self, t: Trigger) -> int | None:
+        ttl = self.settings.lease_ttl_s
+        started = time.monotonic()
+        token = await self.store.acquire_lease(self._lease_key(t.name), self.owner, ttl)
+        if token is not None:
+            # valid until started + ttl by MongoDB's clock; keep a margin for clock drift
+            self._lease_until[t.name] = started + ttl * 0.8
+        return token
+
+    def _lease_ok(self, name: str) -> bool:
+        return self._lease_until.get(name, 0.0) > time.monotonic()
 
     @staticmethod
     def _lease_key(name: str) -> str:
@@ -160,8 +184,11 @@ class Sources:
         async def load() -> dict[str, Any] | None:
             return await self.store.get_source_state(state_key)
 
+        token = self._tokens.get(t.name, 0)
+
         async def save(fields: dict[str, Any]) -> None:
-            await self.store.set_source_state(state_key, t.name, fields)
+            if not await self.store.save_position_fenced(state_key, t.name, fields, token):
+                raise LeaseLost(f"the cursor of {t.name} was moved by a newer lease holder")
 
         return ChangeStreamSubscription(
             name=t.name,
@@ -176,6 +203,7 @@ class Sources:
             batch_size=t.batch_size,
             batch_window_s=t.batch_window_s,
             shutdown_grace_s=s.shutdown_grace_s,
+            lease_ok=functools.partial(self._lease_ok, t.name),
         )
 
     async def _parallelism(self, t: Trigger) -> int:

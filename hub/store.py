@@ -25,9 +25,9 @@ from typing import Any
 import bson
 from bson.errors import InvalidDocument, InvalidStringData
 import pymongo
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from hub import driverfix
 
@@ -104,14 +104,30 @@ class Store:
         await db.invocations.create_index([("event_ids", ASCENDING)])
         await db.invocations.create_index([("done", ASCENDING)])
         # Records only need to outlive redeliveries (they are the success markers) and a log's
-        # useful life; without a TTL they would grow forever.
-        await db.invocations.create_index("finished_at", expireAfterSeconds=int(self.completion_ttl_s))
+        # useful life; without a TTL they would grow forever. (Usage outlives them: hub.usage.)
+        await self._ttl_index(db.invocations, "finished_at", max(1, int(self.completion_ttl_s)))
         await db.dead_letters.create_index([("trigger", ASCENDING), ("created_at", DESCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("not_before", ASCENDING), ("created_at", ASCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("lease_until", ASCENDING)])
         await db.inbox.create_index([("owner", ASCENDING), ("state", ASCENDING)])
         await db.inbox.create_index([("request_id", ASCENDING)], sparse=True)
+        # a trigger's queue depth (hub.cursors): s3 items name their triggers, replays and
+        # schedule ticks their trigger
+        await db.inbox.create_index([("triggers", ASCENDING)], sparse=True)
+        await db.inbox.create_index([("trigger", ASCENDING)], sparse=True)
         await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
+
+    @staticmethod
+    async def _ttl_index(coll: Any, field: str, seconds: int) -> None:
+        """A TTL index on ``field``; a changed retention is applied to the existing index
+        (create_index alone refuses an index that differs only in its expiry)."""
+        try:
+            await coll.create_index(field, expireAfterSeconds=seconds)
+        except OperationFailure as exc:
+            if exc.code != 85:  # IndexOptionsConflict
+                raise
+            await coll.database.command({"collMod": coll.name, "index": {
+                "keyPattern": {field: 1}, "expireAfterSeconds": seconds}})
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Close the client, but never hang a shutdown on it (a wedged driver would)."""
@@ -226,6 +242,18 @@ class Store:
         await self.db.source_state.update_one(
             {"_id": key}, {"$set": {**fields, "trigger": trigger, "updated_at": now()}}, upsert=True
         )
+
+    async def save_position_fenced(self, key: str, trigger: str, fields: dict[str, Any], token: int) -> bool:
+        """Move a stream's cursor only for the current lease holder (see ``acquire_lease``);
+        False when a newer holder has written it."""
+        try:
+            res = await self.db.source_state.update_one(
+                {"_id": key, "$or": [{"fence": {"$exists": False}}, {"fence": {"$lte": token}}]},
+                {"$set": {**fields, "trigger": trigger, "fence": token, "updated_at": now()}}, upsert=True,
+            )
+        except DuplicateKeyError:  # it exists, fenced by a newer token
+            return False
+        return res.matched_count == 1 or res.upserted_id is not None
 
     async def advance_tick(self, key: str, trigger: str, epoch: str, tick: dt.datetime) -> None:
         """A schedule's latest queued tick only moves forward (a new epoch starts over)."""
@@ -361,17 +389,25 @@ class Store:
         return await self.db.inbox.count_documents({})
 
     # -- leases (single-reader sources across hub instances) -------------------------------
-    async def acquire_lease(self, key: str, owner: str, ttl_s: float) -> bool:
+    async def acquire_lease(self, key: str, owner: str, ttl_s: float) -> int | None:
+        """Take or renew a lease; its fencing token, or None while someone else holds it.
+
+        The token grows every time the lease changes hands (or lapsed): a holder writes it along
+        with every cursor it saves, and a save carrying an older token than the stored one is
+        refused, so a holder that stalled past its lease cannot move the cursor back."""
         t = now()
+        held = {"$and": [{"$eq": ["$owner", owner]}, {"$gt": ["$until", t]}]}
         try:
-            await self.db.leases.find_one_and_update(
+            doc = await self.db.leases.find_one_and_update(
                 {"_id": key, "$or": [{"owner": owner}, {"until": {"$lt": t}}]},
-                {"$set": {"owner": owner, "until": t + dt.timedelta(seconds=ttl_s)}},
-                upsert=True,
+                [{"$set": {"token": {"$cond": [held, {"$ifNull": ["$token", 1]},
+                                               {"$add": [{"$ifNull": ["$token", 0]}, 1]}]},
+                           "owner": owner, "until": t + dt.timedelta(seconds=ttl_s)}}],
+                upsert=True, return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:  # the lease exists and is someone else's
-            return False
-        return True
+            return None
+        return int(doc["token"]) if doc else None
 
     async def release_lease(self, key: str, owner: str) -> None:
         await self.db.leases.delete_one({"_id": key, "owner": owner})

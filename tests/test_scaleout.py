@@ -4,6 +4,7 @@ a trigger made through one instance works for webhook events arriving at the oth
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections import Counter
 from pathlib import Path
@@ -115,3 +116,47 @@ async def test_new_version_through_one_instance_runs_on_the_other_next(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_holder_that_lost_its_lease_cannot_move_the_cursor(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    """Leases are fences: when another instance has taken a change stream over (a newer fencing
+    token is on the cursor), the former holder's next save is refused and it stops reading."""
+    hub = await _hub(servers, tmp_path, f"fence_{unique}")
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    try:
+        api = Api(http, hub.url)
+        await api.put_function("rec", RECORD)
+        await api.put_trigger("t", "rec", {"type": "mongodb", "database": f"app_{unique}", "collection": "c"})
+        await eventually(lambda: _running(hub, "t"))
+        coll = mongo[f"app_{unique}"]["c"]
+        await coll.insert_one({"n": 0})
+        await api.wait_invocations(1, trigger="t")
+        db = mongo[f"fence_{unique}"]
+        lease = await db.leases.find_one({"_id": "stream:t"})
+        state = await db.source_state.find_one({"trigger": "t"})
+        assert state["fence"] == lease["token"]  # saves carry the holder's token
+        # another instance takes over (a newer token) and saves once
+        newer = lease["token"] + 1
+        await db.leases.update_one({"_id": "stream:t"}, {"$set": {
+            "owner": "other-instance", "token": newer, "until": dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)}})
+        await db.source_state.update_one({"_id": state["_id"]}, {"$set": {"fence": newer, "marker": "new holder"}})
+        await coll.insert_one({"n": 1})  # the former holder reads it, runs it (its local lease
+        # may still look valid) -- but cannot move the cursor, and stops
+
+        async def stopped() -> bool:
+            return "t" not in hub.sources.running
+
+        await eventually(stopped, timeout=30)
+        after = await db.source_state.find_one({"_id": state["_id"]})
+        assert after["fence"] == newer and after["marker"] == "new holder"
+        status, ready = await api.call("GET", "/readyz")
+        assert ready["subscriptions"]["t"]["state"] == "held by other-instance"
+    finally:
+        await hub.stop()
+        await mongo.close()
+
+
+async def _running(hub: Hub, name: str) -> bool:
+    return hub.sources.states().get(name) == "running"
