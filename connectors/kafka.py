@@ -191,6 +191,10 @@ class KafkaSubscription(SupervisedLoop):
         self.consumer: AIOKafkaConsumer | None = None  # the current one, for inspection only
         self.lanes: dict[TopicPartition, Lane] = {}
         self._marks: dict[TopicPartition, int] = {}  # finished offsets not yet committed
+        # For cursor(): the offsets this member last committed, and how far it has read, per
+        # partition it holds (forgotten when a partition goes).
+        self._committed: dict[TopicPartition, int] = {}
+        self._read: dict[TopicPartition, int] = {}
         self._marked = asyncio.Event()
         self._room = asyncio.Event()  # a lane acked something: it may take more now
         self._last_records = time.monotonic()
@@ -201,6 +205,42 @@ class KafkaSubscription(SupervisedLoop):
 
     def progress(self) -> dict[str, object]:
         return {str(tp.partition): lane.progress() for tp, lane in sorted(self.lanes.items())}
+
+    def cursor(self) -> dict[str, Any]:
+        """Where this member stands on the partitions it holds, from what it knows (no broker
+        call, never blocks): ``committed``, the offset it last committed (before its first
+        commit: where it began, the group's committed offset); ``end``, the highest of the last
+        fetch's high watermark and what it has read (Tansu reports high watermarks 1-2 short at
+        times); ``lag`` = end - committed. Partitions other members hold are not listed."""
+        consumer = self.consumer
+        partitions: list[dict[str, Any]] = []
+        assigned: list[TopicPartition] = []
+        if consumer is not None:
+            try:
+                assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            except Exception:  # not subscribed yet, or stopping
+                assigned = []
+        for tp in assigned:
+            highwater = position = None
+            try:
+                assert consumer is not None
+                highwater = consumer.highwater(tp)
+                # aiokafka 0.14 (pinned): the next offset to fetch; before anything was read it is
+                # the group's committed offset
+                state = consumer._subscription.subscription.assignment.state_value(tp)
+                position = state.position if state is not None and state.has_valid_position else None
+            except Exception:  # revoked meanwhile
+                pass
+            read = self._read.get(tp)
+            committed = self._committed.get(tp)
+            if committed is None and read is None:
+                committed = position
+            known = [o for o in (highwater, read, committed) if isinstance(o, int) and o >= 0]
+            end = max(known) if known else None
+            lag = end - committed if end is not None and committed is not None else None
+            partitions.append({"partition": tp.partition, "committed": committed, "end": end, "lag": lag})
+        lags = [p["lag"] for p in partitions if p["lag"] is not None]
+        return {"group": self.group_id, "partitions": partitions, "lag": sum(lags) if lags else None}
 
     async def run_once(self) -> None:
         consumer = self.consumer = AIOKafkaConsumer(
@@ -246,6 +286,9 @@ class KafkaSubscription(SupervisedLoop):
                     continue
                 for tp, msgs in batch.items():
                     self._lane(tp).put([self._item(m) for m in msgs])
+                    if msgs:
+                        self._committed.setdefault(tp, msgs[0].offset)  # where this member began
+                        self._read[tp] = msgs[-1].offset + 1
         finally:
             try:
                 if committer is not None:
@@ -333,10 +376,13 @@ class KafkaSubscription(SupervisedLoop):
             self._marked.set()
             return
         for tp, offset in marks.items():
+            self._committed[tp] = offset
             if self._marks.get(tp) == offset:
                 del self._marks[tp]
 
     async def _close_lanes(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], grace_s: float) -> None:
+        for tp in tps:  # cursor(): another member may move these from now on
+            self._read.pop(tp, None)
         lanes = {tp: self.lanes.pop(tp) for tp in tps if tp in self.lanes}
         if not lanes:
             return
@@ -353,3 +399,5 @@ class KafkaSubscription(SupervisedLoop):
                              partitions=sorted(tp.partition for tp in lanes))
         for tp in lanes:
             self._marks.pop(tp, None)
+        for tp in tps:
+            self._committed.pop(tp, None)

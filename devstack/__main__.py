@@ -2,7 +2,9 @@
 
 Starts real mongod (replica set), Tansu (Kafka protocol) and Ceph RGW (S3 with push
 notifications) with their data under ``.hub/``, then the hub itself (``python -m hub serve``),
-deploys the samples, writes ``.hub/dev.env`` and waits. Ctrl-C (or SIGTERM) stops the hub and
+deploys the samples, writes ``.hub/dev.env`` and waits. ``--instances N`` runs N hubs behind
+HAProxy instead (the proxy on the hub port, the hubs on the N ports above it), the way several
+instances are deployed (compose.yaml). Ctrl-C (or SIGTERM) stops the hub and
 every server; if the hub or a server dies, everything is stopped and the exit code is non-zero.
 
 A second run reuses ``.hub/`` (same tokens, same data) and is up in seconds.
@@ -35,6 +37,7 @@ from devstack.binaries import (
     stop_process,
     wait_until,
 )
+from devstack.haproxy import HAProxy
 from devstack.mongo import MongoServer
 from devstack.rgw import CephRGW
 from devstack.tansu import TansuServer
@@ -71,10 +74,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, env in (("mongo", "MONGO"), ("kafka", "KAFKA"), ("rgw", "RGW"), ("mon", "MON"), ("hub", "HUB")):
         p.add_argument(f"--{name}-port", type=int, default=_env_int(f"HUB_DEV_{env}_PORT", DEFAULT_PORTS[name]),
                        help=f"(env HUB_DEV_{env}_PORT; default {DEFAULT_PORTS[name]})")
+    p.add_argument("--instances", type=int, default=_env_int("HUB_DEV_INSTANCES", 1),
+                   help="hub instances; more than 1 runs them behind HAProxy on the hub port, the "
+                        "instances on the ports above it (env HUB_DEV_INSTANCES; default 1)")
     p.add_argument("--no-hub", action="store_true", help="start the servers only; run the hub yourself")
     p.add_argument("--no-samples", action="store_true", help="do not run python -m samples.deploy")
     p.add_argument("--hub-timeout", type=float, default=60.0, help="seconds to wait for /healthz")
     args = p.parse_args(argv)
+    if not 1 <= args.instances <= 16:
+        p.error("--instances must be between 1 and 16")
     args.data_dir = args.data_dir.resolve()
     args.env_file = (args.env_file or args.data_dir / "dev.env").resolve()
     return args
@@ -144,8 +152,14 @@ class DevStack:
         self.kafka = TansuServer(args.kafka_port, d / "kafka")
         self.rgw = CephRGW(d / "rgw", args.rgw_port, args.mon_port,
                            access_key=self.tokens["s3_access_key"], secret_key=self.tokens["s3_secret_key"])
-        self.hub: subprocess.Popen[bytes] | None = None
-        self.hub_url = f"http://127.0.0.1:{args.hub_port}"
+        self.hubs: list[subprocess.Popen[bytes]] = []
+        self.hub_url = f"http://127.0.0.1:{args.hub_port}"  # the proxy's, with several instances
+        self.proxy = HAProxy(self.instance_ports(), args.hub_port, d / "haproxy") if args.instances > 1 else None
+
+    def instance_ports(self) -> list[int]:
+        if self.args.instances == 1:
+            return [self.args.hub_port]
+        return [self.args.hub_port + n for n in range(1, self.args.instances + 1)]
 
     # -- environment -------------------------------------------------------------------
     def hub_env(self) -> dict[str, str]:
@@ -163,7 +177,16 @@ class DevStack:
             "HUB_DATA_DIR": str(self.args.data_dir / "data"),
             "HUB_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "HUB_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+            # with several instances: the proxy, so the buckets notify it and never one instance
+            **({"HUB_PUBLIC_URL": self.hub_url} if self.proxy else {}),
         }
+
+    def instance_env(self, n: int, port: int) -> dict[str, str]:
+        """Instance n's own settings: its port and data dir (and so its instance id)."""
+        env = self.hub_env()
+        if self.proxy is not None:
+            env.update(HUB_HTTP_PORT=str(port), HUB_DATA_DIR=str(self.args.data_dir / f"data-{n}"))
+        return env
 
     def write_env_file(self) -> None:
         env = {"HUB_URL": self.hub_url, **self.hub_env()}
@@ -174,6 +197,8 @@ class DevStack:
         t0 = time.monotonic()
         if not self.args.no_hub:
             ensure_port_free(self.args.hub_port, "hub")
+            for port in self.instance_ports():
+                ensure_port_free(port, "hub instance")
         log.info("starting mongod on port %s ...", self.args.mongo_port)
         self.mongo.start()
         log.info("starting tansu (Kafka protocol) on port %s ...", self.args.kafka_port)
@@ -191,28 +216,28 @@ class DevStack:
         self.print_summary(time.monotonic() - t0)
 
     def start_hub(self) -> None:
-        (self.args.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.hub_env()}
-        log.info("starting the hub: %s -m hub serve (port %s) ...", sys.executable, self.args.hub_port)
-        # Own session: Ctrl-C reaches only us, and we stop the hub before the servers it uses.
-        self.hub = subprocess.Popen(
-            die_with_parent_prefix() + [sys.executable, "-m", "hub", "serve"],
-            env=env, cwd=self.root, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        hub = self.hub
-
-        def healthy() -> bool:
+        if self.proxy is not None:
+            log.info("starting haproxy on port %s for %s hub instances ...", self.args.hub_port, self.args.instances)
+            self.proxy.start()
+        for n, port in enumerate(self.instance_ports(), 1):
+            env = {**os.environ, **self.instance_env(n, port)}
+            Path(env["HUB_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+            log.info("starting the hub: %s -m hub serve (port %s) ...", sys.executable, port)
+            # Own session: Ctrl-C reaches only us, and we stop the hub before the servers it uses.
+            self.hubs.append(subprocess.Popen(
+                die_with_parent_prefix() + [sys.executable, "-m", "hub", "serve"],
+                env=env, cwd=self.root, stdin=subprocess.DEVNULL, start_new_session=True,
+            ))
+        for hub, port in zip(self.hubs, self.instance_ports()):
+            url = f"http://127.0.0.1:{port}"
             try:
-                with urllib.request.urlopen(self.hub_url + "/healthz", timeout=2) as resp:
-                    return bool(resp.status == 200)
-            except (urllib.error.URLError, OSError):
-                return False
-
-        try:
-            wait_until(healthy, timeout=self.args.hub_timeout, what=f"hub {self.hub_url}/healthz",
-                       proc=hub, interval=0.2)
-        except ServerError as exc:
-            raise ServerError(f"{exc} (the hub's own output is above)") from None
+                wait_until(lambda: _healthy(url), timeout=self.args.hub_timeout, what=f"hub {url}/healthz",
+                           proc=hub, interval=0.2)
+            except ServerError as exc:
+                raise ServerError(f"{exc} (the hub's own output is above)") from None
+        if self.proxy is not None:
+            wait_until(lambda: _healthy(self.hub_url), timeout=30, what=f"haproxy {self.hub_url}/healthz",
+                       proc=self.proxy.proc, log_path=self.proxy.log_path, interval=0.2)
 
     def deploy_samples(self) -> None:
         samples = self.root / "samples"
@@ -236,8 +261,12 @@ class DevStack:
             f"  kafka    {self.kafka.bootstrap}  (tansu pid {self.kafka.pid})",
             f"  s3       {self.rgw.endpoint}  region {self.rgw.region}  (ceph rgw: {rgw_pids})",
         ]
-        if self.hub is not None:
-            lines.append(f"  hub      {self.hub_url}  (pid {self.hub.pid})")
+        if self.proxy is not None:
+            lines.append(f"  hub      {self.hub_url}  (haproxy pid {self.proxy.proc.pid if self.proxy.proc else '?'})")
+            for hub, port in zip(self.hubs, self.instance_ports()):
+                lines.append(f"    instance http://127.0.0.1:{port}  (pid {hub.pid})")
+        elif self.hubs:
+            lines.append(f"  hub      {self.hub_url}  (pid {self.hubs[0].pid})")
         else:
             lines.append(f"  hub      not started (--no-hub); run it with: "
                          f"set -a; . {env_file}; set +a; python -m hub serve")
@@ -251,9 +280,10 @@ class DevStack:
     def supervise(self) -> int:
         """Wait in the foreground; return non-zero as soon as the hub or a server dies."""
         while True:
-            if self.hub is not None and self.hub.poll() is not None:
-                log.error("the hub exited with code %s; stopping everything", self.hub.returncode)
-                return 1
+            for hub in self.hubs:
+                if hub.poll() is not None:
+                    log.error("the hub (pid %s) exited with code %s; stopping everything", hub.pid, hub.returncode)
+                    return 1
             dead = self.dead_server()
             if dead:
                 log.error("%s; stopping everything", dead)
@@ -262,6 +292,7 @@ class DevStack:
 
     def dead_server(self) -> str | None:
         procs = {"mongod": self.mongo.proc, "tansu": self.kafka.proc,
+                 **({"haproxy": self.proxy.proc} if self.proxy is not None and self.hubs else {}),
                  **{f"ceph {k}": v for k, v in self.rgw.procs.items()}}
         for name, proc in procs.items():
             if proc is None or proc.poll() is not None:
@@ -270,16 +301,29 @@ class DevStack:
         return None
 
     def stop(self) -> None:
-        hub, self.hub = self.hub, None
-        if hub is not None:
+        hubs, self.hubs = self.hubs, []
+        for hub in hubs:  # SIGTERM to all first: they hand their work back in parallel
             log.info("stopping the hub (pid %s) ...", hub.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(hub.pid, signal.SIGTERM)
+        for hub in hubs:
             stop_process(hub, timeout=20.0)
+        if self.proxy is not None:
+            self.proxy.stop()
         for name, server in (("ceph rgw", self.rgw), ("tansu", self.kafka), ("mongod", self.mongo)):
             try:
                 server.stop()
             except Exception:  # keep going: the others must stop too
                 log.exception("stopping %s failed", name)
         log.info("all stopped")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _rel(path: Path) -> str:
@@ -289,6 +333,9 @@ def _rel(path: Path) -> str:
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    # a second signal (e.g. from both `timeout` and a shell) must not interrupt the stopping
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _still_stopping)
     raise Stop(signal.Signals(signum).name)
 
 

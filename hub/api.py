@@ -18,6 +18,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,7 +26,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bson.errors import InvalidDocument, InvalidStringData
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import DocumentTooLarge
+from pymongo.errors import DocumentTooLarge, PyMongoError
 
 from connectors.s3_records import (
     NotificationError,
@@ -54,6 +55,7 @@ from hub.registry import CodeError, Conflict, NotFound, is_version, public_funct
 from hub.sandbox.pool import SandboxPool
 from hub.store import unstorable_reason
 from hub.triggers import TriggerError, public_trigger
+from hub.usage import UsageError
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -76,6 +78,9 @@ MAX_URL_BYTES = 8192  # longer URLs get a JSON 414
 MAX_REQUEST_LINE = 64 * 1024  # aiohttp's request-line limit (default 8190): URLs up to it get our 414
 MAX_QUERY_VALUE = 1024
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/sources/s3/events"}
+# Only /v1 needs the token. Also public, outside /v1: the web console's static files, "/" and
+# "/console/{file}" (the page holds no data: its data comes from /v1 with the token the user
+# enters), and /fn/ (http triggers, each with its own token).
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -467,8 +472,9 @@ async def list_triggers(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     docs = await hub.store.list_triggers(function=query_filters(request, ("function",)).get("function"))
     states = hub.sources.states()
+    cursors = await hub.cursors.describe(docs)  # hub.cursors: never waits on Kafka
     return reply({"triggers": [{**public_trigger(d), "state": states.get(d["_id"], "n/a"),
-                                **_schedule_view(hub, d)} for d in docs]})
+                                **_schedule_view(hub, d), "cursor": cursors.get(d["_id"], {})} for d in docs]})
 
 
 async def get_trigger(request: web.Request) -> web.Response:
@@ -477,7 +483,9 @@ async def get_trigger(request: web.Request) -> web.Response:
     doc = await hub.store.get_trigger(name)
     if doc is None:
         raise ApiError(404, f"no trigger {name!r}")
-    return reply({**public_trigger(doc), "state": hub.sources.states().get(name, "n/a"), **_schedule_view(hub, doc)})
+    cursor = (await hub.cursors.describe([doc])).get(name, {})  # hub.cursors: never waits on Kafka
+    return reply({**public_trigger(doc), "state": hub.sources.states().get(name, "n/a"), **_schedule_view(hub, doc),
+                  "cursor": cursor})
 
 
 def _schedule_view(hub: Hub, doc: dict[str, Any]) -> dict[str, Any]:
@@ -636,6 +644,32 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
     return reply({"deleted": count})
 
 
+# -- usage (hub.usage) ----------------------------------------------------------------------
+async def get_usage(request: web.Request) -> web.Response:
+    """Usage over [from, to) (default: the last 24 hours): a function's buckets and totals, or
+    every function's totals; aggregated at write time, so this reads buckets, not records."""
+    hub = request.app[HUB_KEY]
+    given = query_filters(request, ("function", "version", "from", "to", "granularity"))
+    function = given.get("function")
+    if function is not None and not re.fullmatch(NAME_RE, function):
+        raise ApiError(400, "function must be a function name (letters, digits, '_', '-', '.'; max 63)")
+    version = given.get("version")
+    if version is not None:
+        _check_version(version)
+    try:
+        start = parse_time(given["from"], "from") if "from" in given else None
+        end = parse_time(given["to"], "to") if "to" in given else None
+        body = await hub.usage.query(function=function, version=version, start=start, end=end,
+                                     granularity=given.get("granularity", "hour"), now=dt.datetime.now(dt.timezone.utc))
+    except (LogQueryError, UsageError) as exc:
+        raise ApiError(400, str(exc)) from None
+    except PyMongoError as exc:
+        if exc.timeout:
+            raise ApiError(503, "the usage query took too long; ask for a shorter period") from None
+        raise
+    return reply(body)
+
+
 # -- S3 webhook -----------------------------------------------------------------------------
 async def s3_webhook(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
@@ -709,6 +743,38 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=openapi_json(), content_type="application/json")
 
 
+# -- the web console (hub/console: static files, no token; their data comes from /v1) -------
+CONSOLE_DIR = Path(__file__).parent / "console"
+CONSOLE_FILE_RE = re.compile(r"[a-z0-9_-]{1,64}\.(js|css)")
+CONSOLE_TYPES = {"js": "text/javascript", "css": "text/css"}
+CONSOLE_HEADERS = {
+    # nothing but its own files and the hub's API; no inline script, no framing, and a form can
+    # never navigate (the token field must not end up in a URL if the script did not load)
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",  # revalidated (ETag/Last-Modified): a new hub's console applies at once
+}
+
+
+async def console_index(request: web.Request) -> web.StreamResponse:
+    return _console_file("index.html", "text/html")
+
+
+async def console_file(request: web.Request) -> web.StreamResponse:
+    """Only names like app.js / app.css directly in hub/console: no paths, nothing else there."""
+    match = CONSOLE_FILE_RE.fullmatch(request.match_info["file"])
+    if match is None or not (CONSOLE_DIR / match.group(0)).is_file():
+        raise ApiError(404, "no such console file")
+    return _console_file(match.group(0), CONSOLE_TYPES[match.group(1)])
+
+
+def _console_file(name: str, content_type: str) -> web.StreamResponse:
+    headers = {**CONSOLE_HEADERS, "Content-Type": f"{content_type}; charset=utf-8"}
+    return web.FileResponse(CONSOLE_DIR / name, headers=headers)
+
+
 def make_app(hub: Hub) -> web.Application:
     # aiohttp answers a request line over max_line_size with a plain-text 400 from its protocol
     # layer, which has no hook for the body; raising the limit lets URLs up to 64 KB reach the
@@ -743,6 +809,7 @@ def make_app(hub: Hub) -> web.Application:
     r.add_get("/v1/invocations/{id}", get_invocation)
     r.add_get("/v1/functions/{name}/logs", function_logs)
     r.add_get("/v1/dead-letters", list_dead_letters)
+    r.add_get("/v1/usage", get_usage)
     r.add_delete("/v1/dead-letters", purge_dead_letters)
     r.add_get("/v1/dead-letters/{id}", get_dead_letter)
     r.add_post("/v1/dead-letters/{id}/replay", replay_dead_letter)
@@ -752,4 +819,6 @@ def make_app(hub: Hub) -> web.Application:
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     r.add_get("/v1/openapi.json", openapi)
+    r.add_get("/", console_index)  # the web console (no token: the page holds no data)
+    r.add_get("/console/{file}", console_file)
     return app

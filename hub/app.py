@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable
 import uuid
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from connectors.base import Unfinished
 from hub.api import make_app
+from hub.cursors import Cursors
 from hub.dispatch import Chunk, Dispatcher, Target
 from hub.events import Event
 from hub.inbox import Inbox
@@ -33,9 +35,11 @@ from hub.settings import Settings
 from hub.sources import Sources
 from hub.store import Store
 from hub.triggers import TriggerService
+from hub.usage import Usage
 from hub.watch import ConfigWatcher
 
 log = structlog.get_logger("hub.app")
+HEARTBEAT_S = 5.0
 
 
 def make_pool(settings: Settings) -> WorkerPool:
@@ -74,13 +78,16 @@ class Hub:
         self.settings = settings
         self.instance_id = stable_instance_id(settings)
         self.metrics = Metrics()
-        self.store = Store(settings.mongo_url, settings.mongo_db, settings.completion_ttl_s)
+        self.store = Store(settings.mongo_url, settings.mongo_db, settings.invocation_retention_s)
         self.registry = Registry(self.store, settings.data_dir)
         self.pool = pool or make_pool(settings)
         self.router = Router()
-        self.writer = RecordWriter(self.store.db)
+        # usage metering rides the record writer's group commit (hub.usage)
+        self.usage = Usage(self.store.db, self.metrics, settings.usage_retention_s)
+        self.writer = RecordWriter(self.store.db, on_written=self.usage.add)
         self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
-                                     Completions(self.store.db), crash_point=settings.test_crash_point)
+                                     Completions(self.store.db), crash_point=settings.test_crash_point,
+                                     instance=self.instance_id)
         self.inbox = Inbox(
             self.store, self.router, self.dispatcher, self.metrics,
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
@@ -92,10 +99,11 @@ class Hub:
         self.s3_reconciler = S3Reconciler(
             settings, self.store, self.router, self.inbox, self.metrics, owner=self.instance_id)
         self.sources = Sources(settings, self.store, self.router, self.on_source_events, self.instance_id)
+        self.cursors = Cursors(self.store, self.sources)  # trigger cursors and their gauges
         self.scheduler = Scheduler(self.store, self.router, self.inbox)
         self.readiness_checks = Readiness(self)
         self.watcher = ConfigWatcher(self.store.db, self.registry, self.sync_triggers)
-        self.triggers = TriggerService(self.store, settings, self.sync_triggers)
+        self.triggers = TriggerService(self.store, settings, self.sync_triggers, self.instance_id)
         self.web = make_app(self)
         self._runner: web.AppRunner | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -110,6 +118,8 @@ class Hub:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.init()
+        await self.usage.init()
+        self.usage.start()
         self.writer.start()
         self.watcher.start()
         await self.pool.start()
@@ -122,6 +132,7 @@ class Hub:
         self.scheduler.start()
         await self.s3_reconciler.start()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
+        self._repoint = asyncio.create_task(self._repoint_buckets(), name="repoint-buckets")
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
@@ -134,6 +145,8 @@ class Hub:
         if self._runner:
             await self._runner.cleanup()
         self._stopping.set()
+        if getattr(self, "_repoint", None) is not None:
+            await asyncio.wait([self._repoint], timeout=10)
         if self._sync_task:
             # not cancelled: it may be stopping a subscription, which must run to its end
             await asyncio.gather(self._sync_task, return_exceptions=True)
@@ -144,7 +157,12 @@ class Hub:
         await self.scheduler.stop()
         await self.inbox.stop()
         await self.writer.close()
+        await self.usage.close()
         await self.pool.close()
+        try:  # gone at once rather than after its heartbeat ages out (it counts as a live instance)
+            await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id)), 5)
+        except Exception as exc:
+            log.debug("could not remove this instance's heartbeat", error=str(exc))
         await self.store.close()
         log.info("hub stopped", instance=self.instance_id)
 
@@ -160,6 +178,7 @@ class Hub:
         self.scheduler.triggers_changed()
 
     async def _sync_loop(self) -> None:
+        beat = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.settings.trigger_sync_interval_s)
@@ -168,8 +187,22 @@ class Hub:
                 pass
             try:
                 await self.sync_triggers()
+                if time.monotonic() - beat > HEARTBEAT_S:
+                    await self._heartbeat()
+                    beat = time.monotonic()
             except Exception as exc:
                 log.warning("trigger sync failed", error=str(exc))
+
+    async def _heartbeat(self) -> None:
+        """Other instances see this one (an s3 trigger then needs the shared HUB_PUBLIC_URL)."""
+        await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url}))
+
+    async def _repoint_buckets(self) -> None:
+        try:
+            await self._heartbeat()
+            await shielded(self.triggers.repoint_buckets())
+        except Exception as exc:
+            log.warning("re-pointing bucket notifications failed; they keep their old address", error=str(exc))
 
     async def on_source_events(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
         """Sink for kafka/mongodb subscriptions: filter, run the chunk, and hand back the wait
@@ -200,10 +233,8 @@ class Hub:
         return await self.readiness_checks.report()
 
     async def refresh_gauges(self) -> None:
-        try:
-            self.metrics.inbox_depth.set(await self.store.inbox_depth())
-        except Exception:
-            pass
+        # trigger lag, cursor age, inbox depth, dead letters: bounded reads (hub.cursors)
+        await self.cursors.refresh_gauges(self.metrics)
         totals = self.pool.stats().get("totals", {})
         for state in ("warm", "busy", "queued"):
             if state in totals:

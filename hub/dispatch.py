@@ -34,7 +34,7 @@ from hub.metrics import Metrics
 from hub.models import RetryPolicy
 from hub.records import Completions, RecordWriter, completion_key, dead_letter_id, shielded
 from hub.registry import Registry
-from hub.sandbox.base import InvocationReport, InvokeContext, Status, WorkerPool
+from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status, WorkerPool
 from hub.store import Store, now, storable
 
 log = structlog.get_logger("hub.dispatch")
@@ -122,8 +122,10 @@ class Chunk:
 
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, pool: WorkerPool, metrics: Metrics,
-                 writer: RecordWriter, completions: Completions, crash_point: str = "") -> None:
+                 writer: RecordWriter, completions: Completions, crash_point: str = "",
+                 instance: str = "") -> None:
         self.store = store
+        self.instance = instance  # written on every record: which instance ran it
         # A test seam (HUB_TEST_CRASH_POINT): die at once, as kill -9 would, right after an
         # outcome is durable and before the source is acked -- "after_record" (a success's
         # record) or "after_dead_letter" -- so a test can prove the redelivery does not run again.
@@ -300,7 +302,7 @@ class Dispatcher:
 
     async def _attempt(self, target: Target, chunk: Chunk, events: list[Event], request_id: str,
                        attempt: int, throttled: int) -> tuple[dict[str, Any], batches.Split | None]:
-        report, version = await self._invoke(target, events, request_id, attempt)
+        report, fn = await self._invoke(target, events, request_id, attempt)
         if report.status is Status.throttled:
             return {}, None
         is_batch = target.batch_size > 1
@@ -314,7 +316,7 @@ class Dispatcher:
         if report.status in FAILED:
             failed_ids = {e.id for e in events}
         outcome = batches.split(events, failed_ids, target.ordered)
-        record = self._record(target, events, report, version, request_id, attempt, outcome, is_batch)
+        record = self._record(target, events, report, fn, request_id, attempt, outcome, is_batch)
         durable = self.writer.submit(record)
         if outcome.succeeded and self.crash_point == "after_record":
             durable.add_done_callback(_crash_unless_failed)
@@ -330,7 +332,7 @@ class Dispatcher:
         return record, outcome
 
     async def _invoke(self, target: Target, events: list[Event], invocation_id: str,
-                      attempt: int) -> tuple[InvocationReport, str | None]:
+                      attempt: int) -> tuple[InvocationReport, FunctionRuntime | None]:
         try:
             # the version the reference resolves to now (a moved alias counts from its next event)
             fn = await self.registry.runtime(target.function)
@@ -348,9 +350,9 @@ class Dispatcher:
         ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt)
         with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function_name,
                                                      trigger=target.trigger):
-            return await self.pool.invoke(fn, payload, ctx), fn.version
+            return await self.pool.invoke(fn, payload, ctx), fn
 
-    def _record(self, target: Target, events: list[Event], report: InvocationReport, version: str | None,
+    def _record(self, target: Target, events: list[Event], report: InvocationReport, fn: FunctionRuntime | None,
                 request_id: str, attempt: int, outcome: batches.Split, is_batch: bool) -> dict[str, Any]:
         finished_at = now()
         status = report.status.value
@@ -360,7 +362,8 @@ class Dispatcher:
             "_id": new_id(),
             "request_id": request_id,
             "function": target.function_name,
-            "version": version,  # what ran
+            "version": fn.version if fn else None,  # what ran
+            "memory_mb": fn.memory_mb if fn else None,  # its limit: usage (GB-seconds, hub.usage)
             "qualifier": target.qualifier,  # what was asked for: latest, an alias or a version
             "trigger": target.trigger,
             "event_id": events[0].id,
@@ -368,6 +371,7 @@ class Dispatcher:
             "event_source": events[0].source,
             "event_type": events[0].type,
             "attempt": attempt,
+            "instance": self.instance,
             "started_at": finished_at - dt.timedelta(milliseconds=report.duration_ms),
             "finished_at": finished_at,
             **report.to_doc(),
@@ -443,9 +447,9 @@ class Dispatcher:
         """One attempt at one event (sync invoke, http triggers: no retries, the caller sees the
         error). With ``durable`` it returns once the record is in MongoDB; without, the record
         follows in the next group commit (an http answer does not wait for it)."""
-        report, version = await self._invoke(target, [event], invocation_id, attempt)
+        report, fn = await self._invoke(target, [event], invocation_id, attempt)
         outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
-        record = self._record(target, [event], report, version, request_id, attempt, outcome, False)
+        record = self._record(target, [event], report, fn, request_id, attempt, outcome, False)
         record["_id"] = invocation_id
         written = self.writer.submit(record)
         if durable:

@@ -84,7 +84,7 @@ class Inbox:
         *,
         owner: str,
         concurrency: int = 16,
-        lease_s: float = 60.0,
+        lease_s: float = 15.0,
         poll_interval_s: float = 0.5,
         capacity: int = 1000,
         claim_batch: int = 200,
@@ -107,6 +107,7 @@ class Inbox:
         self.reload_triggers = reload_triggers
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._held: dict[Any, _Held] = {}
         self._queues: dict[str, _Queue] = {}
         self._finished: list[Any] = []  # item ids to delete
@@ -161,14 +162,23 @@ class Inbox:
         reclaimed = await self.store.inbox_reclaim(self.owner)
         if reclaimed:
             log.info("inbox: took back the items this instance held before it stopped", items=reclaimed)
+        self._stopping.clear()
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
-            ("inbox-claim", self._claim_loop()), ("inbox-poll", self._poll()),
+            ("inbox-claim", self._claim_loop()), ("inbox-watch", self._watch()), ("inbox-poll", self._poll()),
             ("inbox-renew", self._renew_loop()), ("inbox-delete", self._delete_loop()))]
 
     async def stop(self) -> None:
-        claimer, *others = self._tasks
-        claimer.cancel()
-        await asyncio.wait([claimer])
+        claimer, watcher, *others = self._tasks
+        # by flag, not cancel: both may be inside a driver call (a claim must be routed or
+        # released, never dropped; a change stream must be closed by its own task)
+        self._stopping.set()
+        self._wake.set()
+        self._room.set()
+        await asyncio.wait([claimer, watcher], timeout=self.shutdown_grace_s)
+        for task in (claimer, watcher):
+            if not task.done():
+                task.cancel()
+        await asyncio.wait([claimer, watcher])
         workers = [w for q in self._queues.values() for w in q.workers]
         if workers:
             await asyncio.wait(workers, timeout=self.shutdown_grace_s)
@@ -193,10 +203,16 @@ class Inbox:
             pass  # leases run out by themselves
 
     # -- claiming ---------------------------------------------------------------------------
+    def _can_hold(self) -> int:
+        """Claim only what can start soon -- two chunks' worth per worker, or one whole batch --
+        so that other instances get their share of a burst rather than one instance taking it."""
+        biggest = max((t.batch_size for t in self.router.triggers.values() if t.source_type == "s3"), default=1)
+        return min(self.capacity, max(2 * self.concurrency, biggest))
+
     async def _claim_loop(self) -> None:
         failures = 0
-        while True:
-            room = self.capacity - len(self._held)
+        while not self._stopping.is_set():
+            room = self._can_hold() - len(self._held)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -216,6 +232,27 @@ class Inbox:
                 continue
             for item in items:
                 self._route(item)
+
+    async def _watch(self) -> None:
+        """New items, written by any instance, wake the claimer at once (a change stream on
+        inserts); the poll below is only for retries coming due and expired leases."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                pipeline = [{"$match": {"operationType": "insert"}}]
+                stream = await shielded(self.store.db.inbox.watch(pipeline, max_await_time_ms=1000))
+                async with stream:
+                    delay = 0.5
+                    while stream.alive and not self._stopping.is_set():
+                        if await stream.try_next() is not None:
+                            self._wake.set()
+            except Exception as exc:
+                log.debug("inbox watch interrupted; polling meanwhile", error=str(exc))
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 10.0)
 
     async def _poll(self) -> None:
         """Wake the claimer for items it was not told about (written by other instances,

@@ -40,3 +40,34 @@ class Metrics:
         self.workers = Gauge(
             "hub_workers", "Worker processes by state", ["state"], registry=self.registry
         )
+        # Usage metering (hub.usage): counted when the invocation's record is written.
+        self.billed_ms = Counter(
+            "hub_billed_ms_total", "Billed milliseconds (duration rounded up to 1 ms)", ["function"],
+            registry=self.registry,
+        )
+        self.gb_seconds = Counter(
+            "hub_gb_seconds_total", "GB-seconds: billed seconds x memory_mb / 1024", ["function"],
+            registry=self.registry,
+        )
+        self.usage_write_failures = Counter(
+            "hub_usage_write_failures_total",
+            "Invocations whose usage could not be added to the usage buckets (their records were written)",
+            registry=self.registry,
+        )
+        # Refreshed at scrape time (hub.cursors): what this instance knows of each trigger's cursor.
+        self.trigger_lag = Gauge(
+            "hub_trigger_lag",
+            "Kafka: messages behind (end - committed) on the partitions this instance holds; sum over instances",
+            ["trigger"], registry=self.registry,
+        )
+        self.cursor_age = Gauge(
+            "hub_trigger_cursor_age_seconds",
+            "MongoDB: age of the saved change-stream position (reported by the instance reading it)",
+            ["trigger"], registry=self.registry,
+        )
+        # Not "hub_dead_letters": that name is taken by the counter hub_dead_letters_total.
+        self.dead_letters_stored = Gauge(
+            "hub_dead_letters_stored",
+            "Dead letters stored now, by trigger (\"(invoke)\": direct invokes); the same on every instance",
+            ["trigger"], registry=self.registry,
+        )

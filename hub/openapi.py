@@ -87,6 +87,27 @@ class FunctionList(_Open):
     functions: list[Function]
 
 
+class KafkaCursor(_Open):
+    group: str = Field(description="the trigger's consumer group")
+    partitions: list[dict[str, Any]] = Field(description="the partitions this instance holds: {partition, committed, "
+                                             "end, lag} (end: the highest of the last fetch's high watermark and what "
+                                             "was read; null when not known yet)")
+    lag: int | None = Field(description="sum of the partitions' lag (null: nothing known here)")
+    held_elsewhere: bool = Field(description="the subscription runs here but other instances hold every partition")
+
+
+class StreamCursor(_Open):
+    resume_token_at: dt.datetime | None = Field(description="the cluster time of the saved change-stream position")
+    age_s: float | None = Field(description="how far that is behind now")
+    oplog_window_s: float | None = Field(description="how much history the oplog holds (now minus its first entry)")
+    at_risk: bool | None = Field(description="age_s is at least 80% of oplog_window_s: the position may fall off the oplog")
+    held_elsewhere: bool = Field(description="another instance reads this stream (the position is the stored one)")
+
+
+class QueueCursor(_Open):
+    inbox_depth: int | None = Field(description="s3 and schedule: inbox items queued for (or running on) the trigger")
+
+
 class Trigger(_Open):
     name: str
     function: str
@@ -98,6 +119,10 @@ class Trigger(_Open):
     enabled: bool = True
     description: str = ""
     state: str | None = Field(default=None, description="the subscription's state (GET only)")
+    cursor: KafkaCursor | StreamCursor | QueueCursor | dict[str, Any] | None = Field(
+        default=None, description="GET only: where the source stands, as this instance knows it (kafka: offsets and "
+                                  "lag; mongodb: resume position and its age against the oplog window; s3, schedule: "
+                                  "inbox depth; http: {})")
     token: str | None = Field(default=None, description="http triggers with auth 'token': the token, shown only in "
                               "the PUT that made it and in POST /v1/triggers/{name}/token")
     token_hint: str | None = Field(default=None, description="http triggers with auth 'token': its first characters")
@@ -138,6 +163,7 @@ class Invocation(_Open):
     error: dict[str, Any] | None = None
     duration_ms: float | None = None
     billed_ms: int | None = None
+    memory_mb: int | None = Field(default=None, description="the version's memory limit (for GB-seconds)")
     max_memory_mb: float | None = None
     cold_start: bool | None = None
     init_duration_ms: float | None = None
@@ -153,6 +179,41 @@ class InvocationList(_Open):
                                           "descending); stdout/stderr only with include=output")
     next_cursor: str | None = Field(default=None, description="pass as ?cursor= (with the same filters) for "
                                     "the next page; null on the last page")
+
+
+class UsageFigures(_Open):
+    invocations: int = Field(description="handler calls (every record but throttled ones)")
+    failures: int = Field(description="status failed, timeout, out_of_memory or crashed")
+    partial: int = Field(description="batches whose handler reported failed records (not in failures)")
+    throttles: int = Field(description="requests turned away by a full queue (status throttled)")
+    billed_ms: int
+    gb_seconds: float = Field(description="sum of billed_ms / 1000 x memory_mb / 1024")
+    cold_starts: int
+    avg_ms: float | None = Field(description="mean duration (null: no invocations)")
+    p50_ms: float | None = Field(description="median duration, from a log-spaced histogram (within ~26%)")
+    p99_ms: float | None = Field(description="99th percentile duration, likewise")
+    max_memory_mb: float | None = Field(description="the most memory one invocation used")
+
+
+class UsageBucket(UsageFigures):
+    start: dt.datetime = Field(description="the hour or UTC day the bucket covers")
+
+
+class FunctionUsage(UsageFigures):
+    function: str
+
+
+class UsageReport(_Open):
+    function: str | None = Field(description="the function asked for; null: every function (see functions)")
+    version: str | None = Field(default=None, description="the version asked for, if any")
+    granularity: str = Field(description="hour or day")
+    from_: dt.datetime = Field(alias="from", description="the period's start (floored to the granularity)")
+    to: dt.datetime = Field(description="the period's end (exclusive)")
+    buckets: list[UsageBucket] | None = Field(default=None, description="with function: every bucket of the period, "
+                                              "oldest first, zero-filled")
+    functions: list[FunctionUsage] | None = Field(default=None, description="without function: each function's "
+                                                  "totals over the period, by name")
+    totals: UsageFigures
 
 
 class Queued(_Open):
@@ -209,7 +270,7 @@ class Readiness(_Open):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Error, Function, FunctionList, Alias, AliasList, VersionList, Trigger, TriggerList, Invocation,
-    InvocationList, Queued,
+    InvocationList, Queued, UsageReport,
     DeadLetter, DeadLetterList, Replayed, Deleted, Purged, WebhookReceipt, Health, Readiness, FnError,
 )
 
@@ -505,6 +566,23 @@ def _build() -> dict[str, Any]:
                 "parameters": [_ID],
                 "post": _op("Run the event again", {"202": "Replayed"}, "404 409 503"),
             },
+            "/v1/usage": {
+                "parameters": [
+                    _param("function", "query", {"type": "string", "pattern": NAME_RE, "maxLength": NAME_MAX},
+                           "one function: its buckets over the period and their totals; without: every "
+                           "function's totals"),
+                    _param("version", "query", {"type": "string", "pattern": VERSION_RE, "maxLength": 16},
+                           "only this version of the function (needs function)"),
+                    _param("from", "query", _TIME, "the period's start (default: to minus 24 hours), floored to "
+                                                   "the hour or UTC day"),
+                    _param("to", "query", _TIME, "the period's end, exclusive (default: now); at most 400 days "
+                                                 "after from"),
+                    _param("granularity", "query", {"type": "string", "enum": ["hour", "day"], "default": "hour"}),
+                ],
+                "get": _op("Usage per function: invocations, failures, throttles, billed ms, GB-seconds, cold "
+                           "starts, p50/p99 duration (aggregated when records are written; kept after the "
+                           "records expire)", {"200": "UsageReport"}, "400 503"),
+            },
             "/v1/sources/s3/events": {
                 "parameters": [_param("token", "query", {"type": "string"},
                                       "the webhook token, for servers that cannot send headers (RGW)")],
@@ -523,5 +601,26 @@ def _build() -> dict[str, Any]:
                 "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "414": {"$ref": "#/components/responses/E414"},
             })},
+            **_console_paths(),
+        },
+    }
+
+
+def _console_paths() -> dict[str, Any]:
+    """The web console: static files, no token (its data comes from /v1 with the user's token)."""
+    text = {"type": "string"}
+    return {
+        "/": {"get": _op("The web console (an HTML page; its scripts call /v1 with the token the user enters)",
+                         {}, "", public=True, responses={
+                             "200": {"description": "the console's page", "content": {"text/html": {"schema": text}}},
+                             "414": {"$ref": "#/components/responses/E414"},
+                         })},
+        "/console/{file}": {
+            "parameters": [_param("file", "path", {"type": "string", "pattern": r"^[a-z0-9_-]{1,64}\.(js|css)$"},
+                                  "a script or style sheet of the console, e.g. app.js")],
+            "get": _with_responses(_op("A static file of the web console", {}, "404", public=True), {
+                "200": {"description": "the file", "content": {"text/javascript": {"schema": text},
+                                                               "text/css": {"schema": text}}},
+            }),
         },
     }

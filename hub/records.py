@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -60,9 +60,13 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 class RecordWriter:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], max_batch: int = MAX_BATCH,
+                 on_written: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.coll = db.invocations
         self.max_batch = max_batch
+        # Told the records of each write that landed (usage metering, hub.usage): after the
+        # write, never instead of it; it must not raise, and must not block.
+        self.on_written = on_written
         self._pending: Entries = []
         self._current: Entries = []  # the batch being written (or retried)
         self._retrying = False
@@ -158,6 +162,14 @@ class RecordWriter:
                 fut.set_exception(failed[i])
             else:
                 fut.set_result(None)
+        # -- usage metering (hub.usage): the records that landed in this write, once each --
+        if self.on_written is not None:
+            landed = [doc for i, (doc, _) in enumerate(batch) if i not in failed and i not in retry]
+            if landed:
+                try:
+                    self.on_written(landed)
+                except Exception:
+                    log.exception("usage metering failed for written records", records=len(landed))
         return [batch[i] for i in sorted(retry)]
 
     async def _write_one_by_one(self, batch: Entries) -> dict[int, BaseException]:

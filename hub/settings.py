@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,10 +51,12 @@ class Settings(BaseSettings):
     worker_idle_ttl_s: float = 60.0
     max_queue_per_function: int = 1000
     # Inbox (webhook + async invoke) processing
-    inbox_poll_interval_s: float = 0.5
+    # New items wake the inbox through a change stream; the poll only finds retries coming due
+    # and expired leases.
+    inbox_poll_interval_s: float = 2.0
     # Claims are renewed every third of this while held; another instance takes over a dead
     # instance's items after it. (A restarted instance takes its own back at once.)
-    inbox_lease_s: float = 60.0
+    inbox_lease_s: float = 15.0
     inbox_concurrency: int = 16  # chunks of one trigger (or one function's async invokes) at once
     inbox_capacity: int = 1000  # items one instance holds at once
     # On SIGTERM: how long running invocations may finish before they are cut off (and their
@@ -65,7 +67,15 @@ class Settings(BaseSettings):
     # A change stream is read by one instance at a time, under a lease renewed on every trigger
     # sync; another instance takes over this long after its holder stopped renewing.
     lease_ttl_s: float = 15.0
-    completion_ttl_s: float = 14 * 86400
+    # Invocation records expire this long after they finished (a TTL index). They are also the
+    # success markers of the duplicate check: an event redelivered after that runs again.
+    invocation_retention_s: float = Field(default=14 * 86400, gt=0)
+    # The old name of invocation_retention_s (HUB_COMPLETION_TTL_S), still read: used when
+    # HUB_INVOCATION_RETENTION_S is not set; afterwards it always equals it.
+    completion_ttl_s: float | None = Field(default=None, gt=0)
+    # Usage buckets (hub.usage) outlive the records; 0 keeps them for ever, else they expire this
+    # long after their hour (applies to buckets written from then on).
+    usage_retention_s: float = Field(default=0.0, ge=0)
     # S3 reconciling scan (hub/s3_reconcile.py): lists watched buckets and runs uploads whose
     # notifications were late or lost; 0 disables it (and the webhook's dedup against it).
     s3_reconcile_interval_s: float = Field(default=30.0, ge=0)
@@ -79,6 +89,13 @@ class Settings(BaseSettings):
     # Tests only: "after_record" or "after_dead_letter" makes the hub exit (as kill -9 would)
     # the first time an outcome is durable and not yet acked (see hub.dispatch).
     test_crash_point: Literal["", "after_record", "after_dead_letter"] = ""
+
+    @model_validator(mode="after")
+    def _retention_alias(self) -> Settings:
+        if "invocation_retention_s" not in self.model_fields_set and self.completion_ttl_s is not None:
+            self.invocation_retention_s = self.completion_ttl_s
+        self.completion_ttl_s = self.invocation_retention_s
+        return self
 
     def base_url(self) -> str:
         return self.public_url or f"http://{self.http_host}:{self.http_port}"

@@ -234,6 +234,21 @@ class Store:
         await self.db.source_state.delete_many({"trigger": name})
         return res.deleted_count > 0
 
+    async def set_trigger_fields(self, name: str, fields: dict[str, Any]) -> None:
+        await self.db.triggers.update_one({"_id": name}, {"$set": fields})
+
+    # -- instances --------------------------------------------------------------------------
+    async def heartbeat(self, instance: str, fields: dict[str, Any]) -> None:
+        await self.db.instances.update_one({"_id": instance}, {"$set": {**fields, "last_seen": now()}}, upsert=True)
+
+    async def forget_instance(self, instance: str) -> None:
+        await self.db.instances.delete_one({"_id": instance})
+
+    async def live_instances(self, within_s: float = 30.0) -> list[dict[str, Any]]:
+        """Instances seen within ``within_s`` (every instance writes a heartbeat every few seconds)."""
+        since = now() - dt.timedelta(seconds=within_s)
+        return await self.db.instances.find({"last_seen": {"$gte": since}}).to_list(None)
+
     # -- source progress --------------------------------------------------------------------
     async def get_source_state(self, key: str) -> dict[str, Any] | None:
         return await self.db.source_state.find_one({"_id": key})

@@ -84,8 +84,10 @@ def public_trigger(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class TriggerService:
-    def __init__(self, store: Store, settings: Settings, on_change: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, store: Store, settings: Settings, on_change: Callable[[], Awaitable[None]],
+                 instance_id: str = "") -> None:
         self.store = store
+        self.instance_id = instance_id
         self.settings = settings
         self.on_change = on_change
 
@@ -210,22 +212,59 @@ class TriggerService:
         if source["transport"] != "webhook":
             raise TriggerError(400, "source.transport 'listen' is not supported yet; use 'webhook'")
         s = self.settings
+        if not s.public_url:
+            others = [i for i in await self.store.live_instances() if i["_id"] != self.instance_id]
+            if others:
+                # the bucket would notify this instance only, and stop when it does
+                raise TriggerError(409, f"{len(others) + 1} hub instances are running, but HUB_PUBLIC_URL is not "
+                                        "set: S3 notifications must go to one shared address in front of "
+                                        "them (a proxy or load balancer), never to one instance's own URL")
+            log.warning("s3 trigger notifies this instance's own address; with more than one instance set "
+                        "HUB_PUBLIC_URL to a shared address", url=s.base_url())
         if not s.s3_endpoint:
             return {"configured": False, "reason": "HUB_S3_ENDPOINT is not set: point the bucket's "
                     f"notifications at {self.webhook_url()} yourself"}
+        return await self._point_bucket(source["bucket"])
+
+    async def _point_bucket(self, bucket: str) -> dict[str, Any]:
+        s = self.settings
         server = S3Server(
             endpoint=s.s3_endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
             region=s.s3_region, flavor=s.s3_flavor, minio_webhook_arn=s.s3_minio_webhook_arn,
             persistent=s.s3_rgw_persistent,
         )
         try:
-            return {"configured": True, **await ensure_bucket_notifications(server, source["bucket"], self.webhook_url())}
+            done = await ensure_bucket_notifications(server, bucket, self.webhook_url())
+            return {"configured": True, **done, "push_url": s.base_url()}
         except S3SetupError as exc:
             raise TriggerError(400, str(exc)) from None
         except Exception as exc:  # the S3 server answered something unexpected, or not at all
-            log.warning("setting up bucket notifications failed", bucket=source["bucket"], error=repr(exc))
-            raise TriggerError(503, f"could not set up notifications for bucket {source['bucket']!r}: "
+            log.warning("setting up bucket notifications failed", bucket=bucket, error=repr(exc))
+            raise TriggerError(503, f"could not set up notifications for bucket {bucket!r}: "
                                f"{type(exc).__name__}") from None
+
+    async def repoint_buckets(self) -> int:
+        """Point every s3 trigger's bucket at the current address when it was set up for another
+        (HUB_PUBLIC_URL changed, or it was an instance's own URL); returns how many were moved."""
+        if not self.settings.s3_endpoint or not self.settings.public_url:
+            return 0  # only to a configured shared address: an instance's own one may be unknown yet
+        moved = 0
+        for doc in await self.store.list_triggers():
+            notes = doc.get("notifications") or {}
+            if doc.get("source", {}).get("type") != "s3" or not notes.get("configured"):
+                continue
+            if notes.get("push_url") == self.settings.base_url():
+                continue
+            try:
+                notes = await self._point_bucket(doc["source"]["bucket"])
+            except TriggerError as exc:
+                log.warning("could not re-point a bucket at the hub's address", trigger=doc["_id"], error=exc.message)
+                continue
+            await self.store.set_trigger_fields(doc["_id"], {"notifications": notes})
+            log.info("bucket notifications re-pointed", trigger=doc["_id"], bucket=doc["source"]["bucket"],
+                     url=self.settings.base_url())
+            moved += 1
+        return moved
 
     def webhook_url(self) -> str:
         return f"{self.settings.base_url()}/v1/sources/s3/events?token={self.settings.webhook_token}"

@@ -531,7 +531,9 @@ async def test_fuzz_public_routes(api: Api, unique: str) -> None:
             finally:
                 conn.close()
             statuses[resp.status] += 1
-            shape_route = req["base"] == f"{p}/shape" and len(req["segments"]) == 1
+            # only the shapes function fails (502/504); a path reaches its route also through
+            # segments the server normalizes away ("/shape/0/.", "/shape//0")
+            shape_route = req["base"] == f"{p}/shape"
             assert resp.status < 500 or (resp.status in (502, 504) and shape_route), (req, resp.status, body[:300])
             assert resp.getheader(REQUEST_ID_HEADER), (req["method"], path, headers, resp.status, body[:300])
             for leak in (b"Traceback", b"secret detail", b"/var/task", b'File "'):

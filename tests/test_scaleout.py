@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 from pymongo import AsyncMongoClient
 
+from devstack import free_port
 from hub.app import Hub
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client
@@ -76,6 +78,7 @@ async def test_webhook_at_another_instance_sees_a_new_trigger(
     b = Hub(make_settings(servers, tmp_path / "b", db, trigger_sync_interval_s=3600))
     await a.start()
     await b.start()
+    a.settings.public_url = a.url  # several instances: s3 triggers need a shared address
     try:
         bucket = f"late-{unique}"
         await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
@@ -160,3 +163,78 @@ async def test_a_holder_that_lost_its_lease_cannot_move_the_cursor(
 
 async def _running(hub: Hub, name: str) -> bool:
     return hub.sources.states().get(name) == "running"
+
+
+async def test_an_s3_trigger_needs_the_shared_address_once_several_instances_run(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    """Without HUB_PUBLIC_URL the bucket would notify whichever instance served the PUT, and
+    stop when it does: with another instance alive, the PUT is refused and says why."""
+    db = f"shared_{unique}"
+    bucket = f"shared-{unique}"
+    await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
+    a = await _hub(servers, tmp_path / "a", db)
+    b = await _hub(servers, tmp_path / "b", db)
+    running = [a, b]
+    try:
+        api = Api(http, a.url)
+        await api.put_function("rec", RECORD)
+        status, body = await api.call("PUT", "/v1/triggers/s3", {"function": "rec", "source": {"type": "s3", "bucket": bucket}})
+        assert status == 409, body
+        assert "HUB_PUBLIC_URL" in body["error"] and "2 hub instances" in body["error"], body
+        assert await a.store.get_trigger("s3") is None  # nothing half-made
+        running.remove(b)
+        await b.stop()  # a graceful stop removes B from the live instances at once
+        hubs_left = [i["_id"] for i in await a.store.live_instances()]
+        assert hubs_left == [a.instance_id], hubs_left
+        a.settings.public_url = a.url  # alone again (a real deployment sets the shared address)
+        trig = await api.put_trigger("s3", "rec", {"type": "s3", "bucket": bucket})
+        assert trig["notifications"]["configured"] is True, trig
+    finally:
+        for h in running:
+            await h.stop()
+
+
+async def test_bucket_notifications_follow_a_changed_public_url(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    """A hub started with another HUB_PUBLIC_URL than the buckets were pointed at re-points them,
+    so uploads reach the new address (here: the first hub is gone, a second one has a new port)."""
+    db = f"repoint_{unique}"
+    bucket = f"repoint-{unique}"
+    s3 = minio_client(servers["rgw"])
+    await asyncio.to_thread(s3.make_bucket, bucket)
+
+    def settings(name: str) -> Any:
+        port = free_port()
+        return make_settings(servers, tmp_path / name, db, http_port=port, public_url=f"http://127.0.0.1:{port}")
+
+    first = Hub(settings("first"))
+    await first.start()
+    stopped = False
+    second: Hub | None = None
+    try:
+        api = Api(http, first.url)
+        await api.put_function("rec", RECORD)
+        trig = await api.put_trigger("s3", "rec", {"type": "s3", "bucket": bucket})
+        assert trig["notifications"]["push_url"] == first.url, trig
+        stopped = True
+        await first.stop()
+        second = Hub(settings("second"))
+        await second.start()
+
+        async def repointed() -> dict[str, Any] | None:
+            doc = await second.store.get_trigger("s3")  # type: ignore[union-attr]
+            notes = (doc or {}).get("notifications") or {}
+            return notes if notes.get("push_url") == second.url else None  # type: ignore[union-attr]
+
+        notes = await eventually(repointed, timeout=30)
+        assert notes["configured"] is True, notes
+        await asyncio.to_thread(s3.put_object, bucket, "after-the-move.txt", io.BytesIO(b"x"), 1)
+        (inv,) = await Api(http, second.url).wait_invocations(1, trigger="s3")
+        assert inv["status"] == "succeeded" and inv["result"]["data"]["key"] == "after-the-move.txt", inv
+    finally:
+        if second is not None:
+            await second.stop()
+        if not stopped:
+            await first.stop()

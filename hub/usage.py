@@ -1,0 +1,404 @@
+"""Usage metering: what each function used, per hour, kept in MongoDB apart from the records.
+
+Invocation records expire (``HUB_INVOCATION_RETENTION_S``); usage must not. So every record that
+lands is also folded into a bucket document of the ``usage`` collection, one per
+(function, version, hour of ``started_at``), with ``$inc``:
+
+    {_id: "NAME|VERSION|2025-05-01T12", function, version (null: no version ran), hour,
+     invocations, failures, partial, throttles, cold_starts, billed_ms, mb_ms, duration_ms,
+     duration_min_ms, duration_max_ms, max_memory_mb, h: {b0: n, b1: n, ...}, expire_at?}
+
+- ``invocations``: handler calls (every record except ``throttled``, as Lambda's Invocations
+  metric); ``failures``: failed, timeout, out_of_memory, crashed; ``partial``: batches whose
+  handler reported failed records (the call succeeded; counted apart, not as failures);
+  ``throttles``: records with status throttled (sync invokes and function URLs turned away by a
+  full queue; events from sources wait and retry instead, without a record).
+- ``mb_ms`` = billed_ms x memory_mb, an exact integer; the API answers
+  ``gb_seconds`` = mb_ms / 1024 / 1000 (billed seconds x GB, Lambda's GB-seconds).
+- ``h`` is a fixed, log-spaced duration histogram (:data:`EDGES_MS`: bucket 0 below 1 ms, then ten
+  per decade up to 1,000,000 ms, then one above), so p50/p99 of any period are computed at query
+  time from summed counts, within one bucket (~26 %) and clamped to the period's min and max.
+
+How it rides the group commit: :class:`hub.records.RecordWriter` calls :meth:`Usage.add` with the
+records of each ``insert_many`` that landed (never before: a record that fails to be written is
+not usage). ``add`` merges them into pending increments in memory and wakes one flusher task,
+which writes everything pending with one unordered ``bulk_write`` of upserts while the writer
+goes on with the next batch: records never wait for usage, and a busy hub makes at most one
+usage write per record batch (fewer when batches come faster than usage writes). A failed usage
+write does not fail anything: it is logged and counted (``hub_usage_write_failures_total``, in
+records) and those increments are dropped rather than retried, because a ``$inc`` retried after
+an ambiguous failure could count twice (the driver's own retryable-write retry is exactly-once).
+
+Days are the sums of their 24 hour buckets (UTC) at query time. Buckets do not expire unless
+``HUB_USAGE_RETENTION_S`` is set (> 0): then each carries ``expire_at`` = hour + retention, under
+a TTL index (a changed retention applies to buckets written from then on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymongo
+import structlog
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+from hub.metrics import Metrics
+from hub.records import shielded
+
+log = structlog.get_logger("hub.usage")
+
+FAILURES = frozenset({"failed", "timeout", "out_of_memory", "crashed"})
+HOUR = dt.timedelta(hours=1)
+DAY = dt.timedelta(days=1)
+MAX_RANGE = dt.timedelta(days=400)  # hourly, at most 9,600 buckets
+MAX_BUCKETS = 10_000
+WRITE_TIMEOUT_S = 10.0
+QUERY_TIMEOUT_S = 10.0
+# Histogram: bucket 0 is [0, 1 ms); bucket k (1..60) is [10^((k-1)/10), 10^(k/10)) ms; bucket 61
+# is 1,000,000 ms (16.7 min, beyond the longest timeout) and above.
+PER_DECADE = 10
+TOP = 6 * PER_DECADE + 1
+EDGES_MS = [10 ** (k / PER_DECADE) for k in range(TOP)]  # upper edge of bucket k (k < TOP)
+COUNT_FIELDS = ("invocations", "failures", "partial", "throttles", "cold_starts", "billed_ms", "mb_ms")
+
+
+def hist_bucket(duration_ms: float) -> int:
+    if not duration_ms >= 1.0:  # NaN too
+        return 0
+    return min(TOP, int(math.floor(math.log10(duration_ms) * PER_DECADE)) + 1)
+
+
+def percentile(hist: dict[int, int], q: float, lo: float | None, hi: float | None) -> float | None:
+    """The q-quantile (nearest rank) of a histogram, interpolated log-linearly inside its bucket
+    and clamped to the observed [lo, hi]."""
+    n = sum(hist.values())
+    if n <= 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    value = 0.0
+    for b in sorted(hist):
+        count = hist[b]
+        if count <= 0:
+            continue
+        if seen + count >= rank:
+            f = (rank - seen) / count
+            if b == 0:
+                value = f * 1.0
+            else:
+                low = EDGES_MS[b - 1]
+                high = EDGES_MS[b] if b < TOP else max(hi or low, low)
+                value = low * (high / low) ** f
+            break
+        seen += count
+    value = round(value, 3)
+    if lo is not None:
+        value = max(value, lo)
+    if hi is not None:
+        value = min(value, hi)
+    return value
+
+
+def hour_of(t: dt.datetime) -> dt.datetime:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def day_of(t: dt.datetime) -> dt.datetime:
+    return hour_of(t).replace(hour=0)
+
+
+@dataclass
+class _Bucket:
+    inc: dict[str, float] = field(default_factory=dict)
+    duration_min: float | None = None
+    duration_max: float | None = None
+    max_memory: float | None = None
+
+    def add(self, key: str, amount: float) -> None:
+        self.inc[key] = self.inc.get(key, 0) + amount
+
+
+class UsageError(ValueError):
+    """A usage query that cannot be answered as asked (the API answers 400 with this)."""
+
+
+class Usage:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], metrics: Metrics, retention_s: float = 0.0) -> None:
+        self.coll = db.usage
+        self.metrics = metrics
+        self.retention_s = retention_s
+        self._pending: dict[tuple[str, str | None, dt.datetime], _Bucket] = {}
+        self._pending_records = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._children: dict[str, tuple[Any, Any]] = {}
+        self.writes = 0  # bulk_write calls, for tests
+
+    async def init(self) -> None:
+        await self.coll.create_index([("function", pymongo.ASCENDING), ("hour", pymongo.ASCENDING)])
+        await self.coll.create_index([("hour", pymongo.ASCENDING)])
+        await self.coll.create_index("expire_at", expireAfterSeconds=0, sparse=True)
+
+    # -- feeding (called by the record writer with what landed) -----------------------------
+    def add(self, records: Iterable[dict[str, Any]]) -> None:
+        count = 0
+        billing: dict[str, list[float]] = {}  # function -> [billed ms, GB-seconds], for the counters
+        for rec in records:
+            function = rec.get("function")
+            started = rec.get("started_at") or rec.get("finished_at")
+            if not isinstance(function, str) or not isinstance(started, dt.datetime):
+                continue
+            count += 1
+            version = rec.get("version")
+            key = (function, version if isinstance(version, str) else None, hour_of(started))
+            bucket = self._pending.get(key)
+            if bucket is None:
+                bucket = self._pending[key] = _Bucket()
+            status = rec.get("status")
+            billed = _int(rec.get("billed_ms"))
+            memory = _int(rec.get("memory_mb"))
+            if status == "throttled":
+                bucket.add("throttles", 1)
+            else:
+                bucket.add("invocations", 1)
+                if status in FAILURES:
+                    bucket.add("failures", 1)
+                elif status == "partial":
+                    bucket.add("partial", 1)
+                if rec.get("cold_start"):
+                    bucket.add("cold_starts", 1)
+                duration = _float(rec.get("duration_ms"))
+                bucket.add("duration_ms", duration)
+                bucket.add(f"h.b{hist_bucket(duration)}", 1)
+                bucket.duration_min = duration if bucket.duration_min is None else min(bucket.duration_min, duration)
+                bucket.duration_max = duration if bucket.duration_max is None else max(bucket.duration_max, duration)
+                used = rec.get("max_memory_mb")
+                if isinstance(used, (int, float)) and not isinstance(used, bool) and math.isfinite(used):
+                    bucket.max_memory = used if bucket.max_memory is None else max(bucket.max_memory, used)
+            if billed:
+                bucket.add("billed_ms", billed)
+                bill = billing.get(function)
+                if bill is None:
+                    bill = billing[function] = [0, 0.0]
+                bill[0] += billed
+                if memory:
+                    bucket.add("mb_ms", billed * memory)
+                    bill[1] += billed / 1000 * memory / 1024
+        for function, (billed_ms, gb_seconds) in billing.items():
+            self._observe(function, billed_ms, gb_seconds)
+        if count:
+            self._pending_records += count
+            self._wake.set()
+
+    def _observe(self, function: str, billed_ms: float, gb_seconds: float) -> None:
+        children = self._children.get(function)
+        if children is None:  # labels() takes a lock and builds a key every call
+            children = self._children[function] = (self.metrics.billed_ms.labels(function),
+                                                   self.metrics.gb_seconds.labels(function))
+        children[0].inc(billed_ms)
+        children[1].inc(gb_seconds)
+
+    # -- the flusher ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Write what is pending (for up to ``timeout``), then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=timeout)
+            if not self._task.done():
+                self._task.cancel()  # never inside the driver: the write is shielded
+                await asyncio.wait([self._task])
+        if self._pending_records:
+            self._lost(self._pending_records, "the hub stopped before usage was written")
+            self._pending, self._pending_records = {}, 0
+
+    async def flush(self) -> None:
+        """Write what is pending now (tests; the flusher does the same on its own)."""
+        if self._pending:
+            await self._flush()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pending, records = self._pending, self._pending_records
+        self._pending, self._pending_records = {}, 0
+        ops = [self._op(key, bucket) for key, bucket in pending.items()]
+        try:
+            self.writes += 1
+            with pymongo.timeout(WRITE_TIMEOUT_S):
+                await shielded(self.coll.bulk_write(ops, ordered=False))
+        except asyncio.CancelledError:
+            self._lost(records, "cancelled")
+            raise
+        except Exception as exc:
+            self._lost(records, f"{type(exc).__name__}: {exc}")
+
+    def _lost(self, records: int, why: str) -> None:
+        self.metrics.usage_write_failures.inc(records)
+        log.warning("usage not recorded for some invocations (their records are written)", records=records,
+                    error=why)
+
+    def _op(self, key: tuple[str, str | None, dt.datetime], bucket: _Bucket) -> UpdateOne:
+        function, version, hour = key
+        update: dict[str, Any] = {
+            "$inc": bucket.inc,
+            "$setOnInsert": {"function": function, "version": version, "hour": hour},
+        }
+        if bucket.duration_min is not None:
+            update["$min"] = {"duration_min_ms": bucket.duration_min}
+        highs: dict[str, Any] = {}
+        if bucket.duration_max is not None:
+            highs["duration_max_ms"] = bucket.duration_max
+        if bucket.max_memory is not None:
+            highs["max_memory_mb"] = bucket.max_memory
+        if self.retention_s > 0:
+            highs["expire_at"] = hour + dt.timedelta(seconds=self.retention_s)
+        if highs:
+            update["$max"] = highs
+        return UpdateOne({"_id": bucket_id(function, version, hour)}, update, upsert=True)
+
+    # -- queries ----------------------------------------------------------------------------
+    async def query(self, *, function: str | None, version: str | None, start: dt.datetime | None,
+                    end: dt.datetime | None, granularity: str, now: dt.datetime) -> dict[str, Any]:
+        """``GET /v1/usage``: with ``function``, its zero-filled buckets over [from, to) and their
+        totals; without, each function's totals over the period (and the sum of all)."""
+        if granularity not in ("hour", "day"):
+            raise UsageError("granularity must be 'hour' or 'day'")
+        if version is not None and function is None:
+            raise UsageError("version needs function")
+        step = HOUR if granularity == "hour" else DAY
+        floor = hour_of if granularity == "hour" else day_of
+        try:
+            end = end or now
+            start = floor(start or end - DAY)
+        except OverflowError:
+            raise UsageError("from/to out of range") from None
+        if start > end:
+            raise UsageError("from is after to: the period is [from, to)")
+        if end - start > MAX_RANGE:
+            raise UsageError(f"the period is longer than {MAX_RANGE.days} days")
+        starts = _starts(start, end, step)
+        if len(starts) > MAX_BUCKETS:
+            raise UsageError(f"more than {MAX_BUCKETS} buckets")
+        match: dict[str, Any] = {"hour": {"$gte": start, "$lt": end}}
+        common = {"granularity": granularity, "from": start, "to": end}
+        if function is None:
+            groups = await self._aggregate(match, "$function")
+            functions = [{"function": name, **_view(g)} for name, g in sorted(groups.items())]
+            return {"function": None, **common, "functions": functions,
+                    "totals": _view(_merge(groups.values()))}
+        match["function"] = function
+        if version is not None:
+            match["version"] = version
+        hours = await self._aggregate(match, "$hour")
+        per: dict[dt.datetime, list[dict[str, Any]]] = {}
+        for hour, g in hours.items():
+            per.setdefault(floor(hour), []).append(g)
+        buckets = [{"start": s, **_view(_merge(per.get(s, [])))} for s in starts]
+        out = {"function": function, **common, "buckets": buckets, "totals": _view(_merge(hours.values()))}
+        if version is not None:
+            out["version"] = version
+        return out
+
+    async def _aggregate(self, match: dict[str, Any], by: str) -> dict[Any, dict[str, Any]]:
+        group: dict[str, Any] = {"_id": by}
+        for name in (*COUNT_FIELDS, "duration_ms"):
+            group[name] = {"$sum": f"${name}"}
+        for b in range(TOP + 1):
+            group[f"h{b}"] = {"$sum": f"$h.b{b}"}
+        group["duration_min_ms"] = {"$min": "$duration_min_ms"}
+        group["duration_max_ms"] = {"$max": "$duration_max_ms"}
+        group["max_memory_mb"] = {"$max": "$max_memory_mb"}
+
+        async def run() -> list[dict[str, Any]]:
+            cursor = await self.coll.aggregate([{"$match": match}, {"$group": group}])
+            return list(await cursor.to_list(None))
+
+        with pymongo.timeout(QUERY_TIMEOUT_S):
+            docs = await shielded(run())
+        return {d.pop("_id"): d for d in docs}
+
+
+def bucket_id(function: str, version: str | None, hour: dt.datetime) -> str:
+    return f"{function}|{version or '-'}|{hour:%Y-%m-%dT%H}"
+
+
+def _starts(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> list[dt.datetime]:
+    out: list[dt.datetime] = []
+    t = start
+    while t < end and len(out) <= MAX_BUCKETS:
+        out.append(t)
+        try:
+            t = t + step
+        except OverflowError:
+            break
+    return out
+
+
+def _merge(groups: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for g in groups:
+        for key, value in g.items():
+            if value is None:
+                continue
+            if key == "duration_min_ms":
+                out[key] = value if out.get(key) is None else min(out[key], value)
+            elif key in ("duration_max_ms", "max_memory_mb"):
+                out[key] = value if out.get(key) is None else max(out[key], value)
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+def _view(g: dict[str, Any]) -> dict[str, Any]:
+    """One bucket (or total) as the API shows it."""
+    hist = {b: int(g.get(f"h{b}") or 0) for b in range(TOP + 1)}
+    lo, hi = g.get("duration_min_ms"), g.get("duration_max_ms")
+    invocations = int(g.get("invocations") or 0)
+    duration = float(g.get("duration_ms") or 0.0)
+    return {
+        "invocations": invocations,
+        "failures": int(g.get("failures") or 0),
+        "partial": int(g.get("partial") or 0),
+        "throttles": int(g.get("throttles") or 0),
+        "billed_ms": int(g.get("billed_ms") or 0),
+        "gb_seconds": int(g.get("mb_ms") or 0) / 1024 / 1000,
+        "cold_starts": int(g.get("cold_starts") or 0),
+        "avg_ms": round(duration / invocations, 3) if invocations else None,
+        "p50_ms": percentile(hist, 0.50, lo, hi),
+        "p99_ms": percentile(hist, 0.99, lo, hi),
+        "max_memory_mb": g.get("max_memory_mb"),
+    }
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+

@@ -1,0 +1,196 @@
+"""Three hub processes behind one HAProxy, as a multi-instance deployment runs (issue 11).
+
+Events come from all three sources while all three instances run, then while one is stopped
+gracefully, then after another is killed with -9. Checked from the records in MongoDB: every
+event succeeded exactly once, every source kept going to the end, and while all three ran each
+instance ran a share of the Kafka events (partitions split across the group) and of the S3
+events (the shared inbox, fed through the proxy by RGW's notifications).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+
+from devstack import free_port
+from devstack.haproxy import HAProxy
+from tests.chaos import (
+    HubProcess,
+    Ledger,
+    counts,
+    hub_env,
+    outcome,
+    paced,
+    produce_seq,
+    seq_function,
+    start_producer,
+    summarize,
+    wait_all_succeeded,
+)
+from tests.hubfixtures import Api, eventually
+from tests.test_chaos import _delete_s3_notification, _inbox_empty
+from tests.test_kafka_connector import create_topic
+from tests.test_sources import minio_client
+
+PARTITIONS = 6
+Write = Callable[[int], Awaitable[None]]
+
+
+async def _partitions(http: aiohttp.ClientSession, hub: HubProcess, trigger: str) -> list[int]:
+    """The Kafka partitions this instance's group member holds (its own view of the cursor)."""
+    status, body = await Api(http, hub.url).call("GET", f"/v1/triggers/{trigger}")
+    assert status == 200, body
+    return [p["partition"] for p in (body.get("cursor") or {}).get("partitions") or []]
+
+
+async def _ran_by(db: Any, trigger: str, seqs: set[str]) -> Counter[str]:
+    """Which instance ran which of these writes: succeeded records per instance."""
+    ran: Counter[str] = Counter()
+    async for doc in db.invocations.find({"trigger": trigger, "status": "succeeded"}, {"instance": 1, "result": 1}):
+        got = (doc.get("result") or {}).get("seqs") or []
+        ran[doc.get("instance") or "?"] += sum(1 for s in got if s in seqs)
+    return ran
+
+
+@pytest.mark.timeout(600)
+async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topic, bucket, app_db, hub_db = f"multi-{tag}", f"multi-{tag}", f"app_{tag}", f"multi_{tag}"
+    ports = [free_port() for _ in range(3)]
+    proxy = HAProxy(ports, data_dir=tmp_path / "haproxy", check_interval_ms=300)
+    hubs = [
+        HubProcess(hub_env(servers, mongo_url=servers["mongo"].url, db=hub_db, data_dir=tmp_path / f"hub-{n}",
+                           port=port, instance_id=f"multi-{n}-{tag}",
+                           # the shared address: RGW's notifications go there, never to one instance
+                           HUB_PUBLIC_URL=proxy.url,
+                           HUB_LEASE_TTL_S="3", HUB_INBOX_LEASE_S="3", HUB_INBOX_CONCURRENCY="2"),
+                   tmp_path / f"hub-{n}.log", port)
+        for n, port in zip("abc", ports)
+    ]
+    s3 = minio_client(servers["rgw"])
+    await asyncio.to_thread(s3.make_bucket, bucket)
+    await create_topic(servers["kafka"].bootstrap, topic, PARTITIONS)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    producer = await start_producer(servers["kafka"].bootstrap)
+    await asyncio.to_thread(proxy.start)
+    try:
+        for hub in hubs:
+            hub.start()
+        for hub in hubs:
+            await hub.wait_healthy(http)
+        api = Api(http, proxy.url)  # clients use the shared address too
+        # a little work per event, so that a burst needs more than one instance's workers
+        await api.put_function("rec", seq_function(sleep_s=0.02), max_concurrency=4)
+        await api.put_trigger("t-kafka", "rec", {"type": "kafka", "topic": topic})
+        await api.put_trigger("t-mongo", "rec", {"type": "mongodb", "database": app_db,
+                                                 "collection": "items", "operations": ["insert"]})
+        trig = await api.put_trigger("t-s3", "rec", {"type": "s3", "bucket": bucket})
+        assert trig["notifications"]["configured"] is True, trig
+        assert trig["notifications"]["push_url"] == proxy.url, trig
+
+        async def all_hold_partitions() -> bool:
+            held = [await _partitions(http, h, "t-kafka") for h in hubs]
+            return all(held) and sorted(p for ps in held for p in ps) == list(range(PARTITIONS))
+
+        await eventually(all_hold_partitions, timeout=90, interval=0.5)
+
+        ledger = Ledger()
+        coll = client[app_db]["items"]
+        counter = Counter[str]()
+
+        async def kafka_write(_: int) -> None:
+            i = counter["k"]
+            counter["k"] += 1
+            await produce_seq(producer, topic, f"k-{i:06d}", i % PARTITIONS)
+            ledger.add(f"k-{i:06d}")
+
+        async def mongo_write(_: int) -> None:
+            i = counter["m"]
+            counter["m"] += 1
+            try:
+                await coll.insert_one({"_id": f"m-{i:06d}", "seq": f"m-{i:06d}"})
+            except DuplicateKeyError:
+                pass
+            ledger.add(f"m-{i:06d}")
+
+        async def s3_write(_: int) -> None:
+            i = counter["s"]
+            counter["s"] += 1
+            body = f"upload {i}".encode()
+            await asyncio.to_thread(s3.put_object, bucket, f"multi/s-{i:06d}", io.BytesIO(body), len(body))
+            ledger.add(f"s-{i:06d}")
+
+        async def phase(seconds: float, kafka_n: int, mongo_n: int, s3_n: int) -> None:
+            await asyncio.gather(paced(kafka_n, seconds, kafka_write), paced(mongo_n, seconds, mongo_write),
+                                 paced(s3_n, seconds, s3_write))
+
+        db = client[hub_db]
+        # 1. all three run: the work is shared
+        await phase(6.0, 180, 30, 45)
+        await wait_all_succeeded(db, ledger, timeout=120)
+        first = set(ledger.written)
+        kafka_share = await _ran_by(db, "t-kafka", first)
+        s3_share = await _ran_by(db, "t-s3", first)
+        ids = [h.env["HUB_INSTANCE_ID"] for h in hubs]
+        print("while all ran -- kafka:", dict(kafka_share), "s3:", dict(s3_share))
+        assert all(kafka_share[i] > 0 for i in ids), f"an instance ran no Kafka events: {kafka_share}"
+        assert all(s3_share[i] > 0 for i in ids), f"an instance ran no S3 events: {s3_share}"
+
+        # 2. one stops gracefully while events flow; 3. another is killed while events flow
+        stopping, killed, left = hubs
+
+        async def stop_gracefully() -> int | None:
+            await asyncio.sleep(1.5)
+            took = await stopping.sigterm(timeout=60)
+            assert took is not None, f"SIGTERM: still running after 60 s\n{stopping.tail()}"
+            return stopping.proc.returncode if stopping.proc else None
+
+        results = await asyncio.gather(phase(5.0, 120, 20, 30), stop_gracefully())
+        assert results[1] == 0, f"a graceful stop exited with {results[1]}\n{stopping.tail()}"
+
+        killed_at: list[float] = []
+
+        async def kill() -> None:
+            await asyncio.sleep(1.5)
+            killed.kill9()
+            killed_at.append(time.monotonic())
+
+        await asyncio.gather(phase(5.0, 120, 20, 30), kill())
+        after_kill = set(ledger.since(killed_at[0]))  # only the last instance can run these
+        await wait_all_succeeded(db, ledger, timeout=180, interval=1.0)
+        # redeliveries in flight settle before duplicates are counted
+        await eventually(lambda: _inbox_empty(db), timeout=60, interval=0.5)
+        await asyncio.sleep(2)
+        out = await outcome(db)
+        print("outcome:", counts(ledger, out))
+        problems = summarize(ledger, out)
+        assert not problems, "\n".join(problems)
+        for trigger, prefix in (("t-kafka", "k"), ("t-mongo", "m"), ("t-s3", "s")):
+            late = {s for s in after_kill if s.startswith(prefix + "-")}
+            ran = await _ran_by(db, trigger, late)
+            assert late and {i for i, n in ran.items() if n} == {left.env["HUB_INSTANCE_ID"]}, (trigger, ran)
+        assert left.alive()
+    except BaseException:
+        for hub in hubs:
+            print(f"--- {hub.env['HUB_INSTANCE_ID']} log tail ({hub.log_path}) ---\n{hub.tail(40)}")
+        raise
+    finally:
+        for hub in hubs:
+            hub.cleanup()
+        await asyncio.to_thread(proxy.stop)
+        await producer.stop()
+        await client.close()
+        await _delete_s3_notification(servers["rgw"], bucket)
