@@ -25,9 +25,12 @@ not usage). ``add`` merges them into pending increments in memory and wakes one 
 which writes everything pending with one unordered ``bulk_write`` of upserts while the writer
 goes on with the next batch: records never wait for usage, and a busy hub makes at most one
 usage write per record batch (fewer when batches come faster than usage writes). A failed usage
-write does not fail anything: it is logged and counted (``hub_usage_write_failures_total``, in
-records) and those increments are dropped rather than retried, because a ``$inc`` retried after
-an ambiguous failure could count twice (the driver's own retryable-write retry is exactly-once).
+write fails nothing else: it is logged, counted (``hub_usage_write_failures_total``, in records)
+and retried until it lands, with backoff, while new usage waits behind it. A retry cannot count
+twice: each write has an id, every bucket keeps the ids of its last writes (``w``, 32 of them),
+and an update is filtered on its id not being there (an upsert that finds it answers a duplicate
+key: already applied). What is lost: usage still in memory when the hub is killed (the records of
+the last few milliseconds), or not written within the shutdown wait; both are logged when they can be.
 
 Days are the sums of their 24 hour buckets (UTC) at query time. Buckets do not expire unless
 ``HUB_USAGE_RETENTION_S`` is set (> 0): then each carries ``expire_at`` = hour + retention, under
@@ -43,9 +46,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import os
+import random
+
 import pymongo
 import structlog
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.metrics import Metrics
@@ -59,6 +66,8 @@ DAY = dt.timedelta(days=1)
 MAX_RANGE = dt.timedelta(days=400)  # hourly, at most 9,600 buckets
 MAX_BUCKETS = 10_000
 WRITE_TIMEOUT_S = 10.0
+RETRY_MAX_S = 10.0
+KEEP_WRITE_IDS = 32  # per bucket: far more than the writes a retry can overlap with
 QUERY_TIMEOUT_S = 10.0
 # Histogram: bucket 0 is [0, 1 ms); bucket k (1..60) is [10^((k-1)/10), 10^(k/10)) ms; bucket 61
 # is 1,000,000 ms (16.7 min, beyond the longest timeout) and above.
@@ -221,6 +230,7 @@ class Usage:
                 self._task.cancel()  # never inside the driver: the write is shielded
                 await asyncio.wait([self._task])
         if self._pending_records:
+            self.metrics.usage_write_failures.inc(self._pending_records)
             self._lost(self._pending_records, "the hub stopped before usage was written")
             self._pending, self._pending_records = {}, 0
 
@@ -242,27 +252,45 @@ class Usage:
     async def _flush(self) -> None:
         pending, records = self._pending, self._pending_records
         self._pending, self._pending_records = {}, 0
-        ops = [self._op(key, bucket) for key, bucket in pending.items()]
-        try:
-            self.writes += 1
-            with pymongo.timeout(WRITE_TIMEOUT_S):
-                await shielded(self.coll.bulk_write(ops, ordered=False))
-        except asyncio.CancelledError:
-            self._lost(records, "cancelled")
-            raise
-        except Exception as exc:
-            self._lost(records, f"{type(exc).__name__}: {exc}")
+        write_id = os.urandom(8).hex()
+        ops = [self._op(key, bucket, write_id) for key, bucket in pending.items()]
+        delay = 0.2
+        while True:
+            try:
+                self.writes += 1
+                with pymongo.timeout(WRITE_TIMEOUT_S):
+                    await shielded(self.coll.bulk_write(ops, ordered=False))
+                return
+            except asyncio.CancelledError:
+                self.metrics.usage_write_failures.inc(records)
+                self._lost(records, "cancelled")
+                raise
+            except BulkWriteError as exc:
+                # a duplicate key is an upsert that found its own write id: applied before
+                others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+                if not others and not exc.details.get("writeConcernErrors"):
+                    return
+                error = f"BulkWriteError: {others[:1] or exc.details.get('writeConcernErrors')}"
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            self.metrics.usage_write_failures.inc(records)
+            if self._closing:
+                self._lost(records, error)
+                return
+            log.warning("usage write failed; retrying", records=records, error=error)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _lost(self, records: int, why: str) -> None:
-        self.metrics.usage_write_failures.inc(records)
         log.warning("usage not recorded for some invocations (their records are written)", records=records,
                     error=why)
 
-    def _op(self, key: tuple[str, str | None, dt.datetime], bucket: _Bucket) -> UpdateOne:
+    def _op(self, key: tuple[str, str | None, dt.datetime], bucket: _Bucket, write_id: str) -> UpdateOne:
         function, version, hour = key
         update: dict[str, Any] = {
             "$inc": bucket.inc,
             "$setOnInsert": {"function": function, "version": version, "hour": hour},
+            "$push": {"w": {"$each": [write_id], "$slice": -KEEP_WRITE_IDS}},
         }
         if bucket.duration_min is not None:
             update["$min"] = {"duration_min_ms": bucket.duration_min}
@@ -275,7 +303,8 @@ class Usage:
             highs["expire_at"] = hour + dt.timedelta(seconds=self.retention_s)
         if highs:
             update["$max"] = highs
-        return UpdateOne({"_id": bucket_id(function, version, hour)}, update, upsert=True)
+        # filtered on the write id not being there yet: a retry of an applied write changes nothing
+        return UpdateOne({"_id": bucket_id(function, version, hour), "w": {"$ne": write_id}}, update, upsert=True)
 
     # -- queries ----------------------------------------------------------------------------
     async def query(self, *, function: str | None, version: str | None, start: dt.datetime | None,

@@ -20,6 +20,7 @@ from typing import Any
 from bson import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from hub.app import Hub
 from hub.cursors import position_time, token_time
@@ -186,32 +187,51 @@ async def test_usage_default_period_and_bad_queries(api: Api, unique: str) -> No
     assert status == 401
 
 
-async def test_a_failed_usage_write_fails_no_record_and_is_counted(api: Api, hub: Hub, unique: str) -> None:
+async def test_a_failed_usage_write_is_retried_and_counted_once(api: Api, hub: Hub, unique: str) -> None:
+    """The usage store fails twice: first after applying the write (an ambiguous failure: the
+    reply was lost), then before it. Records are not held up; the retry lands and the usage
+    counts the invocation once, not twice."""
     fn = f"lost-{unique}"
     await api.put_function(fn, "def handler(event, context):\n    return 1\n", memory_mb=128)
+    real = hub.usage.coll
+    calls: list[str] = []
 
-    class Broken:
+    class Flaky:
         async def bulk_write(self, *args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError("usage store away")
+            calls.append("call")
+            if len(calls) == 1:
+                await real.bulk_write(*args, **kwargs)
+                raise AutoReconnect("connection closed after the write")
+            if len(calls) == 2:
+                raise AutoReconnect("usage store away")
+            return await real.bulk_write(*args, **kwargs)
 
     before = (await _metrics(api)).get(("hub_usage_write_failures_total", ()), 0.0)
-    real = hub.usage.coll
-    hub.usage.coll = Broken()  # type: ignore[assignment]
+    hub.usage.coll = Flaky()  # type: ignore[assignment]
     try:
         status, body = await api.call("POST", f"/v1/functions/{fn}/invoke", {})
         assert status == 200 and body["status"] == "succeeded"
-        await eventually(lambda: _failures_above(api, before))
+        assert len(await api.invocations(function=fn)) == 1  # the record did not wait for usage
+        await eventually(lambda: _value(len(calls) >= 3), timeout=30)
     finally:
         hub.usage.coll = real
-    assert len(await api.invocations(function=fn)) == 1  # the record is there
+    assert (await _metrics(api)).get(("hub_usage_write_failures_total", ()), 0.0) >= before + 2
+
+    async def usage() -> dict[str, Any]:
+        return dict((await api.ok("GET", "/v1/usage", params={"function": fn}))["totals"])
+
+    assert (await usage())["invocations"] == 1  # the ambiguous write was not counted again
     status, body = await api.call("POST", f"/v1/functions/{fn}/invoke", {})
     assert status == 200
 
-    async def counted_once() -> bool:
-        usage = await api.ok("GET", "/v1/usage", params={"function": fn})
-        return bool(usage["totals"]["invocations"] == 1)
+    async def counted_twice() -> bool:
+        return bool((await usage())["invocations"] == 2)
 
-    await eventually(counted_once)
+    await eventually(counted_twice)
+
+
+async def _value(value: bool) -> bool:
+    return value
 
 
 async def _failures_above(api: Api, before: float) -> bool:
