@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.instances <= 16:
         p.error("--instances must be between 1 and 16")
+    if args.instances > 1 and args.no_hub:
+        p.error("--instances runs the hubs behind a proxy; with --no-hub run them yourself")
     args.data_dir = args.data_dir.resolve()
     args.env_file = (args.env_file or args.data_dir / "dev.env").resolve()
     return args

@@ -39,13 +39,14 @@ defaults
     option httplog
     timeout connect 2s
     timeout client 120s
-    timeout server 120s
-    # a request whose connection was refused (an instance going away) goes to another one
+    # above the longest function timeout (900 s): a slow synchronous invoke is answered, not cut
+    timeout server 960s
+    # a request whose connection was refused (an instance going away) goes to another one; only
+    # then: a request that reached an instance may have run (an invoke, a function URL), so a
+    # lost answer is the caller's to retry, never the proxy's
     retries 3
     option redispatch 1
-    retry-on conn-failure empty-response
-    # /v1/functions/NAME/logs?follow=true is a long-lived response
-    timeout tunnel 1h
+    retry-on conn-failure
 
 frontend hub
     bind 127.0.0.1:{port}

@@ -110,6 +110,7 @@ class Hub:
         self._sync_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.port: int | None = None
+        self._beat = -HEARTBEAT_S  # when this instance's heartbeat was last written (monotonic)
 
     @property
     def url(self) -> str:
@@ -131,13 +132,18 @@ class Hub:
         await self.inbox.start()
         self.scheduler.start()
         await self.s3_reconciler.start()
-        self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
-        self._repoint = asyncio.create_task(self._repoint_buckets(), name="repoint-buckets")
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        # after the port is known; before start() returns, so other instances see this one at once
+        try:
+            await self._heartbeat()
+            self._beat = time.monotonic()
+        except Exception as exc:
+            log.warning("heartbeat failed", error=str(exc))
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
         log.info("hub started", url=self.url, instance=self.instance_id, isolation=self.pool.isolation)
 
     async def stop(self) -> None:
@@ -145,8 +151,6 @@ class Hub:
         if self._runner:
             await self._runner.cleanup()
         self._stopping.set()
-        if getattr(self, "_repoint", None) is not None:
-            await asyncio.wait([self._repoint], timeout=10)
         if self._sync_task:
             # not cancelled: it may be stopping a subscription, which must run to its end
             await asyncio.gather(self._sync_task, return_exceptions=True)
@@ -178,8 +182,20 @@ class Hub:
         self.scheduler.triggers_changed()
 
     async def _sync_loop(self) -> None:
-        beat = 0.0
+        repointed = False
         while True:
+            if time.monotonic() - self._beat >= HEARTBEAT_S:
+                try:
+                    await self._heartbeat()
+                    self._beat = time.monotonic()
+                except Exception as exc:
+                    log.warning("heartbeat failed", error=str(exc))
+            if not repointed:  # until it worked once: S3 or MongoDB may be away at start
+                try:
+                    await shielded(self.triggers.repoint_buckets())
+                    repointed = True
+                except Exception as exc:
+                    log.warning("re-pointing bucket notifications failed; trying again", error=str(exc))
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.settings.trigger_sync_interval_s)
                 return
@@ -187,22 +203,18 @@ class Hub:
                 pass
             try:
                 await self.sync_triggers()
-                if time.monotonic() - beat > HEARTBEAT_S:
-                    await self._heartbeat()
-                    beat = time.monotonic()
             except Exception as exc:
                 log.warning("trigger sync failed", error=str(exc))
 
     async def _heartbeat(self) -> None:
         """Other instances see this one (an s3 trigger then needs the shared HUB_PUBLIC_URL)."""
         await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url}))
-
-    async def _repoint_buckets(self) -> None:
-        try:
-            await self._heartbeat()
-            await shielded(self.triggers.repoint_buckets())
-        except Exception as exc:
-            log.warning("re-pointing bucket notifications failed; they keep their old address", error=str(exc))
+        if self.settings.public_url or not any(t.source_type == "s3" for t in self.router.triggers.values()):
+            return
+        others = [i["_id"] for i in await shielded(self.store.live_instances()) if i["_id"] != self.instance_id]
+        if others:
+            log.warning("several hub instances run s3 triggers without HUB_PUBLIC_URL: buckets notify one "
+                        "instance's own address, and stop reaching any hub when it stops", others=others)
 
     async def on_source_events(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
         """Sink for kafka/mongodb subscriptions: filter, run the chunk, and hand back the wait

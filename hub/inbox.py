@@ -85,7 +85,7 @@ class Inbox:
         owner: str,
         concurrency: int = 16,
         lease_s: float = 15.0,
-        poll_interval_s: float = 0.5,
+        poll_interval_s: float = 2.0,
         capacity: int = 1000,
         claim_batch: int = 200,
         shutdown_grace_s: float = 10.0,
@@ -174,9 +174,12 @@ class Inbox:
         self._stopping.set()
         self._wake.set()
         self._room.set()
-        await asyncio.wait([claimer, watcher], timeout=self.shutdown_grace_s)
+        # each of their driver calls is bounded (server selection, the stream's await time), so
+        # they end on their own; a cancel is the last resort, after far longer than that
+        await asyncio.wait([claimer, watcher], timeout=max(60.0, self.shutdown_grace_s))
         for task in (claimer, watcher):
             if not task.done():
+                log.warning("inbox task still busy at shutdown; cancelling it", task=task.get_name())
                 task.cancel()
         await asyncio.wait([claimer, watcher])
         workers = [w for q in self._queues.values() for w in q.workers]
@@ -204,10 +207,11 @@ class Inbox:
 
     # -- claiming ---------------------------------------------------------------------------
     def _can_hold(self) -> int:
-        """Claim only what can start soon -- two chunks' worth per worker, or one whole batch --
-        so that other instances get their share of a burst rather than one instance taking it."""
+        """Claim only what can start soon -- two events per worker, or two whole batches (one
+        running, one filling) -- so that other instances get their share of a burst rather than
+        one instance taking it; never more than ``capacity``."""
         biggest = max((t.batch_size for t in self.router.triggers.values() if t.source_type == "s3"), default=1)
-        return min(self.capacity, max(2 * self.concurrency, biggest))
+        return min(self.capacity, max(2 * self.concurrency, 2 * biggest))
 
     async def _claim_loop(self) -> None:
         failures = 0
@@ -225,7 +229,7 @@ class Inbox:
                 failures += 1
                 if failures == 1:
                     log.warning("inbox unavailable; retrying", error=str(exc))
-                await asyncio.sleep(min(0.5 * 2**failures, 10.0))
+                await self._pause(min(0.5 * 2**failures, 10.0))
                 continue
             if not items:
                 await self._wake.wait()
@@ -233,25 +237,36 @@ class Inbox:
             for item in items:
                 self._route(item)
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but end at once when the inbox stops."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
     async def _watch(self) -> None:
-        """New items, written by any instance, wake the claimer at once (a change stream on
-        inserts); the poll below is only for retries coming due and expired leases."""
-        delay = 0.5
+        """New items and items handed back, by any instance, wake the claimer at once (a change
+        stream); the poll below is only for retries coming due and expired leases."""
+        delay, failures = 0.5, 0
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"$or": [{"operationType": "insert"},
+                                {"operationType": "update", "updateDescription.updatedFields.state": "pending"}]}},
+            {"$project": {"fullDocument": 0, "updateDescription": 0}},  # only the wake-up travels
+        ]
         while not self._stopping.is_set():
             try:
-                pipeline = [{"$match": {"operationType": "insert"}}]
                 stream = await shielded(self.store.db.inbox.watch(pipeline, max_await_time_ms=1000))
                 async with stream:
-                    delay = 0.5
+                    delay, failures = 0.5, 0
                     while stream.alive and not self._stopping.is_set():
                         if await stream.try_next() is not None:
                             self._wake.set()
             except Exception as exc:
-                log.debug("inbox watch interrupted; polling meanwhile", error=str(exc))
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    pass
+                failures += 1
+                if failures == 3:  # once per outage: the poll keeps the inbox going meanwhile
+                    log.warning("inbox change stream unavailable; new items are found by polling",
+                                error=str(exc), poll_interval_s=self.poll_interval_s)
+                await self._pause(delay)
                 delay = min(delay * 2, 10.0)
 
     async def _poll(self) -> None:
@@ -356,7 +371,13 @@ class Inbox:
         target = first.target
         if first.request_id is not None or first.replay_of is not None:
             return [first]  # each has its own request id / dead letter
-        limit = target.batch_size if target.batch_size > 1 else MAX_CHUNK
+        if target.batch_size > 1:
+            limit = target.batch_size
+        else:
+            # one event per call: a chunk's events run one after another, so share what is
+            # queued between the workers rather than let the first take it all
+            workers = max(1, len(queue.workers))
+            limit = max(1, min(MAX_CHUNK, -(-(queue.entries.qsize() + 1) // workers)))
         window = self._window_s(target)
         chunk = [first]
         while len(chunk) < limit:

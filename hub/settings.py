@@ -51,14 +51,16 @@ class Settings(BaseSettings):
     worker_idle_ttl_s: float = 60.0
     max_queue_per_function: int = 1000
     # Inbox (webhook + async invoke) processing
-    # New items wake the inbox through a change stream; the poll only finds retries coming due
-    # and expired leases.
+    # New and handed-back items wake every instance's inbox through a change stream; the poll
+    # finds retries coming due and expired leases (and everything while the stream is down).
     inbox_poll_interval_s: float = 2.0
     # Claims are renewed every third of this while held; another instance takes over a dead
     # instance's items after it. (A restarted instance takes its own back at once.)
     inbox_lease_s: float = 15.0
     inbox_concurrency: int = 16  # chunks of one trigger (or one function's async invokes) at once
-    inbox_capacity: int = 1000  # items one instance holds at once
+    # A ceiling on the items one instance holds at once; it claims only what can start soon:
+    # 2 x inbox_concurrency, or two of the largest s3 batch.
+    inbox_capacity: int = 1000
     # On SIGTERM: how long running invocations may finish before they are cut off (and their
     # events come back, unacked).
     shutdown_grace_s: float = 10.0
@@ -98,4 +100,5 @@ class Settings(BaseSettings):
         return self
 
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.http_host}:{self.http_port}"
+        # "http://proxy:8080/" and "http://proxy:8080" are one address (a doubled slash would 404)
+        return self.public_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"

@@ -116,6 +116,8 @@ class Store:
         await db.inbox.create_index([("triggers", ASCENDING)], sparse=True)
         await db.inbox.create_index([("trigger", ASCENDING)], sparse=True)
         await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
+        # heartbeats of instances gone for a day (recreated containers get new ids) go away
+        await self._ttl_index(db.instances, "last_seen", 86400)
 
     @staticmethod
     async def _ttl_index(coll: Any, field: str, seconds: int) -> None:
@@ -234,8 +236,11 @@ class Store:
         await self.db.source_state.delete_many({"trigger": name})
         return res.deleted_count > 0
 
-    async def set_trigger_fields(self, name: str, fields: dict[str, Any]) -> None:
-        await self.db.triggers.update_one({"_id": name}, {"$set": fields})
+    async def set_trigger_fields(self, name: str, fields: dict[str, Any],
+                                 expect: dict[str, Any] | None = None) -> bool:
+        """Set fields of a trigger (only while it still has the ``expect`` values); True if it did."""
+        res = await self.db.triggers.update_one({"_id": name, **(expect or {})}, {"$set": fields})
+        return res.matched_count > 0
 
     # -- instances --------------------------------------------------------------------------
     async def heartbeat(self, instance: str, fields: dict[str, Any]) -> None:
@@ -349,21 +354,26 @@ class Store:
             await self.db.inbox.insert_many([storable(i) for i in items], ordered=True)
 
     async def inbox_claim(self, owner: str, lease_s: float, limit: int) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` items that can run now, oldest first (three queries, any count)."""
-        t = now()
-        found = await self.db.inbox.find(_claimable(t), {"_id": 1}).sort("created_at", ASCENDING).limit(limit).to_list(None)
-        if not found:
-            return []
-        ids = [d["_id"] for d in found]
-        claim = bson.ObjectId()  # reads back exactly what this call won, not a rival's
-        await self.db.inbox.update_many(
-            {"_id": {"$in": ids}, **_claimable(t)},
-            {"$set": {"state": "leased", "owner": owner, "claim": claim,
-                      "lease_until": t + dt.timedelta(seconds=lease_s)},
-             "$inc": {"deliveries": 1}},
-        )
-        items = await self.db.inbox.find({"_id": {"$in": ids}, "claim": claim}).to_list(None)
-        return sorted(items, key=lambda i: i["created_at"])
+        """Claim up to ``limit`` items that can run now, oldest first (three queries, any count).
+        Empty only when nothing is claimable: a round lost to another instance (which claimed the
+        same oldest items first) looks again."""
+        for _ in range(5):
+            t = now()
+            found = await self.db.inbox.find(_claimable(t), {"_id": 1}).sort("created_at", ASCENDING).limit(limit).to_list(None)
+            if not found:
+                return []
+            ids = [d["_id"] for d in found]
+            claim = bson.ObjectId()  # reads back exactly what this call won, not a rival's
+            res = await self.db.inbox.update_many(
+                {"_id": {"$in": ids}, **_claimable(t)},
+                {"$set": {"state": "leased", "owner": owner, "claim": claim,
+                          "lease_until": t + dt.timedelta(seconds=lease_s)},
+                 "$inc": {"deliveries": 1}},
+            )
+            if res.modified_count:
+                items = await self.db.inbox.find({"_id": {"$in": ids}, "claim": claim}).to_list(None)
+                return sorted(items, key=lambda i: i["created_at"])
+        return []
 
     async def inbox_ready(self) -> bool:
         return await self.db.inbox.find_one(_claimable(now()), {"_id": 1}) is not None

@@ -216,8 +216,8 @@ class TriggerService:
             others = [i for i in await self.store.live_instances() if i["_id"] != self.instance_id]
             if others:
                 # the bucket would notify this instance only, and stop when it does
-                raise TriggerError(409, f"{len(others) + 1} hub instances are running, but HUB_PUBLIC_URL is not "
-                                        "set: S3 notifications must go to one shared address in front of "
+                raise TriggerError(409, f"{len(others) + 1} hub instances were seen in the last 30 s, but "
+                                        "HUB_PUBLIC_URL is not set: S3 notifications must go to one shared address in front of "
                                         "them (a proxy or load balancer), never to one instance's own URL")
             log.warning("s3 trigger notifies this instance's own address; with more than one instance set "
                         "HUB_PUBLIC_URL to a shared address", url=s.base_url())
@@ -235,7 +235,7 @@ class TriggerService:
         )
         try:
             done = await ensure_bucket_notifications(server, bucket, self.webhook_url())
-            return {"configured": True, **done, "push_url": s.base_url()}
+            return {"configured": True, **done, "push_url": s.base_url(), "push_hash": self.webhook_hash()}
         except S3SetupError as exc:
             raise TriggerError(400, str(exc)) from None
         except Exception as exc:  # the S3 server answered something unexpected, or not at all
@@ -244,27 +244,44 @@ class TriggerService:
                                f"{type(exc).__name__}") from None
 
     async def repoint_buckets(self) -> int:
-        """Point every s3 trigger's bucket at the current address when it was set up for another
-        (HUB_PUBLIC_URL changed, or it was an instance's own URL); returns how many were moved."""
-        if not self.settings.s3_endpoint or not self.settings.public_url:
+        """Point every s3 trigger's bucket at the current webhook when it was set up for another
+        (HUB_PUBLIC_URL or HUB_WEBHOOK_TOKEN changed, or it was an instance's own URL); returns
+        how many were moved. Raises when one could not be (the caller tries again later)."""
+        s = self.settings
+        if not s.s3_endpoint or not s.public_url:
             return 0  # only to a configured shared address: an instance's own one may be unknown yet
-        moved = 0
+        others = {str(i.get("public_url") or "").rstrip("/") for i in await self.store.live_instances()
+                  if i["_id"] != self.instance_id} - {"", s.base_url()}
+        if others:
+            # two live addresses: re-pointing would flip the buckets at every start; a person decides
+            log.warning("live hub instances have another HUB_PUBLIC_URL; bucket notifications are left as "
+                        "they are", mine=s.base_url(), theirs=sorted(others))
+            return 0
+        moved, failed = 0, []
         for doc in await self.store.list_triggers():
             notes = doc.get("notifications") or {}
             if doc.get("source", {}).get("type") != "s3" or not notes.get("configured"):
                 continue
-            if notes.get("push_url") == self.settings.base_url():
+            if notes.get("push_hash") == self.webhook_hash():
                 continue
             try:
-                notes = await self._point_bucket(doc["source"]["bucket"])
+                new = await self._point_bucket(doc["source"]["bucket"])
             except TriggerError as exc:
-                log.warning("could not re-point a bucket at the hub's address", trigger=doc["_id"], error=exc.message)
+                failed.append(f"{doc['_id']}: {exc.message}")
                 continue
-            await self.store.set_trigger_fields(doc["_id"], {"notifications": notes})
-            log.info("bucket notifications re-pointed", trigger=doc["_id"], bucket=doc["source"]["bucket"],
-                     url=self.settings.base_url())
-            moved += 1
+            # only if the trigger is as it was read (a PUT meanwhile did its own setting up)
+            if await self.store.set_trigger_fields(doc["_id"], {"notifications": new},
+                                                   expect={"notifications": notes}):
+                log.info("bucket notifications re-pointed", trigger=doc["_id"], bucket=doc["source"]["bucket"],
+                         url=s.base_url())
+                moved += 1
+        if failed:
+            raise RuntimeError(f"could not re-point {len(failed)} bucket(s): {'; '.join(failed)}")
         return moved
+
+    def webhook_hash(self) -> str:
+        """Which webhook (address and token) a bucket was pointed at, without storing the token."""
+        return hashlib.sha256(self.webhook_url().encode()).hexdigest()[:16]
 
     def webhook_url(self) -> str:
         return f"{self.settings.base_url()}/v1/sources/s3/events?token={self.settings.webhook_token}"

@@ -148,3 +148,32 @@ async def test_an_item_names_its_triggers_and_a_lagging_instance_looks_again(
     hub.inbox._wake.set()
     (inv,) = await api.wait_invocations(1, trigger=f"lag-{unique}")
     assert inv["status"] == "succeeded" and inv["event_id"] == event.id
+
+
+SLOW_S3 = "import time\n\ndef handler(event, context):\n    time.sleep(0.3)\n    return event['subject']\n"
+
+
+async def test_a_backlog_of_single_events_runs_in_parallel(api: Api, servers: dict[str, Any], unique: str) -> None:
+    """24 uploads queued at once for a batch-size-1 trigger: the inbox's workers share them
+    (several calls at once, up to the function's max_concurrency) rather than one worker
+    taking the whole backlog as one chunk and running it event after event."""
+    bucket = f"inpar-{unique}"
+    await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
+    await api.put_function(f"slow-{unique}", SLOW_S3, max_concurrency=8)
+    await api.put_trigger(f"s3p-{unique}", f"slow-{unique}", {"type": "s3", "bucket": bucket})
+    template = json.loads((DATA / "rgw_put.json").read_text())
+    body: dict[str, Any] = {"Records": []}
+    for i in range(24):
+        rec = copy.deepcopy(template["Records"][0])
+        rec["s3"]["bucket"]["name"] = bucket
+        rec["s3"]["object"].update(key=f"k{i}", sequencer=f"{i:016X}", eTag=f"{i:032x}")
+        rec["eventId"] = f"1715678467.{i}.{i:032x}"
+        rec["eventTime"] = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        body["Records"].append(rec)
+    async with api.session.post(api.base + f"/v1/sources/s3/events?token={WEBHOOK_TOKEN}", json=body) as r:
+        assert r.status == 200 and (await r.json())["queued"] == 24
+    invs = await api.wait_invocations(24, trigger=f"s3p-{unique}")
+    assert sorted(i["result"] for i in invs) == sorted(f"k{i}" for i in range(24))
+    spans = [(dt.datetime.fromisoformat(i["started_at"]), dt.datetime.fromisoformat(i["finished_at"])) for i in invs]
+    most = max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans)
+    assert most >= 3, f"at most {most} ran at once"

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from pymongo import AsyncMongoClient
 
 from devstack import free_port
 from hub.app import Hub
+from hub.settings import Settings
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client
 
@@ -195,21 +197,25 @@ async def test_an_s3_trigger_needs_the_shared_address_once_several_instances_run
             await h.stop()
 
 
-async def test_bucket_notifications_follow_a_changed_public_url(
-    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+@pytest.mark.parametrize("change", ["public_url", "webhook_token"])
+async def test_bucket_notifications_follow_a_changed_webhook(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, change: str
 ) -> None:
-    """A hub started with another HUB_PUBLIC_URL than the buckets were pointed at re-points them,
-    so uploads reach the new address (here: the first hub is gone, a second one has a new port)."""
+    """A hub started with another webhook than the buckets were pointed at -- a new
+    HUB_PUBLIC_URL, or a new HUB_WEBHOOK_TOKEN at the same address -- re-points them, so uploads
+    reach it (the first hub is gone by then)."""
     db = f"repoint_{unique}"
     bucket = f"repoint-{unique}"
     s3 = minio_client(servers["rgw"])
     await asyncio.to_thread(s3.make_bucket, bucket)
+    port = free_port()
 
-    def settings(name: str) -> Any:
-        port = free_port()
-        return make_settings(servers, tmp_path / name, db, http_port=port, public_url=f"http://127.0.0.1:{port}")
+    def settings(name: str, port: int, token: str) -> Any:
+        # a trailing slash is the same address
+        return make_settings(servers, tmp_path / name, db, http_port=port, public_url=f"http://127.0.0.1:{port}/",
+                             webhook_token=token)
 
-    first = Hub(settings("first"))
+    first = Hub(settings("first", port, WEBHOOK_TOKEN))
     await first.start()
     stopped = False
     second: Hub | None = None
@@ -220,16 +226,20 @@ async def test_bucket_notifications_follow_a_changed_public_url(
         assert trig["notifications"]["push_url"] == first.url, trig
         stopped = True
         await first.stop()
-        second = Hub(settings("second"))
+        if change == "public_url":
+            second = Hub(settings("second", free_port(), WEBHOOK_TOKEN))
+        else:
+            second = Hub(settings("second", port, "a-new-webhook-token"))
         await second.start()
+        old_hash = trig["notifications"]["push_hash"]
 
         async def repointed() -> dict[str, Any] | None:
             doc = await second.store.get_trigger("s3")  # type: ignore[union-attr]
             notes = (doc or {}).get("notifications") or {}
-            return notes if notes.get("push_url") == second.url else None  # type: ignore[union-attr]
+            return notes if notes.get("push_hash") not in (None, old_hash) else None
 
         notes = await eventually(repointed, timeout=30)
-        assert notes["configured"] is True, notes
+        assert notes["configured"] is True and notes["push_url"] == second.url, notes
         await asyncio.to_thread(s3.put_object, bucket, "after-the-move.txt", io.BytesIO(b"x"), 1)
         (inv,) = await Api(http, second.url).wait_invocations(1, trigger="s3")
         assert inv["status"] == "succeeded" and inv["result"]["data"]["key"] == "after-the-move.txt", inv
@@ -238,3 +248,8 @@ async def test_bucket_notifications_follow_a_changed_public_url(
             await second.stop()
         if not stopped:
             await first.stop()
+
+
+def test_a_trailing_slash_in_the_public_url_is_the_same_address() -> None:
+    assert Settings(public_url="http://proxy:8080/").base_url() == "http://proxy:8080"
+    assert Settings(public_url="").base_url() == "http://127.0.0.1:8080"
