@@ -466,14 +466,21 @@ class Inbox:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            ids = [h.item["_id"] for h in self._held.values()] + list(self._finished)
-            if not ids:
+            held = [h.item["_id"] for h in self._held.values()]
+            # finished items keep their claim until deleted; their delete may land first, so
+            # only the running ones count when checking that every lease was renewed
+            finished = list(self._finished)
+            if not held and not finished:
                 continue
             try:
-                renewed = await shielded(self.store.inbox_renew(self.owner, ids, self.lease_s))
-                if renewed < len(ids):
+                renewed = await shielded(self.store.inbox_renew(self.owner, held, self.lease_s)) if held else 0
+                if finished:
+                    await shielded(self.store.inbox_renew(self.owner, finished, self.lease_s))
+                # items that settled meanwhile may have been handed back or deleted first
+                still = sum(1 for i in held if i in self._held)
+                if renewed < still:
                     log.warning("inbox leases lost; another instance may run these items too",
-                                held=len(ids), renewed=renewed)
+                                held=still, renewed=renewed)
             except Exception as exc:
                 log.warning("inbox lease renewal failed; retrying", error=str(exc))
 

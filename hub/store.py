@@ -435,7 +435,11 @@ class Store:
         return int(doc["token"]) if doc else None
 
     async def release_lease(self, key: str, owner: str) -> None:
-        await self.db.leases.delete_one({"_id": key, "owner": owner})
+        """Let the lease go at once. Expired, not deleted: its token must keep growing (a lease
+        made anew would start at 1 again, below the token on the saved cursor, and every save of
+        the next holder would be refused as a stale one)."""
+        await self.db.leases.update_one({"_id": key, "owner": owner},
+                                        {"$set": {"owner": None, "until": dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)}})
 
     async def lease_holders(self, prefix: str, timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
         """Live leases whose key starts with ``prefix``: {key: {"owner", "until"}}."""

@@ -18,6 +18,7 @@ from pymongo import AsyncMongoClient
 from devstack import free_port
 from hub.app import Hub
 from hub.settings import Settings
+from hub.store import Store
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client
 
@@ -253,3 +254,26 @@ async def test_bucket_notifications_follow_a_changed_webhook(
 def test_a_trailing_slash_in_the_public_url_is_the_same_address() -> None:
     assert Settings(public_url="http://proxy:8080/").base_url() == "http://proxy:8080"
     assert Settings(public_url="").base_url() == "http://127.0.0.1:8080"
+
+
+async def test_a_released_lease_keeps_its_fencing_token_growing(servers: dict[str, Any], unique: str) -> None:
+    """A takes the lease, crashes (it expires), B takes it over (token 2) and saves a cursor with
+    it, then stops cleanly (releases it): whoever takes it next must get a token above 2, or
+    every save of the new holder would be refused as stale (the stream would stop and restart
+    from the old position for ever)."""
+    store = Store(servers["mongo"].url, f"lease_{unique}", 3600)
+    await store.init()
+    try:
+        assert await store.acquire_lease("stream:t", "a", 30) == 1
+        assert await store.acquire_lease("stream:t", "b", 30) is None  # held by A
+        await store.db.leases.update_one({"_id": "stream:t"}, {"$set": {"until": dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)}})
+        assert await store.acquire_lease("stream:t", "b", 30) == 2  # A's lapsed: B takes over
+        await store.release_lease("stream:t", "b")
+        assert await store.lease_holders("stream:") == {}  # free at once
+        assert await store.acquire_lease("stream:t", "a", 30) == 3
+        assert await store.acquire_lease("stream:t", "a", 30) == 3  # a renewal keeps it
+        await store.release_lease("stream:t", "nobody")  # only the holder can release it
+        assert (await store.lease_holders("stream:"))["stream:t"]["owner"] == "a"
+    finally:
+        await store.client.drop_database(f"lease_{unique}")
+        await store.close()
