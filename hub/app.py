@@ -83,7 +83,7 @@ class Hub:
         self.pool = pool or make_pool(settings)
         self.router = Router()
         # usage metering rides the record writer's group commit (hub.usage)
-        self.usage = Usage(self.store.db, self.metrics, settings.usage_retention_s)
+        self.usage = Usage(self.store.db, self.metrics, settings.usage_retention_s, self.instance_id)
         self.writer = RecordWriter(self.store.db, on_written=self.usage.add)
         self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
                                      Completions(self.store.db), crash_point=settings.test_crash_point,

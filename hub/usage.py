@@ -67,20 +67,24 @@ MAX_RANGE = dt.timedelta(days=400)  # hourly, at most 9,600 buckets
 MAX_BUCKETS = 10_000
 WRITE_TIMEOUT_S = 10.0
 RETRY_MAX_S = 10.0
-KEEP_WRITE_IDS = 32  # per bucket: far more than the writes a retry can overlap with
+# A bucket document has one writer (this instance: its id is in the bucket's), which writes one
+# flush at a time and retries it until it lands: only the flush being retried can be there yet.
+KEEP_WRITE_IDS = 4
 QUERY_TIMEOUT_S = 10.0
-# Histogram: bucket 0 is [0, 1 ms); bucket k (1..60) is [10^((k-1)/10), 10^(k/10)) ms; bucket 61
-# is 1,000,000 ms (16.7 min, beyond the longest timeout) and above.
+# Histogram: bucket 0 is [0, 0.01 ms); bucket k (1..80) is [0.01 x 10^((k-1)/10), 0.01 x 10^(k/10))
+# ms (warm calls take well under 1 ms); bucket 81 is 1,000,000 ms (16.7 min, beyond the longest
+# timeout) and above.
 PER_DECADE = 10
-TOP = 6 * PER_DECADE + 1
-EDGES_MS = [10 ** (k / PER_DECADE) for k in range(TOP)]  # upper edge of bucket k (k < TOP)
+LOWEST_MS = 0.01
+TOP = 8 * PER_DECADE + 1
+EDGES_MS = [LOWEST_MS * 10 ** (k / PER_DECADE) for k in range(TOP)]  # upper edge of bucket k (k < TOP)
 COUNT_FIELDS = ("invocations", "failures", "partial", "throttles", "cold_starts", "billed_ms", "mb_ms")
 
 
 def hist_bucket(duration_ms: float) -> int:
-    if not duration_ms >= 1.0:  # NaN too
+    if not duration_ms >= LOWEST_MS:  # NaN too
         return 0
-    return min(TOP, int(math.floor(math.log10(duration_ms) * PER_DECADE)) + 1)
+    return min(TOP, int(math.floor(math.log10(duration_ms / LOWEST_MS) * PER_DECADE)) + 1)
 
 
 def percentile(hist: dict[int, int], q: float, lo: float | None, hi: float | None) -> float | None:
@@ -99,7 +103,7 @@ def percentile(hist: dict[int, int], q: float, lo: float | None, hi: float | Non
         if seen + count >= rank:
             f = (rank - seen) / count
             if b == 0:
-                value = f * 1.0
+                value = f * LOWEST_MS
             else:
                 low = EDGES_MS[b - 1]
                 high = EDGES_MS[b] if b < TOP else max(hi or low, low)
@@ -140,8 +144,10 @@ class UsageError(ValueError):
 
 
 class Usage:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], metrics: Metrics, retention_s: float = 0.0) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], metrics: Metrics, retention_s: float = 0.0,
+                 instance: str = "") -> None:
         self.coll = db.usage
+        self.instance = instance  # in every bucket id: one writer per bucket document
         self.metrics = metrics
         self.retention_s = retention_s
         self._pending: dict[tuple[str, str | None, dt.datetime], _Bucket] = {}
@@ -254,7 +260,7 @@ class Usage:
         self._pending, self._pending_records = {}, 0
         write_id = os.urandom(8).hex()
         ops = [self._op(key, bucket, write_id) for key, bucket in pending.items()]
-        delay = 0.2
+        delay, failed_before = 0.2, False
         while True:
             try:
                 self.writes += 1
@@ -262,18 +268,22 @@ class Usage:
                     await shielded(self.coll.bulk_write(ops, ordered=False))
                 return
             except asyncio.CancelledError:
-                self.metrics.usage_write_failures.inc(records)
+                if not failed_before:
+                    self.metrics.usage_write_failures.inc(records)
                 self._lost(records, "cancelled")
                 raise
             except BulkWriteError as exc:
-                # a duplicate key is an upsert that found its own write id: applied before
+                # a duplicate key is an upsert that found its own write id: applied before (the
+                # bucket has no other writer, so no rival upsert can have made it meanwhile)
                 others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
                 if not others and not exc.details.get("writeConcernErrors"):
                     return
                 error = f"BulkWriteError: {others[:1] or exc.details.get('writeConcernErrors')}"
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            self.metrics.usage_write_failures.inc(records)
+            if not failed_before:  # the invocations of a failing flush, counted once
+                self.metrics.usage_write_failures.inc(records)
+                failed_before = True
             if self._closing:
                 self._lost(records, error)
                 return
@@ -289,7 +299,7 @@ class Usage:
         function, version, hour = key
         update: dict[str, Any] = {
             "$inc": bucket.inc,
-            "$setOnInsert": {"function": function, "version": version, "hour": hour},
+            "$setOnInsert": {"function": function, "version": version, "hour": hour, "instance": self.instance},
             "$push": {"w": {"$each": [write_id], "$slice": -KEEP_WRITE_IDS}},
         }
         if bucket.duration_min is not None:
@@ -304,7 +314,8 @@ class Usage:
         if highs:
             update["$max"] = highs
         # filtered on the write id not being there yet: a retry of an applied write changes nothing
-        return UpdateOne({"_id": bucket_id(function, version, hour), "w": {"$ne": write_id}}, update, upsert=True)
+        return UpdateOne({"_id": bucket_id(function, version, hour, self.instance), "w": {"$ne": write_id}},
+                         update, upsert=True)
 
     # -- queries ----------------------------------------------------------------------------
     async def query(self, *, function: str | None, version: str | None, start: dt.datetime | None,
@@ -320,6 +331,8 @@ class Usage:
         try:
             end = end or now
             start = floor(start or end - DAY)
+            if floor(end) != end:  # buckets are whole: `to` is rounded up to the next one
+                end = floor(end) + step
         except OverflowError:
             raise UsageError("from/to out of range") from None
         if start > end:
@@ -368,8 +381,8 @@ class Usage:
         return {d.pop("_id"): d for d in docs}
 
 
-def bucket_id(function: str, version: str | None, hour: dt.datetime) -> str:
-    return f"{function}|{version or '-'}|{hour:%Y-%m-%dT%H}"
+def bucket_id(function: str, version: str | None, hour: dt.datetime, instance: str = "") -> str:
+    return f"{function}|{version or '-'}|{hour:%Y-%m-%dT%H}|{instance}"
 
 
 def _starts(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> list[dt.datetime]:
