@@ -39,7 +39,7 @@ from hub.usage import Usage
 from hub.watch import ConfigWatcher
 
 log = structlog.get_logger("hub.app")
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 2.0  # also carries this instance's Kafka partitions to the others' cursor views
 
 
 def make_pool(settings: Settings) -> WorkerPool:
@@ -208,7 +208,8 @@ class Hub:
 
     async def _heartbeat(self) -> None:
         """Other instances see this one (an s3 trigger then needs the shared HUB_PUBLIC_URL)."""
-        await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url}))
+        await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url,
+                                                               "kafka": self.cursors.kafka_shares()}))
         if self.settings.public_url or not any(t.source_type == "s3" for t in self.router.triggers.values()):
             return
         others = [i["_id"] for i in await shielded(self.store.live_instances()) if i["_id"] != self.instance_id]

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hub.cursors")
 
+PEER_FRESH_S = 15.0  # heartbeats older than this are of instances gone (they beat every 2 s)
 READ_TIMEOUT_S = 0.5  # PyMongo's own timeout (it may overshoot by its 0.5 s wake-up granularity)
 OPLOG_CACHE_S = 30.0
 AT_RISK = 0.8
@@ -78,6 +79,27 @@ def position_time(position: dict[str, Any] | None) -> dt.datetime | None:
     return None
 
 
+async def _nothing() -> list[dict[str, Any]]:
+    return []
+
+
+def _merge_partitions(cursor: dict[str, Any], trigger: str, peers: list[dict[str, Any]]) -> None:
+    """Add the partitions other instances hold (from their heartbeats, at most a few seconds
+    old) to this instance's view, so any instance shows the group's whole cursor and lag."""
+    seen = {p["partition"] for p in cursor["partitions"]}
+    for peer in peers:  # newest first: after a rebalance, the latest holder's figures win
+        for share in peer.get("kafka") or []:
+            if share.get("trigger") != trigger or share.get("group") != cursor["group"]:
+                continue
+            for p in share.get("partitions") or []:
+                if p.get("partition") not in seen:
+                    seen.add(p.get("partition"))
+                    cursor["partitions"].append({**p, "instance": peer["_id"]})
+    cursor["partitions"].sort(key=lambda p: p["partition"])
+    lags = [p["lag"] for p in cursor["partitions"] if isinstance(p.get("lag"), int)]
+    cursor["lag"] = sum(lags) if lags else None
+
+
 class Cursors:
     def __init__(self, store: Store, sources: Sources) -> None:
         self.store = store
@@ -102,10 +124,14 @@ class Cursors:
                 queued.append(name)
             else:
                 out[name] = {}
-        depths, mongo = await asyncio.gather(self._inbox_depths(queued), self._streams(streams))
+        kafka = [name for name, cursor in out.items() if "partitions" in cursor]
+        depths, mongo, peers = await asyncio.gather(self._inbox_depths(queued), self._streams(streams),
+                                                    self._peers() if kafka else _nothing())
         for name in queued:
             out[name] = {"inbox_depth": depths.get(name)}
         out.update(mongo)
+        for name in kafka:
+            _merge_partitions(out[name], name, peers)
         return out
 
     def _kafka(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -113,9 +139,32 @@ class Cursors:
         if isinstance(sub, KafkaSubscription):
             cursor = sub.cursor()
             cursor["held_elsewhere"] = sub.state == "running" and not cursor["partitions"]
+            for p in cursor["partitions"]:
+                p["instance"] = self.sources.owner
             return cursor
         group = kafka_group_id(doc["_id"], str(doc.get("source_identity", "")), str(doc.get("source_epoch", "")))
         return {"group": group, "partitions": [], "lag": None, "held_elsewhere": False}
+
+    def kafka_shares(self) -> list[dict[str, Any]]:
+        """This instance's Kafka partitions per trigger, for its heartbeat: the other instances
+        show the whole group's cursor from these."""
+        shares = []
+        for name, entry in self.sources.running.items():
+            sub = entry[1]
+            if isinstance(sub, KafkaSubscription):
+                cursor = sub.cursor()
+                shares.append({"trigger": name, "group": cursor["group"], "partitions": cursor["partitions"]})
+        return shares
+
+    async def _peers(self) -> list[dict[str, Any]]:
+        """Other live instances' heartbeats, newest first (bounded; none when MongoDB is away)."""
+        try:
+            with pymongo.timeout(READ_TIMEOUT_S):
+                peers = await shielded(self.store.live_instances(within_s=PEER_FRESH_S))
+        except Exception:
+            return []
+        peers = [p for p in peers if p["_id"] != self.sources.owner]
+        return sorted(peers, key=lambda p: p["last_seen"], reverse=True)
 
     async def _streams(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not docs:

@@ -149,6 +149,17 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
         assert all(kafka_share[i] > 0 for i in ids), f"an instance ran no Kafka events: {kafka_share}"
         assert all(s3_share[i] > 0 for i in ids), f"an instance ran no S3 events: {s3_share}"
 
+        async def whole_cursor() -> dict[str, Any] | None:
+            """Any one instance shows the group's whole cursor: its partitions, and the others'
+            from their heartbeats; the lag of the finished backlog is 0."""
+            status, body = await Api(http, hubs[0].url).call("GET", "/v1/triggers/t-kafka")
+            cursor = body["cursor"]
+            parts = cursor["partitions"]
+            whole = sorted(p["partition"] for p in parts) == list(range(PARTITIONS))
+            return cursor if whole and cursor["lag"] == 0 and {p["instance"] for p in parts} == set(ids) else None
+
+        await eventually(whole_cursor, timeout=30)
+
         # 2. one stops gracefully while events flow; 3. another is killed while events flow
         stopping, killed, left = hubs
 

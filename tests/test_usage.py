@@ -291,7 +291,7 @@ async def test_a_changed_record_retention_is_applied_to_the_ttl_index(servers: d
 
 # -- cursors ------------------------------------------------------------------------------------
 async def test_kafka_cursor_lag_while_a_backlog_runs_then_zero(
-    api: Api, servers: dict[str, Any], unique: str
+    api: Api, hub: Hub, servers: dict[str, Any], unique: str
 ) -> None:
     topic, trigger, failing = f"lag-{unique}", f"lag-{unique}", f"dl-{unique}"
     bootstrap = servers["kafka"].bootstrap
@@ -326,7 +326,7 @@ async def test_kafka_cursor_lag_while_a_backlog_runs_then_zero(
         return cursor if cursor["lag"] == 0 and p and p[0]["committed"] == p[0]["end"] == 8 else None
 
     done = await eventually(caught_up, timeout=60)
-    assert done["partitions"] == [{"partition": 0, "committed": 8, "end": 8, "lag": 0}]
+    assert done["partitions"] == [{"partition": 0, "committed": 8, "end": 8, "lag": 0, "instance": hub.instance_id}]
     assert len(await api.invocations(trigger=trigger)) == 8
 
     listed = await api.ok("GET", "/v1/triggers", params={"function": f"slow-{unique}"})

@@ -54,7 +54,7 @@ export function cursorCell(t) {
     return h("span", { class: "cursor", "data-lag": unknown ? "" : c.lag },
       h("span", { class: "lag" }, unknown ? "lag —" : `lag ${c.lag}`),
       unknown && !c.held_elsewhere ? h("div", { class: "cursor-parts" }, t.enabled ? "not consuming yet" : "not consuming (disabled)") : null,
-      elsewhere("partitions held by other instances (their own /v1/triggers shows them)"),
+      elsewhere("all partitions held by other instances"),
       c.group ? h("div", { class: "cursor-parts" }, `group ${c.group}`) : null,
       parts.length ? h("div", { class: "cursor-parts" }, parts.join(" · ")) : null);
   }
