@@ -479,10 +479,10 @@ class HubProcess:
 
 
 class Api:
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str = API_TOKEN) -> None:
         self.session = session
         self.base = base
-        self.headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        self.headers = {"Authorization": f"Bearer {token}"}
 
     async def ok(self, method: str, path: str, body: Any = None) -> Any:
         async with self.session.request(method, self.base + path, json=body, headers=self.headers) as r:
