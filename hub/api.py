@@ -622,10 +622,46 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         raise ApiError(404, f"no dead letter {request.match_info['id']!r}")
     if doc["trigger"] is not None and await hub.store.get_trigger(doc["trigger"]) is None:
         raise ApiError(409, f"trigger {doc['trigger']!r} no longer exists; nothing to replay into")
-    if doc.get("qualifier") not in (None, LATEST):  # a direct invoke of a version or alias runs it again
-        doc = {**doc, "function": f"{doc['function']}:{doc['qualifier']}"}
-    await hub.inbox.put_replay(doc)
+    await hub.inbox.put_replays([_replayable(doc)])
     return reply({"id": doc["_id"], "status": "queued"}, 202)
+
+
+def _replayable(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc.get("qualifier") not in (None, LATEST):  # a direct invoke of a version or alias runs it again
+        return {**doc, "function": f"{doc['function']}:{doc['qualifier']}"}
+    return doc
+
+
+REPLAY_PAGE = 500
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    """Queue every dead letter of a trigger or function (all of them, in pages, not a listing's
+    first 1000); those of triggers that no longer exist are skipped and counted."""
+    hub = request.app[HUB_KEY]
+    query = query_filters(request, DEAD_LETTER_FILTERS)
+    if not query:
+        raise ApiError(400, "say which: ?trigger=NAME or ?function=NAME")
+    queued = skipped = 0
+    after: str | None = None
+    exists: dict[str, bool] = {}
+    while True:
+        page = await hub.store.dead_letters_after(query, after, REPLAY_PAGE)
+        if not page:
+            break
+        after = page[-1]["_id"]
+        wanted = []
+        for doc in page:
+            trigger = doc.get("trigger")
+            if trigger is not None and trigger not in exists:
+                exists[trigger] = await hub.store.get_trigger(trigger) is not None
+            if trigger is not None and not exists[trigger]:
+                skipped += 1
+            else:
+                wanted.append(_replayable(doc))
+        await hub.inbox.put_replays(wanted)
+        queued += len(wanted)
+    return reply({"queued": queued, "skipped": skipped}, 202)
 
 
 async def delete_dead_letter(request: web.Request) -> web.Response:
@@ -813,6 +849,7 @@ def make_app(hub: Hub) -> web.Application:
     r.add_delete("/v1/dead-letters", purge_dead_letters)
     r.add_get("/v1/dead-letters/{id}", get_dead_letter)
     r.add_post("/v1/dead-letters/{id}/replay", replay_dead_letter)
+    r.add_post("/v1/dead-letters/replay", replay_dead_letters)
     r.add_delete("/v1/dead-letters/{id}", delete_dead_letter)
     r.add_post("/v1/sources/s3/events", s3_webhook)
     r.add_get("/healthz", healthz)

@@ -551,11 +551,15 @@ def dead_letters_replay(c: Ctx, dead_letter_id: str | None, replay_all: bool, tr
         fail("give a dead letter id, or --all with --trigger or --function", EXIT_USAGE)
     if replay_all and not (trigger or function):
         fail("--all needs --trigger or --function", EXIT_USAGE)
-    ids = [dead_letter_id] if dead_letter_id else [d["id"] for d in _dead_letters(c, trigger, function)]
-    for dl in ids:
-        path = f"/v1/dead-letters/{dl}/replay"
+    if dead_letter_id:
+        path = f"/v1/dead-letters/{dead_letter_id}/replay"
         api_call(lambda: c.client.call("POST", path))
-    c.out({"replayed": ids}, lambda: click.echo(f"queued {len(ids)} dead letter(s) for replay"))
+        c.out({"replayed": [dead_letter_id]}, lambda: click.echo("queued 1 dead letter for replay"))
+        return
+    query = {k: v for k, v in (("trigger", trigger), ("function", function)) if v}
+    done = api_call(lambda: c.client.call("POST", "/v1/dead-letters/replay", query=query))
+    c.out(done, lambda: click.echo(f"queued {done['queued']} dead letter(s) for replay"
+                                   + (f" ({done['skipped']} of deleted triggers skipped)" if done["skipped"] else "")))
 
 
 @dead_letters.command("purge")

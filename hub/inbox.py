@@ -127,12 +127,10 @@ class Inbox:
         await self._put([self._item("invoke", event, function=function, request_id=request_id)])
         return request_id
 
-    async def put_replay(self, dead_letter: dict[str, Any]) -> None:
-        event = Event.from_cloudevent(dead_letter["event"])
-        await self._put([self._item(
-            "replay", event, function=dead_letter["function"], trigger=dead_letter["trigger"],
-            dead_letter_id=dead_letter["_id"],
-        )])
+    async def put_replays(self, dead_letters: list[dict[str, Any]]) -> None:
+        if dead_letters:
+            await self._put([self._item("replay", Event.from_cloudevent(d["event"]), function=d["function"],
+                                        trigger=d["trigger"], dead_letter_id=d["_id"]) for d in dead_letters])
 
     @staticmethod
     def _item(kind: str, event: Event, **fields: Any) -> dict[str, Any]:

@@ -241,6 +241,11 @@ class Replayed(_Open):
     status: str
 
 
+class ReplayedAll(_Open):
+    queued: int = Field(description="dead letters queued to run again")
+    skipped: int = Field(description="dead letters of triggers that no longer exist")
+
+
 class Deleted(_Open):
     deleted: str
 
@@ -271,7 +276,7 @@ class Readiness(_Open):
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Error, Function, FunctionList, Alias, AliasList, VersionList, Trigger, TriggerList, Invocation,
     InvocationList, Queued, UsageReport,
-    DeadLetter, DeadLetterList, Replayed, Deleted, Purged, WebhookReceipt, Health, Readiness, FnError,
+    DeadLetter, DeadLetterList, Replayed, ReplayedAll, Deleted, Purged, WebhookReceipt, Health, Readiness, FnError,
 )
 
 _REASONS = {
@@ -561,6 +566,11 @@ def _build() -> dict[str, Any]:
                 "parameters": [_ID],
                 "get": _op("One dead letter with every attempt's error", {"200": "DeadLetter"}, "404 503"),
                 "delete": _op("Delete a dead letter", {"200": "Deleted"}, "404 503"),
+            },
+            "/v1/dead-letters/replay": {
+                "parameters": [_text("trigger"), _text("function")],
+                "post": _op("Run every dead letter of a trigger or function again", {"202": "ReplayedAll"},
+                            "400 503"),
             },
             "/v1/dead-letters/{id}/replay": {
                 "parameters": [_ID],

@@ -336,6 +336,11 @@ class Store:
         cursor = self.db.dead_letters.find(query).sort("created_at", DESCENDING).limit(limit)
         return await cursor.to_list(None)
 
+    async def dead_letters_after(self, query: dict[str, Any], after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Dead letters matching ``query`` in _id order, after ``after`` (paging through all)."""
+        where = {**query, **({"_id": {"$gt": after}} if after is not None else {})}
+        return await self.db.dead_letters.find(where).sort("_id", ASCENDING).limit(limit).to_list(None)
+
     async def get_dead_letter(self, dl_id: str) -> dict[str, Any] | None:
         return await self.db.dead_letters.find_one({"_id": dl_id})
 

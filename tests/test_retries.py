@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from hub.app import Hub
+from hub.events import Event
+from hub.records import dead_letter_id
 from tests.hubfixtures import Api, eventually
 from tests.test_sources import produce
 
@@ -75,3 +79,31 @@ async def test_dead_letter_delete_and_purge(api: Api, unique: str) -> None:
     status, body = await api.call("DELETE", "/v1/dead-letters")
     assert status == 400 and "say which" in body["error"]
     assert (await api.ok("DELETE", "/v1/dead-letters", params={"function": fn}))["deleted"] == 1
+
+
+async def test_replay_every_dead_letter_of_a_trigger(api: Api, hub: Hub, unique: str) -> None:
+    """More dead letters than a listing shows (1,000): one POST queues them all, they run and go."""
+    fn, trig = f"fixed-{unique}", f"many-{unique}"
+    await api.put_function(fn, FIXED, max_concurrency=8)
+    await api.put_trigger(trig, fn, {"type": "kafka", "topic": f"many-{unique}"})
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def letter(trigger: str, n: int) -> dict[str, Any]:
+        event = Event(id=f"{trigger}:{n}", source="kafka://many/0", type="kafka.message", data={"n": n})
+        return {"_id": dead_letter_id(trigger, event.id), "trigger": trigger, "function": fn,
+                "event": event.to_cloudevent(), "attempts": [], "last_status": "failed", "created_at": now}
+
+    await hub.store.db.dead_letters.insert_many([letter(trig, n) for n in range(1100)])
+    await hub.store.db.dead_letters.insert_many([letter(f"gone-{unique}", n) for n in range(3)])
+    status, body = await api.call("POST", "/v1/dead-letters/replay")
+    assert status == 400 and "trigger" in body["error"]
+    assert await api.ok("POST", "/v1/dead-letters/replay", params={"trigger": f"gone-{unique}"}) == {
+        "queued": 0, "skipped": 3}
+    assert await api.ok("POST", "/v1/dead-letters/replay", params={"trigger": trig}) == {"queued": 1100, "skipped": 0}
+
+    async def all_gone() -> bool:
+        return await hub.store.db.dead_letters.count_documents({"trigger": trig}) == 0
+
+    await eventually(all_gone, timeout=180, interval=1.0)
+    ran = await hub.store.db.invocations.count_documents({"trigger": trig, "status": "succeeded"})
+    assert ran == 1100

@@ -52,16 +52,17 @@ function confirmButton(label, question, action, out) {
 
 function triggerActions(trigger, letters, out) {
   if (!trigger) return h("p", { class: "muted" }, "Pick a trigger to replay or purge all of its dead letters.");
-  const all = h("button", { type: "button", class: "secondary", disabled: !letters.length }, `Replay all ${letters.length}`);
+  const all = h("button", { type: "button", class: "secondary", disabled: !letters.length },
+    letters.length >= 1000 ? "Replay all (1000+)" : `Replay all ${letters.length}`);
   all.addEventListener("click", async () => {
     all.disabled = true;
-    let done = 0;
-    const failed = [];
-    for (const d of letters) {
-      try { await replay(d.id); done += 1; } catch (exc) { failed.push(`${d.id}: ${exc.message}`); }
+    try {
+      // one request: the hub queues every dead letter of the trigger, however many
+      const r = await api("v1/dead-letters/replay", { method: "POST", query: { trigger } });
+      clear(out, h("p", { class: "notice" }, `${r.queued} dead letter(s) of ${trigger} queued for replay.`));
+    } catch (exc) {
+      clear(out, h("p", { class: "error" }, `Replay failed: ${exc.message}`));
     }
-    clear(out, h("p", { class: failed.length ? "error" : "notice" },
-      `${done} dead letter(s) of ${trigger} queued for replay.${failed.length ? ` Failed: ${failed.join("; ")}` : ""}`));
     await refreshNow();
   });
   const purge = confirmButton("Purge", `Delete every dead letter of ${trigger}? `, async () => {
