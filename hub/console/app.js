@@ -54,7 +54,13 @@ async function show() {
     return;
   }
   const [m, render] = match;
-  const params = m.slice(1).map(decodeURIComponent);
+  let params;
+  try {
+    params = m.slice(1).map(decodeURIComponent);
+  } catch {  // a malformed %-escape in a hand-typed link
+    clear(main, h("h1", {}, "Not found"), h("p", {}, "This link is malformed. ", h("a", { href: "#/functions" }, "Functions")));
+    return;
+  }
   const ctx = { main, params, query, alive: () => mine === generation };
   clear(main, h("p", { class: "loading" }, "loading…"));
   try {

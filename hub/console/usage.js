@@ -54,6 +54,7 @@ export async function page(ctx) {
   if (cfg.fn && !names.includes(cfg.fn)) names.push(cfg.fn);
   clear(ctx.main, h("h1", {}, "Usage"), form(cfg, names), body);
   const load = async () => {
+    Object.assign(cfg, settings(ctx.query));  // the period moves on: a new hour appears while open
     const query = { function: cfg.fn, from: new Date(cfg.from).toISOString(), to: new Date(cfg.to).toISOString(),
       granularity: cfg.granularity };
     let usage;
@@ -94,7 +95,9 @@ function totalsBox(totals) {
 function slotLabel(t, granularity) {
   const d = new Date(t);
   const pad = (n) => String(n).padStart(2, "0");
-  const day = `${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  // days are UTC days (the hub's buckets); hours are shown in local time
+  const day = granularity === "hour" ? `${pad(d.getMonth() + 1)}-${pad(d.getDate())}`
+    : `${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
   return granularity === "hour" ? `${day} ${pad(d.getHours())}:00` : day;
 }
 
