@@ -54,6 +54,14 @@ async def _partitions(http: aiohttp.ClientSession, hub: HubProcess, trigger: str
     return [p["partition"] for p in (body.get("cursor") or {}).get("partitions") or []]
 
 
+async def _proxy_serves(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return r.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
+
+
 async def _ran_by(db: Any, trigger: str, seqs: set[str]) -> Counter[str]:
     """Which instance ran which of these writes: succeeded records per instance."""
     ran: Counter[str] = Counter()
@@ -91,6 +99,8 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
             hub.start()
         for hub in hubs:
             await hub.wait_healthy(http)
+        # and the proxy has seen them healthy (its checks run every 0.3 s)
+        await eventually(lambda: _proxy_serves(http, proxy.url), timeout=30)
         api = Api(http, proxy.url)  # clients use the shared address too
         # a little work per event, so that a burst needs more than one instance's workers
         await api.put_function("rec", seq_function(sleep_s=0.02), max_concurrency=4)
