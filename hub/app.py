@@ -40,6 +40,7 @@ from hub.watch import ConfigWatcher
 
 log = structlog.get_logger("hub.app")
 HEARTBEAT_S = 2.0  # also carries this instance's Kafka partitions to the others' cursor views
+CLOCK_SYNC_S = 60.0  # how often the offset to MongoDB's clock is measured again (hub.store)
 
 
 def make_pool(settings: Settings) -> WorkerPool:
@@ -183,7 +184,14 @@ class Hub:
 
     async def _sync_loop(self) -> None:
         repointed = False
+        clock_synced = time.monotonic()  # by store.init()
         while True:
+            if time.monotonic() - clock_synced >= CLOCK_SYNC_S:
+                try:
+                    await shielded(self.store.sync_clock())
+                    clock_synced = time.monotonic()
+                except Exception as exc:
+                    log.debug("measuring the clock offset to MongoDB failed", error=str(exc))
             if time.monotonic() - self._beat >= HEARTBEAT_S:
                 try:
                     await self._heartbeat()

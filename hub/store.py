@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import Any
 
 import bson
 from bson.errors import InvalidDocument, InvalidStringData
 import pymongo
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -32,6 +34,8 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from hub import driverfix
 
 driverfix.apply()  # before any client exists: see hub/driverfix.py
+
+log = structlog.get_logger("hub.store")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -80,8 +84,16 @@ def _sanitise(value: Any) -> Any:
     return value
 
 
+CLOCK_WARN = dt.timedelta(seconds=1)
+
+
 class Store:
-    def __init__(self, url: str, db_name: str, completion_ttl_s: float = 14 * 86400) -> None:
+    def __init__(self, url: str, db_name: str, completion_ttl_s: float = 14 * 86400,
+                 clock: Callable[[], dt.datetime] = now) -> None:
+        # Leases and claims are compared across instances, whose clocks may differ: they are
+        # timed by MongoDB's clock, as this host reckons it (its own plus a measured offset).
+        self._clock = clock
+        self.clock_offset = dt.timedelta(0)
         # Invocation records double as success markers, so they are kept exactly this long: a
         # redelivery older than that (a Kafka topic rewound by hand) runs again.
         self.completion_ttl_s = completion_ttl_s
@@ -92,8 +104,29 @@ class Store:
         )
         self.db: AsyncDatabase[dict[str, Any]] = self.client[db_name]
 
+    def now(self) -> dt.datetime:
+        """MongoDB's time, as far as this host can tell (for leases, claims and heartbeats)."""
+        return self._clock() + self.clock_offset
+
+    async def sync_clock(self) -> dt.timedelta:
+        """Measure how far this host's clock is from MongoDB's (``hello``'s localTime, halfway
+        through the round trip; ms resolution), and use MongoDB's from now on."""
+        before = self._clock()
+        reply = await self.db.command("hello")
+        after = self._clock()
+        server = reply["localTime"]
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=dt.timezone.utc)
+        offset = server - (before + (after - before) / 2)
+        if abs(offset) > CLOCK_WARN and abs(offset - self.clock_offset) > CLOCK_WARN:
+            log.warning("this host's clock is off MongoDB's; leases and claims use MongoDB's time",
+                        offset_s=round(offset.total_seconds(), 3))
+        self.clock_offset = offset
+        return offset
+
     async def init(self) -> None:
         db = self.db
+        await self.sync_clock()
         # Listing pages by (started_at, _id) newest first (hub.logstream): _id ends each index so
         # the sort and the cursor come from the index, however deep the page.
         await db.invocations.create_index([("function", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
@@ -244,14 +277,14 @@ class Store:
 
     # -- instances --------------------------------------------------------------------------
     async def heartbeat(self, instance: str, fields: dict[str, Any]) -> None:
-        await self.db.instances.update_one({"_id": instance}, {"$set": {**fields, "last_seen": now()}}, upsert=True)
+        await self.db.instances.update_one({"_id": instance}, {"$set": {**fields, "last_seen": self.now()}}, upsert=True)
 
     async def forget_instance(self, instance: str) -> None:
         await self.db.instances.delete_one({"_id": instance})
 
     async def live_instances(self, within_s: float = 30.0) -> list[dict[str, Any]]:
         """Instances seen within ``within_s`` (every instance writes a heartbeat every few seconds)."""
-        since = now() - dt.timedelta(seconds=within_s)
+        since = self.now() - dt.timedelta(seconds=within_s)
         return await self.db.instances.find({"last_seen": {"$gte": since}}).to_list(None)
 
     # -- source progress --------------------------------------------------------------------
@@ -354,16 +387,19 @@ class Store:
 
     # -- inbox ------------------------------------------------------------------------------
     async def inbox_put(self, items: list[dict[str, Any]]) -> None:
-        """Durably queue items; returns only once MongoDB has them (majority on a replica set)."""
+        """Durably queue items, ready now by MongoDB's time (another instance must not see them
+        as not yet due because this host's clock runs ahead); returns once MongoDB has them."""
         if items:
-            await self.db.inbox.insert_many([storable(i) for i in items], ordered=True)
+            t = self.now()
+            await self.db.inbox.insert_many([storable({**i, "created_at": t, "not_before": t}) for i in items],
+                                            ordered=True)
 
     async def inbox_claim(self, owner: str, lease_s: float, limit: int) -> list[dict[str, Any]]:
         """Claim up to ``limit`` items that can run now, oldest first (three queries, any count).
         Empty only when nothing is claimable: a round lost to another instance (which claimed the
         same oldest items first) looks again."""
         for _ in range(5):
-            t = now()
+            t = self.now()
             found = await self.db.inbox.find(_claimable(t), {"_id": 1}).sort("created_at", ASCENDING).limit(limit).to_list(None)
             if not found:
                 return []
@@ -381,13 +417,13 @@ class Store:
         return []
 
     async def inbox_ready(self) -> bool:
-        return await self.db.inbox.find_one(_claimable(now()), {"_id": 1}) is not None
+        return await self.db.inbox.find_one(_claimable(self.now()), {"_id": 1}) is not None
 
     async def inbox_renew(self, owner: str, item_ids: list[Any], lease_s: float) -> int:
         """Extend the leases of the items we hold (one query for all of them); returns how many."""
         res = await self.db.inbox.update_many(
             {"_id": {"$in": item_ids}, "owner": owner, "state": "leased"},
-            {"$set": {"lease_until": now() + dt.timedelta(seconds=lease_s)}},
+            {"$set": {"lease_until": self.now() + dt.timedelta(seconds=lease_s)}},
         )
         return res.matched_count
 
@@ -400,7 +436,7 @@ class Store:
         """Hand items back (shutdown, or a failure to retry after ``delay_s``)."""
         if not item_ids:
             return
-        fields: dict[str, Any] = {"state": "pending", "not_before": now() + dt.timedelta(seconds=delay_s)}
+        fields: dict[str, Any] = {"state": "pending", "not_before": self.now() + dt.timedelta(seconds=delay_s)}
         if error is not None:
             fields["last_error"] = error
         await self.db.inbox.update_many({"_id": {"$in": item_ids}, "owner": owner, "state": "leased"},
@@ -409,7 +445,7 @@ class Store:
     async def inbox_reclaim(self, owner: str) -> int:
         """At start: items an earlier run of this instance held (it crashed) can run again now."""
         res = await self.db.inbox.update_many({"owner": owner, "state": "leased"},
-                                              {"$set": {"state": "pending", "not_before": now()}})
+                                              {"$set": {"state": "pending", "not_before": self.now()}})
         return res.modified_count
 
     async def inbox_find_request(self, request_id: str) -> dict[str, Any] | None:
@@ -425,7 +461,7 @@ class Store:
         The token grows every time the lease changes hands (or lapsed): a holder writes it along
         with every cursor it saves, and a save carrying an older token than the stored one is
         refused, so a holder that stalled past its lease cannot move the cursor back."""
-        t = now()
+        t = self.now()
         held = {"$and": [{"$eq": ["$owner", owner]}, {"$gt": ["$until", t]}]}
         try:
             doc = await self.db.leases.find_one_and_update(
@@ -449,5 +485,5 @@ class Store:
     async def lease_holders(self, prefix: str, timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
         """Live leases whose key starts with ``prefix``: {key: {"owner", "until"}}."""
         with pymongo.timeout(timeout_s):
-            docs = await self.db.leases.find({"_id": {"$regex": "^" + re.escape(prefix)}, "until": {"$gte": now()}}).to_list(None)
+            docs = await self.db.leases.find({"_id": {"$regex": "^" + re.escape(prefix)}, "until": {"$gte": self.now()}}).to_list(None)
         return {d["_id"]: {"owner": d["owner"], "until": d["until"]} for d in docs}

@@ -18,6 +18,8 @@ from pymongo import AsyncMongoClient
 from devstack import free_port
 from hub.app import Hub
 from hub.settings import Settings
+from hub.events import Event
+from hub.inbox import Inbox
 from hub.store import Store
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client
@@ -277,3 +279,29 @@ async def test_a_released_lease_keeps_its_fencing_token_growing(servers: dict[st
     finally:
         await store.client.drop_database(f"lease_{unique}")
         await store.close()
+
+
+async def test_leases_and_claims_use_mongodb_time_not_a_skewed_host_clock(servers: dict[str, Any], unique: str) -> None:
+    """An instance whose clock is two minutes slow: its leases and inbox claims would look long
+    expired to the others (and its items not yet due to a host running ahead). Timed by
+    MongoDB's clock, they hold as for any instance."""
+    slow = Store(servers["mongo"].url, f"clock_{unique}", 3600,
+                 clock=lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=120))
+    honest = Store(servers["mongo"].url, f"clock_{unique}", 3600)
+    try:
+        await slow.init()
+        await honest.init()
+        assert abs((slow.now() - honest.now()).total_seconds()) < 1.0
+        assert await slow.acquire_lease("stream:t", "slow", 30) == 1
+        assert await honest.acquire_lease("stream:t", "honest", 30) is None  # still held
+        item = Inbox._item("invoke", Event(id="invoke:1", source="invoke://f", type="hub.invoke", data={}),
+                           function="f", request_id="r1")
+        await honest.inbox_put([item])
+        assert [i["_id"] for i in await slow.inbox_claim("slow", 30, 10)] == [item["_id"]]
+        assert await honest.inbox_claim("honest", 30, 10) == []  # the slow host's claim holds
+        await slow.heartbeat("slow", {})
+        assert [i["_id"] for i in await honest.live_instances()] == ["slow"]
+    finally:
+        await honest.client.drop_database(f"clock_{unique}")
+        await slow.close()
+        await honest.close()
