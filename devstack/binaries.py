@@ -176,6 +176,27 @@ def spawn(
     return proc
 
 
+def spawn_listening(
+    argv: Sequence[Arg],
+    log_path: Path,
+    port: int,
+    what: str,
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    pidfile: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """spawn() a server and wait until it accepts connections on 127.0.0.1:port; a server that
+    exits or does not listen in time is stopped and ServerError says why (with its log tail)."""
+    proc = spawn(argv, log_path, env=env, pidfile=pidfile)
+    try:
+        wait_until(lambda: port_open(port), timeout=timeout, what=what, proc=proc, log_path=log_path, interval=0.05)
+    except BaseException:
+        stop_process(proc, timeout=5.0, pidfile=pidfile)
+        raise
+    return proc
+
+
 def stop_process(
     proc: subprocess.Popen[bytes] | None,
     timeout: float = 15.0,

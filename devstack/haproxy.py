@@ -22,10 +22,8 @@ from devstack.binaries import (
     ensure_port_free,
     free_port,
     kill_stale,
-    port_open,
-    spawn,
+    spawn_listening,
     stop_process,
-    wait_until,
 )
 
 CONFIG = """\
@@ -99,13 +97,8 @@ class HAProxy(Managed):
         ensure_port_free(self.port, "haproxy")
         self.config_path.write_text(self.config())
         argv: list[Arg] = [find_haproxy(), "-db", "-f", self.config_path]  # -db: foreground
-        self.proc = spawn(argv, self.log_path, pidfile=self.pidfile)
-        try:
-            wait_until(lambda: port_open(self.port), timeout=self.start_timeout, what=f"haproxy on {self.url}",
-                       proc=self.proc, log_path=self.log_path, interval=0.05)
-        except BaseException:
-            self.stop()
-            raise
+        self.proc = spawn_listening(argv, self.log_path, self.port, f"haproxy on {self.url}",
+                                    timeout=self.start_timeout, pidfile=self.pidfile)
         return self
 
     def stop(self) -> None:

@@ -20,10 +20,8 @@ from devstack.binaries import (
     find_tansu,
     free_port,
     kill_stale,
-    port_open,
-    spawn,
+    spawn_listening,
     stop_process,
-    wait_until,
 )
 
 # Tansu reads these from the environment as defaults for its flags; keep an unrelated shell
@@ -73,19 +71,8 @@ class TansuServer(Managed):
         ]
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         env.setdefault("RUST_LOG", "warn")
-        self.proc = spawn(argv, self.log_path, env=env, pidfile=self.pidfile)
-        try:
-            wait_until(
-                lambda: port_open(self.port),
-                timeout=self.start_timeout,
-                what=f"tansu on {self.bootstrap}",
-                proc=self.proc,
-                log_path=self.log_path,
-                interval=0.05,
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self.proc = spawn_listening(argv, self.log_path, self.port, f"tansu on {self.bootstrap}",
+                                    timeout=self.start_timeout, env=env, pidfile=self.pidfile)
         return self
 
     def stop(self) -> None:

@@ -54,6 +54,17 @@ async def shielded(aw: Awaitable[T]) -> T:
     return await asyncio.shield(task)
 
 
+async def finish_or_cancel(task: asyncio.Task[Any] | None, timeout: float) -> None:
+    """Let a writer task finish what it has for up to ``timeout``, then cancel it; only for
+    tasks whose driver calls are all shielded (a cancel then never lands inside the driver)."""
+    if task is None:
+        return
+    await asyncio.wait([task], timeout=timeout)
+    if not task.done():  # MongoDB is away: give up on what is left
+        task.cancel()
+        await asyncio.wait([task])
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # the caller may be gone: never "exception was never retrieved"
@@ -97,11 +108,7 @@ class RecordWriter:
         """Write what is queued (for up to ``timeout``), then stop; the rest fails."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=timeout)
-            if not self._task.done():  # MongoDB is away: give up on what is left
-                self._task.cancel()  # it is never inside the driver: writes are shielded
-                await asyncio.wait([self._task])
+        await finish_or_cancel(self._task, timeout)  # its writes are shielded
         for _, fut in self._current + self._pending:
             if not fut.done():
                 fut.set_exception(RuntimeError("the hub stopped before the record was written"))

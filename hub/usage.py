@@ -56,7 +56,7 @@ from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.metrics import Metrics
-from hub.records import shielded
+from hub.records import finish_or_cancel, shielded
 
 log = structlog.get_logger("hub.usage")
 
@@ -230,11 +230,7 @@ class Usage:
         """Write what is pending (for up to ``timeout``), then stop."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=timeout)
-            if not self._task.done():
-                self._task.cancel()  # never inside the driver: the write is shielded
-                await asyncio.wait([self._task])
+        await finish_or_cancel(self._task, timeout)  # its write is shielded
         if self._pending_records:
             self.metrics.usage_write_failures.inc(self._pending_records)
             self._lost(self._pending_records, "the hub stopped before usage was written")

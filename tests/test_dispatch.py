@@ -324,26 +324,32 @@ class SlowWriter(RecordWriter):
         await super()._write(batch)
 
 
-async def test_a_duplicate_during_the_record_write_waits_and_is_skipped(store: Store, tmp_path: Path) -> None:
+@pytest.fixture
+async def slow_writer(store: Store) -> AsyncIterator[SlowWriter]:
     writer = SlowWriter(store)
     writer.start()
-    try:
-        pool = ScriptedPool([])
-        d = await _dispatcher(store, tmp_path, pool, writer)
-        event = _event()
-        first = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
-        while not pool.calls:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # the handler is done; its record is held back
-        second = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
-        await asyncio.sleep(0.05)
-        assert not second.done() and len(pool.calls) == 1  # it waits for the first's record
-        writer.go.set()
-        assert sorted(await asyncio.gather(first, second)) == ["duplicate", "succeeded"]
-        assert len(pool.calls) == 1 and d._inflight == {}
-    finally:
-        writer.go.set()
-        await writer.close()
+    yield writer
+    writer.go.set()
+    await writer.close()
+
+
+async def test_a_duplicate_during_the_record_write_waits_and_is_skipped(
+    store: Store, tmp_path: Path, slow_writer: SlowWriter
+) -> None:
+    writer = slow_writer
+    pool = ScriptedPool([])
+    d = await _dispatcher(store, tmp_path, pool, writer)
+    event = _event()
+    first = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+    while not pool.calls:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the handler is done; its record is held back
+    second = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+    await asyncio.sleep(0.05)
+    assert not second.done() and len(pool.calls) == 1  # it waits for the first's record
+    writer.go.set()
+    assert sorted(await asyncio.gather(first, second)) == ["duplicate", "succeeded"]
+    assert len(pool.calls) == 1 and d._inflight == {}
 
 
 async def test_attempts_are_counted_per_record(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
@@ -371,26 +377,23 @@ async def test_attempts_are_counted_per_record(store: Store, tmp_path: Path, wri
     assert await store.list_dead_letters({"trigger": "t"}, 10) == []
 
 
-async def test_a_cancelled_wait_keeps_the_claim_until_the_record_lands(store: Store, tmp_path: Path) -> None:
+async def test_a_cancelled_wait_keeps_the_claim_until_the_record_lands(
+    store: Store, tmp_path: Path, slow_writer: SlowWriter
+) -> None:
     """A lane closing cancels its wait for a chunk's records; the claim on those events must
     last until the write itself ends, or a redelivery meanwhile runs them again."""
-    writer = SlowWriter(store)
-    writer.start()
-    try:
-        pool = ScriptedPool([])
-        d = await _dispatcher(store, tmp_path, pool, writer)
-        event = _event()
-        first = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
-        while not pool.calls:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-        second = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
-        await asyncio.sleep(0.05)
-        assert not second.done() and len(pool.calls) == 1
-        writer.go.set()
-        assert await second == "duplicate" and len(pool.calls) == 1
-    finally:
-        writer.go.set()
-        await writer.close()
+    writer = slow_writer
+    pool = ScriptedPool([])
+    d = await _dispatcher(store, tmp_path, pool, writer)
+    event = _event()
+    first = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+    while not pool.calls:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    second = asyncio.create_task(_one(d, Target("fn", "t", FAST), event))
+    await asyncio.sleep(0.05)
+    assert not second.done() and len(pool.calls) == 1
+    writer.go.set()
+    assert await second == "duplicate" and len(pool.calls) == 1
