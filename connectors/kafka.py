@@ -390,11 +390,16 @@ class KafkaSubscription(SupervisedLoop):
             self.log.info("kafka: finishing the chunks in flight before letting partitions go",
                           partitions=sorted(tp.partition for tp in lanes))
         await asyncio.gather(*(lane.close(grace_s) for lane in lanes.values()))
-        try:
-            # bounded: aiokafka retries a commit for as long as the broker is away (cancelling
-            # it is safe), and the hub must not hang a stop or a rebalance on that
-            await asyncio.wait_for(self._commit(consumer, list(lanes)), COMMIT_ON_CLOSE_S)
-        except TimeoutError:
+        # bounded: aiokafka retries a commit for as long as the broker is away, and the hub must
+        # not hang a stop or a rebalance on that; the commit is left to end on its own, not
+        # cancelled inside aiokafka
+        commit = asyncio.ensure_future(self._commit(consumer, list(lanes)))
+        commit.add_done_callback(lambda t: t.cancelled() or t.exception())
+        done, _ = await asyncio.wait([commit], timeout=COMMIT_ON_CLOSE_S)
+        failed = commit.exception() if done else None
+        if failed is not None:
+            raise failed
+        if not done:
             self.log.warning("kafka: final commit timed out; those events will come back and be skipped",
                              partitions=sorted(tp.partition for tp in lanes))
         for tp in lanes:

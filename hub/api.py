@@ -199,14 +199,6 @@ def path_name(request: web.Request) -> str:
     return name
 
 
-async def function_head(hub: Hub, name: str) -> dict[str, Any]:
-    """The function's head document; a 404 when there is no such function."""
-    head = await hub.store.get_function(name)
-    if head is None:
-        raise ApiError(404, f"no function {name!r}")
-    return head
-
-
 def query_limit(request: web.Request) -> int:
     text = request.query.get("limit", "100")
     if not re.fullmatch(r"[0-9]{1,4}", text):
@@ -316,7 +308,7 @@ async def list_functions(request: web.Request) -> web.Response:
 async def get_function(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     name = path_name(request)
-    head = await function_head(hub, name)
+    head = await hub.registry.head(name)
     versions = await hub.registry.versions(name)  # with created_at, code_size, deps, aliases
     triggers = [t["_id"] for t in await hub.store.list_triggers(function=name)]  # any qualifier
     return reply({
@@ -428,7 +420,7 @@ async def version_code(request: web.Request) -> web.Response:
 async def list_aliases(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     name = path_name(request)
-    head = await function_head(hub, name)
+    head = await hub.registry.head(name)
     return reply({"function": name, "latest": head["version"], "aliases": head.get("aliases") or []})
 
 
@@ -437,7 +429,7 @@ async def get_alias(request: web.Request) -> web.Response:
     name = path_name(request)
     alias = request.match_info["alias"]
     if alias == LATEST:  # not stored: it always means the current version
-        head = await function_head(hub, name)
+        head = await hub.registry.head(name)
         return reply({"function": name, "name": LATEST, "version": head["version"],
                       "description": "the current version", "updated_at": head.get("updated_at")})
     return reply({"function": name, **await hub.registry.alias(name, _check_alias(alias))})
@@ -572,7 +564,7 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, str(exc)) from None
     statuses = parse_statuses(given["status"]) if "status" in given else None
     limit = query_limit(request)
-    await function_head(hub, name)
+    await hub.registry.head(name)
     try:
         return await request.app[LOG_STREAMS].serve(request, hub.store, name, render=_json_line, since=since,
                                                      statuses=statuses, limit=limit, follow=follow)

@@ -112,6 +112,7 @@ class Hub:
         self._stopping = asyncio.Event()
         self.port: int | None = None
         self._beat = -HEARTBEAT_S  # when this instance's heartbeat was last written (monotonic)
+        self._warned_for: list[str] = []  # the other instances last warned about (no HUB_PUBLIC_URL)
 
     @property
     def url(self) -> str:
@@ -220,10 +221,11 @@ class Hub:
                                                                "kafka": self.cursors.kafka_shares()}))
         if self.settings.public_url or not any(t.source_type == "s3" for t in self.router.triggers.values()):
             return
-        others = [i["_id"] for i in await shielded(self.store.live_instances()) if i["_id"] != self.instance_id]
-        if others:
+        others = sorted(i["_id"] for i in await shielded(self.store.live_instances()) if i["_id"] != self.instance_id)
+        if others and others != self._warned_for:  # once per change, not every beat
             log.warning("several hub instances run s3 triggers without HUB_PUBLIC_URL: buckets notify one "
                         "instance's own address, and stop reaching any hub when it stops", others=others)
+        self._warned_for = others
 
     async def on_source_events(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
         """Sink for kafka/mongodb subscriptions: filter, run the chunk, and hand back the wait

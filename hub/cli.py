@@ -183,7 +183,10 @@ def invoke(c: Ctx, name: str, data: str | None, is_async: bool, version: str | N
         fail("give --version or --alias, not both", EXIT_USAGE)
     body: bytes = b""
     if data is not None:
-        text = Path(data[1:]).read_text() if data.startswith("@") else data
+        try:
+            text = Path(data[1:]).read_text() if data.startswith("@") else data
+        except OSError as exc:
+            fail(f"--data {data}: {exc.strerror or exc}", EXIT_USAGE)
         try:
             json.loads(text)
         except ValueError as exc:

@@ -65,7 +65,7 @@ class Client:
 
     def _open(self, method: str, path: str, body: Any, query: dict[str, Any] | None, raw: bytes | None,
               timeout: float | None) -> Any:
-        url = self.url + path
+        url = self.url + urllib.parse.quote(path, safe="/:@")  # a name with a space is the hub's to refuse
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)

@@ -108,6 +108,7 @@ class Inbox:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._reload: asyncio.Future[None] | None = None
         self._held: dict[Any, _Held] = {}
         self._queues: dict[str, _Queue] = {}
         self._finished: list[Any] = []  # item ids to delete
@@ -257,7 +258,7 @@ class Inbox:
                 async with stream:
                     delay, failures = 0.5, 0
                     while stream.alive and not self._stopping.is_set():
-                        if await stream.try_next() is not None:
+                        if await shielded(stream.try_next()) is not None:
                             self._wake.set()
             except Exception as exc:
                 failures += 1
@@ -308,12 +309,18 @@ class Inbox:
             self._spawn(queue)
 
     async def _route_after_reload(self, item: dict[str, Any]) -> None:
+        # one reload serves every item of a claim that names a trigger not known here yet
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.ensure_future(self._reload_triggers())
+        await asyncio.shield(self._reload)
+        self._route(item, reloaded=True)
+
+    async def _reload_triggers(self) -> None:
         try:
             assert self.reload_triggers is not None
             await self.reload_triggers()
         except Exception as exc:
             log.warning("reloading triggers failed; routing with what is known", error=str(exc))
-        self._route(item, reloaded=True)
 
     def _entries(self, held: _Held, event: Event) -> list[_Entry]:
         item, kind = held.item, held.item["kind"]

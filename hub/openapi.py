@@ -385,6 +385,8 @@ _FN_ERRORS = {
     "429": "the function is at max_concurrency and its queue is full (Retry-After)",
     "502": "the function failed, crashed, ran out of memory or answered something that is not a response",
     "504": "the function timed out",
+    "500": "the hub failed unexpectedly (a JSON error with the request id; details only in the hub's log)",
+    "503": "MongoDB is unreachable, so the route or the trigger's token cannot be read (Retry-After)",
 }
 
 
@@ -478,9 +480,11 @@ def _build() -> dict[str, Any]:
             "/v1/functions/{name}/invoke": {
                 "parameters": [_NAME, _param("mode", "query", {"type": "string", "enum": ["sync", "async"],
                                                                "default": "sync"}),
-                               _param("version", "query", {"type": "string", "maxLength": QUERY_MAX},
+                               _param("version", "query", {"type": "string", "anyOf": [
+                                          {"pattern": VERSION_RE, "maxLength": 16}, {"enum": ["latest"]}]},
                                       "run this version (16 hex digits, or latest); not with alias"),
-                               _param("alias", "query", {"type": "string", "maxLength": QUERY_MAX},
+                               _param("alias", "query", {"type": "string", "pattern": NAME_RE,
+                                                         "maxLength": NAME_MAX},
                                       "run the version this alias points at (or latest); not with version")],
                 "post": _op("Invoke: sync answers 200 with the invocation; mode=async answers 202 with its id. "
                             "404 names an unknown version or alias",

@@ -256,7 +256,8 @@ class Registry:
         )
 
     # -- versions and aliases ---------------------------------------------------------------
-    async def _head(self, name: str) -> dict[str, Any]:
+    async def head(self, name: str) -> dict[str, Any]:
+        """The function's head document; NotFound (a 404 at the API) when there is none."""
         head = await self.store.get_function(name)
         if head is None:
             raise NotFound(f"no function {name!r}")
@@ -264,7 +265,7 @@ class Registry:
 
     async def versions(self, name: str) -> list[dict[str, Any]]:
         """A function's versions, newest first, each with the aliases that point at it."""
-        head = await self._head(name)
+        head = await self.head(name)
         out = []
         for v in await self.store.list_versions(name):
             row: dict[str, Any] = {k: v[k] for k in ("version", "created_at", "code_size", "handler", "description")
@@ -278,18 +279,15 @@ class Registry:
 
     async def version_code(self, name: str, version: str) -> bytes:
         """The stored code of a version as a zip (``code_zip``)."""
-        await self._head(name)
+        await self.head(name)
         doc = await self.store.get_version(name, version) if is_version(version) else None
         if doc is None:
             raise NotFound(f"function {name!r} has no version {version!r}")
         files = {c["path"]: bytes(c["data"]) for c in doc["code"]}
         return await asyncio.to_thread(code_zip, files)
 
-    async def aliases(self, name: str) -> list[dict[str, Any]]:
-        return list((await self._head(name)).get("aliases") or [])
-
     async def alias(self, name: str, alias: str) -> dict[str, Any]:
-        found = find_alias(await self._head(name), alias)
+        found = find_alias(await self.head(name), alias)
         if found is None:
             raise NotFound(f"function {name!r} has no alias {alias!r}")
         return found
@@ -301,7 +299,7 @@ class Registry:
         The version is checked after the head is read and the write is conditional on that head,
         so a version deletion (which bumps the head when it commits) cannot slip in between."""
         for _ in range(CAS_ATTEMPTS):
-            head = await self._head(name)
+            head = await self.head(name)
             doc = await self.store.get_version(name, version, code=False)
             if doc is None:
                 raise NotFound(f"function {name!r} has no version {version!r}")
@@ -328,7 +326,7 @@ class Registry:
             raise Conflict(f"alias {alias!r} of function {name!r} is used by triggers {users}; point them "
                            f"elsewhere or delete them first", [{"kind": "trigger", "name": u} for u in users])
         for _ in range(CAS_ATTEMPTS):
-            head = await self._head(name)
+            head = await self.head(name)
             old = find_alias(head, alias)
             if old is None:
                 raise NotFound(f"function {name!r} has no alias {alias!r}")
@@ -345,7 +343,7 @@ class Registry:
         the head is checked and bumped in one conditional write (an alias set meanwhile makes that
         write fail and the check run again), then the version is deleted unless a deploy of the
         same code took it back. A failed check removes the mark."""
-        await self._head(name)
+        await self.head(name)
         if not is_version(version) or await self.store.get_version(name, version, code=False) is None:
             raise NotFound(f"function {name!r} has no version {version!r}")
         token = uuid.uuid4().hex
@@ -356,7 +354,7 @@ class Registry:
         try:
             triggers = [t["_id"] for t in await self.store.list_triggers(function=f"{name}:{version}")]
             for _ in range(CAS_ATTEMPTS):
-                head = await self._head(name)
+                head = await self.head(name)
                 users = [{"kind": "latest", "name": LATEST}] if head["version"] == version else []
                 users += [{"kind": "alias", "name": a["name"]} for a in head.get("aliases") or []
                           if a["version"] == version]

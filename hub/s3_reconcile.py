@@ -99,6 +99,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from connectors.s3_scan import BucketLister, ListedObject, iso_millis, scan_event
 from hub.events import Event
+from hub.records import DUPLICATE_KEY
 from hub.store import storable
 
 if TYPE_CHECKING:
@@ -112,7 +113,6 @@ log = structlog.get_logger("hub.s3_reconcile")
 
 SEEN = "s3_seen"
 STATE = "s3_reconcile"
-DUPLICATE_KEY = 11000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 Put = Callable[[list[Event]], Awaitable[None]]
 

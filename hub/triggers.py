@@ -158,10 +158,14 @@ class TriggerService:
         if doc["source"]["type"] != "http" or doc["source"].get("auth") != "token":
             raise TriggerError(409, f"trigger {name!r} is not an http trigger with auth 'token'")
         token = new_token()
-        doc["token_hash"], doc["token_hint"], doc["updated_at"] = hash_token(token), token[:7] + "...", now()
-        await self.store.put_trigger(doc)
+        fields = {"token_hash": hash_token(token), "token_hint": token[:7] + "...", "updated_at": now()}
+        # only these fields, and only while it is still a token-auth http trigger: a PUT that
+        # lands meanwhile is not undone
+        if not await self.store.set_trigger_fields(name, fields, expect={"source.type": "http", "source.auth": "token"}):
+            raise TriggerError(409, f"trigger {name!r} changed meanwhile and is no longer an http trigger "
+                                    "with auth 'token'")
         await self._changed()
-        return {**doc, "token": token}
+        return {**doc, **fields, "token": token}
 
     async def _check_route(self, name: str, source: dict[str, Any], enabled: bool) -> None:
         """Two enabled http triggers may not answer the same method on the same route."""

@@ -56,7 +56,7 @@ from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.metrics import Metrics
-from hub.records import finish_or_cancel, shielded
+from hub.records import DUPLICATE_KEY, finish_or_cancel, shielded
 
 log = structlog.get_logger("hub.usage")
 
@@ -156,7 +156,6 @@ class Usage:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._children: dict[str, tuple[Any, Any]] = {}
-        self.writes = 0  # bulk_write calls, for tests
 
     async def init(self) -> None:
         await self.coll.create_index([("function", pymongo.ASCENDING), ("hour", pymongo.ASCENDING)])
@@ -259,7 +258,6 @@ class Usage:
         delay, failed_before = 0.2, False
         while True:
             try:
-                self.writes += 1
                 with pymongo.timeout(WRITE_TIMEOUT_S):
                     await shielded(self.coll.bulk_write(ops, ordered=False))
                 return
@@ -271,7 +269,7 @@ class Usage:
             except BulkWriteError as exc:
                 # a duplicate key is an upsert that found its own write id: applied before (the
                 # bucket has no other writer, so no rival upsert can have made it meanwhile)
-                others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+                others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
                 if not others and not exc.details.get("writeConcernErrors"):
                     return
                 error = f"BulkWriteError: {others[:1] or exc.details.get('writeConcernErrors')}"

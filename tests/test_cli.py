@@ -109,6 +109,10 @@ async def test_invoke_prints_the_result_or_the_error(hub: Hub, api: Api, tmp_pat
     assert missing.exit_code == 1 and "no function" in missing.output
     not_json = await cli(hub, "invoke", f"echo-{unique}", "--data", "{nope")
     assert not_json.exit_code == 2
+    no_file = await cli(hub, "invoke", f"echo-{unique}", "--data", f"@{tmp_path / 'absent.json'}")
+    assert no_file.exit_code == 2 and "absent.json" in no_file.output and "Traceback" not in no_file.output
+    spaced = await cli(hub, "functions", "a b")  # the hub refuses the name; no traceback
+    assert spaced.exit_code == 2 and "bad name" in spaced.output, spaced.output
 
 
 async def test_logs_show_runs_and_follow_new_ones(hub: Hub, api: Api, tmp_path: Path, unique: str) -> None:
