@@ -27,9 +27,7 @@ The plan is computed before anything is sent, so ``--dry-run`` shows exactly wha
 from __future__ import annotations
 
 import base64
-import io
 import tomllib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +97,9 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def _zip(files: dict[str, bytes]) -> str:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for rel, data in sorted(files.items()):
-            info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))  # same bytes, same zip
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data, zipfile.ZIP_DEFLATED)
-    return base64.b64encode(buf.getvalue()).decode()
+    from hub.registry import code_zip  # the hub's own deterministic zip (imported late: the CLI starts fast)
+
+    return base64.b64encode(code_zip(files)).decode()
 
 
 def plan(client: Client, directory: Path) -> Plan:

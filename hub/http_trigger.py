@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import re
@@ -47,6 +46,7 @@ from hub.events import Event
 from hub.models import RetryPolicy
 from hub.records import shielded
 from hub.router import Trigger
+from hub.triggers import hash_token
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -524,7 +524,7 @@ class FunctionUrls:
         expected = await self.token_hash(name)
         if expected is None and self._tokens_of is not self.hub.router.triggers:
             return 503
-        given = hashlib.sha256(auth[7:].strip().encode("utf-8", "surrogateescape")).hexdigest()
+        given = hash_token(auth[7:].strip())
         if not expected or not hmac.compare_digest(given, expected):
             return 403
         return None

@@ -190,6 +190,8 @@ class LogStreams:
         if follow and self.following >= self.max_followers:
             raise StreamRefused(503, f"this hub already follows {self.following} log streams (the limit); "
                                      "try again later")
+        if follow:
+            self.following += 1  # here, not in the task: a burst of requests cannot pass the limit
         task = asyncio.ensure_future(self._serve(request, store, function, render, since, statuses,
                                                  limit, follow))
         self._tasks[task] = request
@@ -220,8 +222,6 @@ class LogStreams:
                      since: dt.datetime | None, statuses: list[str] | None, limit: int,
                      follow: bool) -> web.StreamResponse:
         self.live += 1
-        if follow:
-            self.following += 1
         stream: Any = None
         response: web.StreamResponse | None = None
         try:
