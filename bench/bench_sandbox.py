@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog  # noqa: E402
 
-from hub.deps import Deps  # noqa: E402
+from hub.catalog.deps import Deps  # noqa: E402
 from hub.sandbox.base import FunctionRuntime, InvokeContext, Status  # noqa: E402
 from hub.sandbox.pool import SandboxPool  # noqa: E402
 

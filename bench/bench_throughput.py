@@ -61,7 +61,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
 from devstack import CephRGW, MongoServer, TansuServer, free_port  # noqa: E402
-from hub.triggers import kafka_group_id  # noqa: E402
+from hub.catalog.triggers import kafka_group_id  # noqa: E402
 
 SCENARIOS = ("kafka", "concurrency", "latency", "mongodb", "s3")
 PARTITIONS = 4
@@ -417,7 +417,7 @@ class HubProcess:
     async def start(self, timeout: float = 60.0) -> HubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve"], cwd=ROOT, env=self.env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "hub.cli.commands", "serve"], cwd=ROOT, env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -55,7 +55,7 @@ from typing import Any, Final
 from urllib.parse import unquote_plus, urlsplit
 
 from hub.events import Event, utc_now_iso
-from hub.describe import json_type, short_json
+from hub.spec.describe import json_type, short_json
 
 __all__ = [
     "NotificationError",

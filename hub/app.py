@@ -18,25 +18,25 @@ import structlog
 from aiohttp import web
 
 from connectors.base import Unfinished
-from hub.api import make_app
-from hub.cursors import Cursors
-from hub.dispatch import Chunk, Dispatcher, Target
+from hub.web.api import make_app
+from hub.intake.cursors import Cursors
+from hub.delivery.dispatch import Chunk, Dispatcher, Target
 from hub.events import Event
-from hub.inbox import Inbox
+from hub.intake.inbox import Inbox
 from hub.metrics import Metrics
-from hub.readiness import Readiness
-from hub.records import Completions, RecordWriter, shielded
-from hub.registry import Registry
-from hub.router import Router
-from hub.s3_reconcile import S3Reconciler
+from hub.web.readiness import Readiness
+from hub.delivery.records import Completions, RecordWriter, shielded
+from hub.catalog.registry import Registry
+from hub.intake.router import Router
+from hub.intake.s3_reconcile import S3Reconciler
 from hub.sandbox.base import WorkerPool
-from hub.scheduler import Scheduler
+from hub.intake.scheduler import Scheduler
 from hub.settings import Settings
-from hub.sources import Sources
+from hub.intake.sources import Sources
 from hub.store import Store
-from hub.triggers import TriggerService
-from hub.usage import Usage
-from hub.watch import ConfigWatcher
+from hub.catalog.triggers import TriggerService
+from hub.delivery.usage import Usage
+from hub.catalog.watch import ConfigWatcher
 
 log = structlog.get_logger("hub.app")
 HEARTBEAT_S = 2.0  # also carries this instance's Kafka partitions to the others' cursor views

@@ -31,9 +31,9 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from hub import driverfix
+from hub import driver
 
-driverfix.apply()  # before any client exists: see hub/driverfix.py
+driver.apply()  # before any client exists: see hub/driver.py
 
 log = structlog.get_logger("hub.store")
 

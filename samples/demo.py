@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from minio import Minio
 from pymongo import AsyncMongoClient
 
-from hub.client import Client
+from hub.cli.client import Client
 
 HUB = Client()
 

@@ -138,7 +138,7 @@ class HubProcess:
     def start(self, **extra_env: str) -> None:
         assert not self.alive(), "hub already running"
         env = {**self.env, **extra_env}
-        self.proc = spawn([PYTHON, "-m", "hub.cli", "serve"], self.log_path, env=env, cwd=ROOT)
+        self.proc = spawn([PYTHON, "-m", "hub.cli.commands", "serve"], self.log_path, env=env, cwd=ROOT)
         self.starts += 1
 
     async def wait_healthy(self, http: aiohttp.ClientSession, timeout: float = 90.0) -> None:

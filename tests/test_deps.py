@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from hub.app import Hub
-from hub.code import CodeError
-from hub.deps import Deps, DepsError, check_requirement, explain, requirements_of
+from hub.catalog.code import CodeError
+from hub.catalog.deps import Deps, DepsError, check_requirement, explain, requirements_of
 from hub.sandbox.base import FunctionRuntime, InvokeContext, Status
 from hub.sandbox.pool import SandboxPool
 from tests.hubfixtures import Api, make_settings

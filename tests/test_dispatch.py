@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from connectors.base import Unfinished
-from hub.dispatch import Dispatcher, Target, backoff_delay
+from hub.delivery.dispatch import Dispatcher, Target, backoff_delay
 from hub.events import Event
 from hub.metrics import Metrics
-from hub.models import FunctionSpec, RetryPolicy
-from hub.records import Completions, RecordWriter
-from hub.registry import Registry
+from hub.spec.models import FunctionSpec, RetryPolicy
+from hub.delivery.records import Completions, RecordWriter
+from hub.catalog.registry import Registry
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
 from hub.store import Store
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hub.filters import PatternError, matches, validate_pattern
+from hub.spec.filters import PatternError, matches, validate_pattern
 
 EVENT: dict[str, Any] = {
     "specversion": "1.0",

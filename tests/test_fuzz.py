@@ -36,8 +36,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from hub.app import Hub
-from hub.logstream import parse_bool
-from hub.openapi import openapi_spec
+from hub.web.logstream import parse_bool
+from hub.web.openapi import openapi_spec
 from tests.hubfixtures import API_TOKEN, WEBHOOK_TOKEN, Api, eventually, make_settings
 
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}

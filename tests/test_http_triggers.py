@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from hub.app import Hub
-from hub.http_trigger import MAX_REQUEST_BODY, REQUEST_ID_HEADER, RouteTable, split_path, to_response
-from hub.router import Trigger
+from hub.web.function_urls import MAX_REQUEST_BODY, REQUEST_ID_HEADER, RouteTable, split_path, to_response
+from hub.intake.router import Trigger
 from tests.hubfixtures import API_TOKEN, Api, eventually, make_settings
 
 ECHO = "def handler(event, context):\n    return event\n"

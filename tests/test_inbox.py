@@ -14,7 +14,7 @@ import aiohttp
 
 from hub.app import Hub
 from hub.events import Event
-from hub.inbox import MAX_DELIVERIES, Inbox
+from hub.intake.inbox import MAX_DELIVERIES, Inbox
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
 from tests.test_sources import RECORD, minio_client
 from tests.test_webhook import DATA

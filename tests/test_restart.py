@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 
 from hub.app import Hub
 from hub.events import Event
-from hub.inbox import Inbox
+from hub.intake.inbox import Inbox
 from tests.hubfixtures import Api, eventually, make_settings
 from tests.test_sources import RECORD, produce
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from hub.app import Hub
 from hub.events import Event
-from hub.records import dead_letter_id
+from hub.delivery.records import dead_letter_id
 from tests.hubfixtures import Api, eventually
 from tests.test_sources import produce
 

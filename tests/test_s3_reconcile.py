@@ -27,7 +27,7 @@ from connectors.s3_scan import BucketLister, ListedObject, covering_prefixes, sc
 from devstack import free_port
 from hub.app import Hub
 from hub.events import Event
-from hub.s3_reconcile import Observation, SeenObjects, observation_of
+from hub.intake.s3_reconcile import Observation, SeenObjects, observation_of
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
 from tests.test_sources import minio_client
 

@@ -21,7 +21,7 @@ from connectors.s3_records import (
     record_to_event,
 )
 from hub.events import Event
-from hub.filters import matches
+from hub.spec.filters import matches
 
 DATA = Path(__file__).parent / "data" / "s3"
 ID_FORMAT = re.compile(r"^s3:[0-9a-f]{32}$")

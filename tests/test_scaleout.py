@@ -19,7 +19,7 @@ from devstack import free_port
 from hub.app import Hub
 from hub.settings import Settings
 from hub.events import Event
-from hub.inbox import Inbox
+from hub.intake.inbox import Inbox
 from hub.store import Store
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from hub import schedule_times as st
+from hub.spec import schedule_times as st
 
 UTC = dt.timezone.utc
 ANCHOR = dt.datetime(2026, 3, 28, 12, 0, 0, 250000, tzinfo=UTC)

@@ -23,10 +23,10 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
 from hub.app import Hub
-from hub.cursors import position_time, token_time
+from hub.intake.cursors import position_time, token_time
 from hub.metrics import Metrics
 from hub.store import Store
-from hub.usage import EDGES_MS, TOP, Usage, hist_bucket, percentile
+from hub.delivery.usage import EDGES_MS, TOP, Usage, hist_bucket, percentile
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually
 from tests.test_kafka_connector import create_topic
 from tests.test_sources import minio_client, produce

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from hub import code as hubcode
+from hub.catalog import code as hubcode
 from hub.app import Hub
-from hub.filters import MAX_PATTERN_DEPTH, PatternError, validate_pattern
+from hub.spec.filters import MAX_PATTERN_DEPTH, PatternError, validate_pattern
 from tests.hubfixtures import WEBHOOK_TOKEN, Api
 
 ECHO = "def handler(event, context):\n    return event['data']\n"

@@ -26,7 +26,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
 from hub.store import storable
 
-log = structlog.get_logger("hub.records")
+log = structlog.get_logger("hub.delivery.records")
 
 T = TypeVar("T")
 DUPLICATE_KEY = 11000

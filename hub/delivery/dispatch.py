@@ -27,17 +27,17 @@ import structlog
 from pymongo import ReplaceOne
 
 from connectors.base import Unfinished
-from hub import batches
-from hub.code import CodeUnavailable
+from hub.delivery import batches
+from hub.catalog.code import CodeUnavailable
 from hub.events import Event
 from hub.metrics import Metrics
-from hub.models import RetryPolicy
-from hub.records import Completions, RecordWriter, completion_key, dead_letter_id, shielded
-from hub.registry import Registry
+from hub.spec.models import RetryPolicy
+from hub.delivery.records import Completions, RecordWriter, completion_key, dead_letter_id, shielded
+from hub.catalog.registry import Registry
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status, WorkerPool
 from hub.store import Store, now, storable
 
-log = structlog.get_logger("hub.dispatch")
+log = structlog.get_logger("hub.delivery.dispatch")
 
 FAILED = {Status.failed, Status.timeout, Status.out_of_memory, Status.crashed}
 

@@ -34,11 +34,11 @@ from connectors.s3_records import (
     is_aws_sns_url,
     parse_notification,
 )
-from hub.code import CodeTooLarge, CodeUnavailable
-from hub.dispatch import Target
+from hub.catalog.code import CodeTooLarge, CodeUnavailable
+from hub.delivery.dispatch import Target
 from hub.events import Event
-from hub.http_trigger import PREFIX as FN_PREFIX, FunctionUrls
-from hub.logstream import (
+from hub.web.function_urls import PREFIX as FN_PREFIX, FunctionUrls
+from hub.web.logstream import (
     LogQueryError,
     LogStreams,
     StreamRefused,
@@ -49,18 +49,18 @@ from hub.logstream import (
     parse_statuses,
     parse_time,
 )
-from hub.models import LATEST, NAME_RE, AliasSpec, FunctionSpec, RetryPolicy, TriggerSpec, alias_name_problem
-from hub.openapi import openapi_json
-from hub.registry import CodeError, Conflict, NotFound, is_version, public_function
+from hub.spec.models import LATEST, NAME_RE, AliasSpec, FunctionSpec, RetryPolicy, TriggerSpec, alias_name_problem
+from hub.web.openapi import openapi_json
+from hub.catalog.registry import CodeError, Conflict, NotFound, is_version, public_function
 from hub.sandbox.pool import SandboxPool
 from hub.store import unstorable_reason
-from hub.triggers import TriggerError, public_trigger
-from hub.usage import UsageError
+from hub.catalog.triggers import TriggerError, public_trigger
+from hub.delivery.usage import UsageError
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-log = structlog.get_logger("hub.api")
+log = structlog.get_logger("hub.web.api")
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub")
 LOG_STREAMS: web.AppKey[LogStreams] = web.AppKey("log_streams", LogStreams)
 MAX_BODY = 16 * 1024 * 1024  # aiohttp's own cap; each endpoint has a smaller one below

@@ -15,7 +15,7 @@ driver's ``wait_for`` is replaced by 3.12's semantics: the awaitable runs in the
 task under ``asyncio.timeout``, so ``Condition.wait()`` always re-acquires the lock before any
 exception leaves it. Python 3.12 rebuilt ``wait_for`` the same way; there this does nothing.
 ``pymongo.lock`` imports ``wait_for`` by name and uses it only in ``_async_cond_wait``; the test
-``tests/test_driverfix.py`` fails if a PyMongo upgrade changes that.
+``tests/test_driver.py`` fails if a PyMongo upgrade changes that.
 """
 
 from __future__ import annotations
@@ -46,6 +46,6 @@ def apply() -> bool:
     if current is wait_for:
         return True
     if current is not asyncio.wait_for:
-        raise RuntimeError("pymongo.lock no longer uses asyncio.wait_for: re-check hub/driverfix.py")
+        raise RuntimeError("pymongo.lock no longer uses asyncio.wait_for: re-check hub/driver.py")
     pymongo.lock.wait_for = wait_for  # type: ignore[assignment]
     return True

@@ -19,13 +19,13 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from connectors import kafka as kafka_source
 from connectors.s3 import S3Server, S3SetupError, ensure_bucket_notifications
-from hub import filters
-from hub.models import TriggerSpec
-from hub.registry import qualifier_problem
+from hub.spec import filters
+from hub.spec.models import TriggerSpec
+from hub.catalog.registry import qualifier_problem
 from hub.settings import Settings
 from hub.store import Store, now
 
-log = structlog.get_logger("hub.triggers")
+log = structlog.get_logger("hub.catalog.triggers")
 
 
 class TriggerError(Exception):

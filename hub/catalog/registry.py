@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.code import CodeError, check_code, unpack_code
-from hub.code import write_tree as _write_tree
-from hub.deps import Deps, requirements_of
-from hub.models import LATEST, VERSION_RE, FunctionSpec
-from hub.records import shielded
+from hub.catalog.code import CodeError, check_code, unpack_code
+from hub.catalog.code import write_tree as _write_tree
+from hub.catalog.deps import Deps, requirements_of
+from hub.spec.models import LATEST, VERSION_RE, FunctionSpec
+from hub.delivery.records import shielded
 from hub.sandbox.base import FunctionRuntime
 from hub.store import Store, now
 

@@ -26,15 +26,15 @@ import structlog
 from bson import ObjectId
 
 from connectors.base import Unfinished
-from hub.dispatch import Dispatcher, Target
+from hub.delivery.dispatch import Dispatcher, Target
 from hub.events import Event
 from hub.metrics import Metrics
-from hub.models import RetryPolicy
-from hub.records import dead_letter_id, shielded
-from hub.router import Router
+from hub.spec.models import RetryPolicy
+from hub.delivery.records import dead_letter_id, shielded
+from hub.intake.router import Router
 from hub.store import Store, now
 
-log = structlog.get_logger("hub.inbox")
+log = structlog.get_logger("hub.intake.inbox")
 
 # Lambda's async invocation default: the first try plus two retries.
 ASYNC_INVOKE_RETRY = RetryPolicy(max_attempts=3, backoff_s=1.0, max_backoff_s=60.0)

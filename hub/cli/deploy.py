@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.client import ApiError, Client
+from hub.cli.client import ApiError, Client
 
 MANIFEST = "function.toml"
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".hub"}
@@ -97,7 +97,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def _zip(files: dict[str, bytes]) -> str:
-    from hub.registry import code_zip  # the hub's own deterministic zip (imported late: the CLI starts fast)
+    from hub.catalog.registry import code_zip  # the hub's own deterministic zip (imported late: the CLI starts fast)
 
     return base64.b64encode(code_zip(files)).decode()
 
@@ -106,9 +106,9 @@ def plan(client: Client, directory: Path) -> Plan:
     """What deploying ``directory`` would change (nothing is sent but reads)."""
     from pydantic import ValidationError
 
-    from hub.code import CodeError, unpack_code
-    from hub.models import FunctionSpec, TriggerSpec
-    from hub.registry import version_of
+    from hub.catalog.code import CodeError, unpack_code
+    from hub.spec.models import FunctionSpec, TriggerSpec
+    from hub.catalog.registry import version_of
 
     p = load(directory)
     try:

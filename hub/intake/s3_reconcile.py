@@ -99,17 +99,17 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from connectors.s3_scan import BucketLister, ListedObject, iso_millis, scan_event
 from hub.events import Event
-from hub.records import DUPLICATE_KEY
+from hub.delivery.records import DUPLICATE_KEY
 from hub.store import storable
 
 if TYPE_CHECKING:
-    from hub.inbox import Inbox
+    from hub.intake.inbox import Inbox
     from hub.metrics import Metrics
-    from hub.router import Router, Trigger
+    from hub.intake.router import Router, Trigger
     from hub.settings import Settings
     from hub.store import Store
 
-log = structlog.get_logger("hub.s3_reconcile")
+log = structlog.get_logger("hub.intake.s3_reconcile")
 
 SEEN = "s3_seen"
 STATE = "s3_reconcile"

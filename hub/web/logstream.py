@@ -23,7 +23,7 @@ filtered by function (and status) on the server: records are written by insert
 finishes after a shorter one that started later. The change stream is opened *before* the
 backlog is read, so nothing written between the two is lost; records seen in both are sent once.
 
-Shutdown and disconnects never cancel into the driver (``hub.driverfix``, ``hub.records.shielded``):
+Shutdown and disconnects never cancel into the driver (``hub.driver``, ``hub.records.shielded``):
 each stream runs in a task of its own that nothing cancels; the change stream's
 ``max_await_time_ms`` wakes its reader every ``MAX_AWAIT_MS`` to look at a stop flag (set when the
 hub stops) and at the client's transport (closed when the client went away); the task then closes
@@ -47,7 +47,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from hub.store import Store
 
-log = structlog.get_logger("hub.logstream")
+log = structlog.get_logger("hub.web.logstream")
 
 HEARTBEAT_S = 15.0
 MAX_AWAIT_MS = 1000  # how often a following stream's reader looks at the stop flag and the client

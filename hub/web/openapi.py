@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.models import NAME_MAX, NAME_RE, VERSION_RE, AliasSpec, FunctionSpec, TriggerSpec
+from hub.spec.models import NAME_MAX, NAME_RE, VERSION_RE, AliasSpec, FunctionSpec, TriggerSpec
 
 ID_MAX = 256
 QUERY_MAX = 1024  # hub.api.MAX_QUERY_VALUE

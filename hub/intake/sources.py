@@ -23,13 +23,13 @@ from connectors.base import LeaseLost, Subscription
 from connectors.kafka import KafkaSubscription
 from connectors.mongodb import ChangeStreamSubscription
 from hub.events import Event
-from hub.records import shielded
-from hub.router import Router, Trigger
+from hub.delivery.records import shielded
+from hub.intake.router import Router, Trigger
 from hub.settings import Settings
 from hub.store import Store
-from hub.triggers import kafka_group_id, source_state_key
+from hub.catalog.triggers import kafka_group_id, source_state_key
 
-log = structlog.get_logger("hub.sources")
+log = structlog.get_logger("hub.intake.sources")
 
 OnEvents = Callable[[str, list[Event]], Awaitable[Awaitable[None] | None]]
 

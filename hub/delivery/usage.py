@@ -56,9 +56,9 @@ from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.metrics import Metrics
-from hub.records import DUPLICATE_KEY, finish_or_cancel, shielded
+from hub.delivery.records import DUPLICATE_KEY, finish_or_cancel, shielded
 
-log = structlog.get_logger("hub.usage")
+log = structlog.get_logger("hub.delivery.usage")
 
 FAILURES = frozenset({"failed", "timeout", "out_of_memory", "crashed"})
 HOUR = dt.timedelta(hours=1)

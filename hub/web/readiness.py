@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from hub.records import _retrieve, shielded
+from hub.delivery.records import _retrieve, shielded
 
 if TYPE_CHECKING:
     from hub.app import Hub

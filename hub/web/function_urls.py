@@ -41,17 +41,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pymongo.errors import ConnectionFailure
 
-from hub.dispatch import Target, new_id
+from hub.delivery.dispatch import Target, new_id
 from hub.events import Event
-from hub.models import RetryPolicy
-from hub.records import shielded
-from hub.router import Trigger
-from hub.triggers import hash_token
+from hub.spec.models import RetryPolicy
+from hub.delivery.records import shielded
+from hub.intake.router import Trigger
+from hub.catalog.triggers import hash_token
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-log = structlog.get_logger("hub.http_trigger")
+log = structlog.get_logger("hub.web.function_urls")
 
 PREFIX = "/fn"
 MAX_REQUEST_BODY = 6 * 1024 * 1024  # Lambda's function-URL request limit

@@ -40,7 +40,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeGuard
-from hub.describe import json_type, short_json
+from hub.spec.describe import json_type, short_json
 
 __all__ = ["MAX_PATTERN_BYTES", "MAX_PATTERN_DEPTH", "OPERATORS", "PatternError", "matches", "validate_pattern"]
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import structlog
 
-from hub import codecheck
-from hub.models import FunctionSpec
+from hub.catalog import codecheck
+from hub.spec.models import FunctionSpec
 
-log = structlog.get_logger("hub.code")
+log = structlog.get_logger("hub.catalog.code")
 
 # Lambda caps inline code too (3 MB in its editor, 50 MB zipped uploads); ours is stored in one
 # MongoDB document (16 MB), and every .py file is compiled once by the checker (~0.75 s per MB of

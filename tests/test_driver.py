@@ -1,5 +1,5 @@
 """PyMongo's topology lock must survive a cancel that lands while a timed condition wait is
-giving the lock back (the hang after a mongod restart; see hub/driverfix.py). No server needed:
+giving the lock back (the hang after a mongod restart; see hub/driver.py). No server needed:
 this drives pymongo's own lock helpers through the exact interleaving."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pymongo.lock as plock
 import pytest
 
-from hub import driverfix
+from hub import driver
 
 
 async def _interleave(order: str) -> bool:
@@ -47,7 +47,7 @@ async def _interleave(order: str) -> bool:
 
 @pytest.mark.parametrize("order", ["cancel-while-holding", "cancel-after-release"])
 async def test_cancelled_condition_wait_never_orphans_the_lock(order: str) -> None:
-    assert plock.wait_for is driverfix.wait_for or sys.version_info >= (3, 12)
+    assert plock.wait_for is driver.wait_for or sys.version_info >= (3, 12)
     assert await _interleave(order), "the lock is held by a task that no longer exists"
 
 

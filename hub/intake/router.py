@@ -13,11 +13,11 @@ from typing import Any
 import structlog
 
 from connectors.s3_records import event_matches_s3_source
-from hub import filters
+from hub.spec import filters
 from hub.events import Event
-from hub.models import RetryPolicy
+from hub.spec.models import RetryPolicy
 
-log = structlog.get_logger("hub.router")
+log = structlog.get_logger("hub.intake.router")
 
 
 @dataclass(frozen=True)

@@ -68,12 +68,12 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pymongo.errors import DuplicateKeyError
 
-from hub.code import REQUIREMENTS_FILE, CodeError, CodeUnavailable, requirements_text
-from hub.models import REQUIREMENT_MAX, REQUIREMENTS_MAX
-from hub.records import shielded
+from hub.catalog.code import REQUIREMENTS_FILE, CodeError, CodeUnavailable, requirements_text
+from hub.spec.models import REQUIREMENT_MAX, REQUIREMENTS_MAX
+from hub.delivery.records import shielded
 from hub.store import Store, now
 
-log = structlog.get_logger("hub.deps")
+log = structlog.get_logger("hub.catalog.deps")
 
 MAX_REQUIREMENTS = REQUIREMENTS_MAX  # 100 lines of requirements (comments and blank lines not counted)
 MAX_REQUIREMENT_CHARS = REQUIREMENT_MAX  # 200, one requirement

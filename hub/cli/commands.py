@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
-from hub.client import ApiError, Client
+from hub.cli.client import ApiError, Client
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
@@ -129,7 +129,7 @@ def _dump_tasks() -> None:
 
     import structlog
 
-    log = structlog.get_logger("hub.cli")
+    log = structlog.get_logger("hub.cli.commands")
     tasks = asyncio.all_tasks()
     for task in tasks:
         out = io.StringIO()
@@ -145,7 +145,7 @@ def _dump_tasks() -> None:
 @pass_ctx
 def deploy(c: Ctx, directory: Path, dry_run: bool) -> None:
     """Deploy a function directory: its code (and requirements.txt) and function.toml's triggers."""
-    from hub.deploy import DeployError, apply, plan
+    from hub.cli.deploy import DeployError, apply, plan
 
     try:
         p = api_call(lambda: plan(c.client, directory))

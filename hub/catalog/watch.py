@@ -20,9 +20,9 @@ from typing import Any
 import structlog
 from pymongo.asynchronous.database import AsyncDatabase
 
-from hub.registry import Registry
+from hub.catalog.registry import Registry
 
-log = structlog.get_logger("hub.watch")
+log = structlog.get_logger("hub.catalog.watch")
 
 
 class ConfigWatcher:

@@ -34,15 +34,15 @@ from bson import Timestamp
 
 from connectors.kafka import KafkaSubscription
 from connectors.mongodb import ChangeStreamSubscription
-from hub.records import shielded
-from hub.triggers import kafka_group_id, source_state_key
+from hub.delivery.records import shielded
+from hub.catalog.triggers import kafka_group_id, source_state_key
 
 if TYPE_CHECKING:
     from hub.metrics import Metrics
-    from hub.sources import Sources
+    from hub.intake.sources import Sources
     from hub.store import Store
 
-log = structlog.get_logger("hub.cursors")
+log = structlog.get_logger("hub.intake.cursors")
 
 PEER_FRESH_S = 15.0  # heartbeats older than this are of instances gone (they beat every 2 s)
 READ_TIMEOUT_S = 0.5  # PyMongo's own timeout (it may overshoot by its 0.5 s wake-up granularity)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hub import filters
+from hub.spec import filters
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_MAX = 63
@@ -132,7 +132,7 @@ class FunctionSpec(_Strict):
     @field_validator("requirements")
     @classmethod
     def _requirements(cls, reqs: list[str] | None) -> list[str] | None:
-        from hub.deps import check_requirement
+        from hub.catalog.deps import check_requirement
 
         return None if reqs is None else [check_requirement(r) for r in reqs]
 
@@ -362,7 +362,7 @@ class ScheduleSource(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> ScheduleSource:
-        from hub import schedule_times
+        from hub.spec import schedule_times
 
         if (self.cron is None) == (self.rate is None):
             raise ValueError("give exactly one of cron or rate")

@@ -22,15 +22,15 @@ from typing import Any
 import structlog
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from hub import schedule_times
+from hub.spec import schedule_times
 from hub.events import Event
-from hub.inbox import Inbox
-from hub.records import DUPLICATE_KEY, shielded
-from hub.router import Router, Trigger
+from hub.intake.inbox import Inbox
+from hub.delivery.records import DUPLICATE_KEY, shielded
+from hub.intake.router import Router, Trigger
 from hub.store import Store, now
-from hub.triggers import source_state_key
+from hub.catalog.triggers import source_state_key
 
-log = structlog.get_logger("hub.scheduler")
+log = structlog.get_logger("hub.intake.scheduler")
 
 MAX_LATE_TICKS = 10  # ticks one trigger may fire in one pass when the loop fell behind
 MAX_SLEEP_S = 1.0  # look at the trigger set at least this often

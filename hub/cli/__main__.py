@@ -1,0 +1,3 @@
+from hub.cli.commands import main
+
+main()

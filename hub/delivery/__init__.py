@@ -1,0 +1,2 @@
+"""Running events: the dispatcher (retries, dead letters, success markers), batches,
+invocation records and usage metering."""
