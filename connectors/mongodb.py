@@ -27,7 +27,7 @@ from pymongo.errors import OperationFailure
 from connectors.base import LeaseLost, Sink, SupervisedLoop
 from connectors.lanes import Item, Lane
 from hub.events import Event
-from hub.delivery.records import shielded
+from hub.driver import shielded
 
 # Server error codes meaning "the resume point is gone from the oplog".
 HISTORY_LOST = {136, 286}  # CappedPositionLost, ChangeStreamHistoryLost

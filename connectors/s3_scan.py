@@ -2,7 +2,7 @@
 
 Notifications can be late or lost (a Ceph RGW persistent topic stalls behind a push that was in
 flight when the hub died; AWS documents delays; a MinIO webhook target can drop events). The hub
-therefore lists the watched parts of each bucket now and then (``hub.s3_reconcile`` decides what
+therefore lists the watched parts of each bucket now and then (``hub.intake.s3_reconcile`` decides what
 to do with the result). This module only knows the S3 server: a bounded, resumable listing, and
 the ``Event`` a listed object becomes.
 

@@ -1,5 +1,10 @@
 """App composition: the one place that wires connectors, router, dispatcher, pool, store and API.
 
+Nothing imports this module's ``Hub``: the web layer gets a :class:`~hub.web.services.Services`
+naming the parts it uses, the connectors get a sink (:class:`~hub.intake.sources.DispatchSink`),
+and every part gets its collaborators in its constructor. Only ``hub.cli`` (``serve``) and tests
+build a ``Hub``.
+
 ``Hub(settings)`` is a whole instance: ``await hub.start()`` serves HTTP and runs every enabled
 trigger; ``await hub.stop()`` stops taking events, lets nothing half-acked through and closes
 everything. Tests start and stop several in one process to simulate restarts.
@@ -10,33 +15,33 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable
 import uuid
-from typing import Any
 
 import structlog
 from aiohttp import web
 
-from connectors.base import Unfinished
-from hub.web.api import make_app
-from hub.intake.cursors import Cursors
-from hub.delivery.dispatch import Chunk, Dispatcher, Target
-from hub.events import Event
-from hub.intake.inbox import Inbox
-from hub.metrics import Metrics
-from hub.web.readiness import Readiness
-from hub.delivery.records import Completions, RecordWriter, shielded
 from hub.catalog.registry import Registry
+from hub.catalog.triggers import TriggerService
+from hub.catalog.watch import ConfigWatcher
+from hub.delivery.dispatch import Dispatcher
+from hub.delivery.records import Completions, RecordWriter
+from hub.delivery.usage import Usage
+from hub.driver import shielded
+from hub.intake.cursors import Cursors
+from hub.intake.inbox import Inbox
 from hub.intake.router import Router
 from hub.intake.s3_reconcile import S3Reconciler
-from hub.sandbox.base import WorkerPool
 from hub.intake.scheduler import Scheduler
+from hub.intake.sources import DispatchSink, Sources
+from hub.intake.trigger_sync import TriggerSync
+from hub.metrics import Metrics
+from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
-from hub.intake.sources import Sources
 from hub.store import Store
-from hub.catalog.triggers import TriggerService
-from hub.delivery.usage import Usage
-from hub.catalog.watch import ConfigWatcher
+from hub.web.function_urls import FunctionUrls
+from hub.web.readiness import Readiness
+from hub.web.routes import make_app
+from hub.web.services import Services
 
 log = structlog.get_logger("hub.app")
 HEARTBEAT_S = 2.0  # also carries this instance's Kafka partitions to the others' cursor views
@@ -83,7 +88,7 @@ class Hub:
         self.registry = Registry(self.store, settings.data_dir)
         self.pool = pool or make_pool(settings)
         self.router = Router()
-        # usage metering rides the record writer's group commit (hub.usage)
+        # usage metering rides the record writer's group commit (hub.delivery.usage)
         self.usage = Usage(self.store.db, self.metrics, settings.usage_retention_s, self.instance_id)
         self.writer = RecordWriter(self.store.db, on_written=self.usage.add)
         self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
@@ -94,21 +99,30 @@ class Hub:
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
             lease_s=settings.inbox_lease_s, poll_interval_s=settings.inbox_poll_interval_s,
             capacity=settings.inbox_capacity, shutdown_grace_s=settings.shutdown_grace_s,
-            reload_triggers=self.reload_triggers,
+            reload_triggers=lambda: self.trigger_sync.reload(),
         )
-        # S3 catch-up scan + webhook dedup (hub/s3_reconcile.py)
+        # S3 catch-up scan + webhook dedup (hub/intake/s3_reconcile.py)
         self.s3_reconciler = S3Reconciler(
-            settings, self.store, self.router, self.inbox, self.metrics, owner=self.instance_id)
-        self.sources = Sources(settings, self.store, self.router, self.on_source_events, self.instance_id)
+            settings, self.store, self.store.db, self.router, self.inbox, self.metrics, owner=self.instance_id)
+        sink = DispatchSink(self.router, self.dispatcher, self.metrics)
+        self.sources = Sources(settings, self.store, self.router, sink, self.instance_id)
         self.cursors = Cursors(self.store, self.sources)  # trigger cursors and their gauges
         self.scheduler = Scheduler(self.store, self.router, self.inbox)
-        self.readiness_checks = Readiness(self)
-        self.watcher = ConfigWatcher(self.store.db, self.registry, self.sync_triggers)
-        self.triggers = TriggerService(self.store, settings, self.sync_triggers, self.instance_id)
-        self.web = make_app(self)
+        self.trigger_sync = TriggerSync(self.store, self.router, self.scheduler, self.sources)
+        self.readiness = Readiness(settings, self.instance_id, self.store, self.router, self.sources,
+                                   self.inbox, self.scheduler, self.s3_reconciler, self.pool)
+        self.watcher = ConfigWatcher(self.store.db, self.registry, self.trigger_sync.sync)
+        self.triggers = TriggerService(self.store, settings, self.trigger_sync.sync, self.instance_id)
+        services = Services(
+            settings=settings, instance_id=self.instance_id, metrics=self.metrics, store=self.store,
+            registry=self.registry, pool=self.pool, router=self.router, dispatcher=self.dispatcher,
+            inbox=self.inbox, triggers=self.triggers, trigger_sync=self.trigger_sync, sources=self.sources,
+            cursors=self.cursors, scheduler=self.scheduler, usage=self.usage, s3_reconciler=self.s3_reconciler,
+            readiness=self.readiness)
+        function_urls = FunctionUrls(self.router, self.dispatcher, self.store, self.metrics)
+        self.web = make_app(services, function_urls)
         self._runner: web.AppRunner | None = None
         self._sync_task: asyncio.Task[None] | None = None
-        self._sync_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.port: int | None = None
         self._beat = -HEARTBEAT_S  # when this instance's heartbeat was last written (monotonic)
@@ -129,7 +143,7 @@ class Hub:
         if self.pool.isolation != "bwrap":
             log.warning("functions are NOT sandboxed with bubblewrap; only rlimits contain them",
                         isolation=self.pool.isolation)
-        await self.sync_triggers()
+        await self.trigger_sync.sync()
         self.sources.start()
         await self.inbox.start()
         self.scheduler.start()
@@ -157,8 +171,7 @@ class Hub:
             # not cancelled: it may be stopping a subscription, which must run to its end
             await asyncio.gather(self._sync_task, return_exceptions=True)
         await self.watcher.stop()
-        async with self._sync_lock:  # no reconcile may start subscriptions behind the stop
-            await self.sources.stop()
+        await self.trigger_sync.stop_sources()  # no reconcile may start subscriptions behind it
         await self.s3_reconciler.stop()
         await self.scheduler.stop()
         await self.inbox.stop()
@@ -171,17 +184,6 @@ class Hub:
             log.debug("could not remove this instance's heartbeat", error=str(exc))
         await self.store.close()
         log.info("hub stopped", instance=self.instance_id)
-
-    async def sync_triggers(self) -> None:
-        """Re-read triggers and bring subscriptions in line (after a write, and on a timer)."""
-        async with self._sync_lock:
-            await self.reload_triggers()
-            await self.sources.reconcile()
-
-    async def reload_triggers(self) -> None:
-        """Re-read the trigger set only (cheap; for the webhook's look-again on a miss)."""
-        self.router.load(await shielded(self.store.list_triggers()))
-        self.scheduler.triggers_changed()
 
     async def _sync_loop(self) -> None:
         repointed = False
@@ -211,7 +213,7 @@ class Hub:
             except TimeoutError:
                 pass
             try:
-                await self.sync_triggers()
+                await self.trigger_sync.sync()
             except Exception as exc:
                 log.warning("trigger sync failed", error=str(exc))
 
@@ -226,39 +228,3 @@ class Hub:
             log.warning("several hub instances run s3 triggers without HUB_PUBLIC_URL: buckets notify one "
                         "instance's own address, and stop reaching any hub when it stops", others=others)
         self._warned_for = others
-
-    async def on_source_events(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
-        """Sink for kafka/mongodb subscriptions: filter, run the chunk, and hand back the wait
-        for its outcomes to be durable (see connectors.base)."""
-        if not events:
-            return None
-        source_type = events[0].source.split(":", 1)[0]
-        self.metrics.events.labels(source_type).inc(len(events))
-        trigger = self.router.get(trigger_name)
-        if trigger is None:
-            return None
-        wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
-        if not wanted:
-            return None
-        target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
-        chunk = await self.dispatcher.run(target, [events[i] for i in wanted])
-        return self._settled(chunk, wanted)
-
-    async def _settled(self, chunk: Chunk, wanted: list[int]) -> None:
-        try:
-            await self.dispatcher.settle(chunk)
-        except Unfinished as exc:
-            # in terms of the chunk the connector gave: filtered-out events before the first
-            # unfinished one are finished too
-            raise Unfinished(wanted[exc.finished], exc.cause) from None
-
-    async def readiness(self) -> dict[str, Any]:
-        return await self.readiness_checks.report()
-
-    async def refresh_gauges(self) -> None:
-        # trigger lag, cursor age, inbox depth, dead letters: bounded reads (hub.cursors)
-        await self.cursors.refresh_gauges(self.metrics)
-        totals = self.pool.stats().get("totals", {})
-        for state in ("warm", "busy", "queued"):
-            if state in totals:
-                self.metrics.workers.labels(state).set(totals[state])

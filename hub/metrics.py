@@ -40,7 +40,7 @@ class Metrics:
         self.workers = Gauge(
             "hub_workers", "Worker processes by state", ["state"], registry=self.registry
         )
-        # Usage metering (hub.usage): counted when the invocation's record is written.
+        # Usage metering (hub.delivery.usage): counted when the invocation's record is written.
         self.billed_ms = Counter(
             "hub_billed_ms_total", "Billed milliseconds (duration rounded up to 1 ms)", ["function"],
             registry=self.registry,
@@ -54,7 +54,7 @@ class Metrics:
             "Invocations whose usage could not be added to the usage buckets (their records were written)",
             registry=self.registry,
         )
-        # Refreshed at scrape time (hub.cursors): what this instance knows of each trigger's cursor.
+        # Refreshed at scrape time (hub.intake.cursors): what this instance knows of each trigger's cursor.
         self.trigger_lag = Gauge(
             "hub_trigger_lag",
             "Kafka: messages behind (end - committed) on the partitions this instance holds; sum over instances",

@@ -75,10 +75,10 @@ class Settings(BaseSettings):
     # The old name of invocation_retention_s (HUB_COMPLETION_TTL_S), still read: used when
     # HUB_INVOCATION_RETENTION_S is not set; afterwards it always equals it.
     completion_ttl_s: float | None = Field(default=None, gt=0)
-    # Usage buckets (hub.usage) outlive the records; 0 keeps them for ever, else they expire this
+    # Usage buckets (hub.delivery.usage) outlive the records; 0 keeps them for ever, else they expire this
     # long after their hour (applies to buckets written from then on).
     usage_retention_s: float = Field(default=0.0, ge=0)
-    # S3 reconciling scan (hub/s3_reconcile.py): lists watched buckets and runs uploads whose
+    # S3 reconciling scan (hub/intake/s3_reconcile.py): lists watched buckets and runs uploads whose
     # notifications were late or lost; 0 disables it (and the webhook's dedup against it).
     s3_reconcile_interval_s: float = Field(default=30.0, ge=0)
     s3_reconcile_grace_s: float = Field(default=15.0, ge=0)  # left to the notification this long
@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     # leases and inbox claims at once. Give each instance on one host its own data dir (or id).
     instance_id: str = Field(default="")
     # Tests only: "after_record" or "after_dead_letter" makes the hub exit (as kill -9 would)
-    # the first time an outcome is durable and not yet acked (see hub.dispatch).
+    # the first time an outcome is durable and not yet acked (see hub.delivery.dispatch).
     test_crash_point: Literal["", "after_record", "after_dead_letter"] = ""
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ Collections:
 - functions / function_versions: the registry (immutable versions keyed by content hash)
 - triggers: trigger definitions
 - invocations: one record per handler call (Lambda's REPORT line plus result/error/output); a
-  record's ``done`` list is also the success marker of the events it finished (hub.records)
+  record's ``done`` list is also the success marker of the events it finished (hub.delivery.records)
 - dead_letters: events whose last attempt failed, with every attempt's error (also the marker
   that such an event is finished)
 - inbox: durable queue for webhook events and async invokes (written before we answer 2xx)
@@ -12,7 +12,7 @@ Collections:
 - leases: single-reader sources (a change stream is read by one instance at a time)
 
 Every call here may be awaited by a task that gets cancelled; callers on such paths wrap them in
-``hub.records.shielded`` so a cancel never lands inside the driver.
+``hub.delivery.records.shielded`` so a cancel never lands inside the driver.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Store:
     async def init(self) -> None:
         db = self.db
         await self.sync_clock()
-        # Listing pages by (started_at, _id) newest first (hub.logstream): _id ends each index so
+        # Listing pages by (started_at, _id) newest first (hub.web.logstream): _id ends each index so
         # the sort and the cursor come from the index, however deep the page.
         await db.invocations.create_index([("function", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
         await db.invocations.create_index([("trigger", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
@@ -137,14 +137,14 @@ class Store:
         await db.invocations.create_index([("event_ids", ASCENDING)])
         await db.invocations.create_index([("done", ASCENDING)])
         # Records only need to outlive redeliveries (they are the success markers) and a log's
-        # useful life; without a TTL they would grow forever. (Usage outlives them: hub.usage.)
+        # useful life; without a TTL they would grow forever. (Usage outlives them: hub.delivery.usage.)
         await self._ttl_index(db.invocations, "finished_at", max(1, int(self.completion_ttl_s)))
         await db.dead_letters.create_index([("trigger", ASCENDING), ("created_at", DESCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("not_before", ASCENDING), ("created_at", ASCENDING)])
         await db.inbox.create_index([("state", ASCENDING), ("lease_until", ASCENDING)])
         await db.inbox.create_index([("owner", ASCENDING), ("state", ASCENDING)])
         await db.inbox.create_index([("request_id", ASCENDING)], sparse=True)
-        # a trigger's queue depth (hub.cursors): s3 items name their triggers, replays and
+        # a trigger's queue depth (hub.intake.cursors): s3 items name their triggers, replays and
         # schedule ticks their trigger
         await db.inbox.create_index([("triggers", ASCENDING)], sparse=True)
         await db.inbox.create_index([("trigger", ASCENDING)], sparse=True)
@@ -195,9 +195,9 @@ class Store:
         cursor = self.db.function_versions.find({"name": name}, {"code": 0}).sort("created_at", DESCENDING)
         return await cursor.to_list(None)
 
-    # Versions and aliases (hub.registry). The head document (functions, _id = name) holds the
+    # Versions and aliases (hub.catalog.registry). The head document (functions, _id = name) holds the
     # current version's config, the aliases and ``rev``, a counter every change of the head or
-    # its aliases bumps: writes are compare-and-set on it, and since hub.watch follows this
+    # its aliases bumps: writes are compare-and-set on it, and since hub.catalog.watch follows this
     # collection, every instance drops its cached runtimes of a function on any such change.
     async def put_version(self, version_doc: dict[str, Any]) -> bool | None:
         """Store a version if new: True when inserted, False when it was there; None when it was
@@ -287,7 +287,50 @@ class Store:
         since = self.now() - dt.timedelta(seconds=within_s)
         return await self.db.instances.find({"last_seen": {"$gte": since}}).to_list(None)
 
+    @property
+    def users_client(self) -> AsyncMongoClient[dict[str, Any]]:
+        """The client, for what the users' own collections need (change streams of mongodb
+        triggers); the hub's own database stays behind this class's methods."""
+        return self.client
+
+    async def collection_options(self, database: str, collection: str) -> dict[str, Any]:
+        """A user collection's options (``{}`` when it does not exist yet)."""
+        infos = await self.client[database].list_collections(filter={"name": collection})
+        return dict(next(iter(await infos.to_list(1)), {}).get("options", {}))
+
+    async def http_token_hashes(self) -> dict[str, str]:
+        """Every token-protected http trigger's token hash (sha256 hex), by trigger name."""
+        docs = await self.db.triggers.find({"source.type": "http", "source.auth": "token"},
+                                           {"token_hash": 1}).to_list(None)
+        return {d["_id"]: str(d.get("token_hash") or "") for d in docs}
+
+    # -- dependency sets ----------------------------------------------------------------------
+    async def get_deps(self, key: str) -> dict[str, Any] | None:
+        return await self.db.deps.find_one({"_id": key})
+
+    async def record_deps(self, key: str, update: dict[str, Any]) -> dict[str, Any]:
+        """Upsert a dependency set's record and read it back (two upserts of a new key at once:
+        the loser retries once, then finds the winner's)."""
+        for attempt in range(2):
+            try:
+                await self.db.deps.update_one({"_id": key}, update, upsert=True)
+                break
+            except DuplicateKeyError:
+                if attempt:
+                    raise
+        record = await self.db.deps.find_one({"_id": key})
+        assert record is not None
+        return dict(record)
+
     # -- source progress --------------------------------------------------------------------
+    async def source_states(self, keys: list[str]) -> list[dict[str, Any]]:
+        return list(await self.db.source_state.find({"_id": {"$in": keys}}).to_list(None))
+
+    async def oplog_first_ts(self) -> Any:
+        """The oplog's first entry's ``ts`` (a bson Timestamp), or None (no replica set)."""
+        doc = await self.client.local["oplog.rs"].find_one({}, {"ts": 1}, sort=[("$natural", ASCENDING)])
+        return (doc or {}).get("ts")
+
     async def get_source_state(self, key: str) -> dict[str, Any] | None:
         return await self.db.source_state.find_one({"_id": key})
 
@@ -328,7 +371,7 @@ class Store:
                                output: bool = False) -> list[dict[str, Any]]:
         """Records newest first by (started_at, _id): equality filters (a list is any of), started
         in [start, end), and after the (started_at, _id) key of a previous page's last record
-        (keyset paging, hub.logstream). stdout/stderr only with ``output``."""
+        (keyset paging, hub.web.logstream). stdout/stderr only with ``output``."""
         query = dict(query)
         if "event_id" in query:  # any record that handled it, a batch's included
             query["event_ids"] = query.pop("event_id")
@@ -352,7 +395,7 @@ class Store:
         return await cursor.to_list(None)
 
     async def watch_invocations(self, function: str, statuses: list[str] | None, max_await_ms: int) -> Any:
-        """A change stream of the records written from now on for ``function`` (hub.logstream);
+        """A change stream of the records written from now on for ``function`` (hub.web.logstream);
         ``try_next`` returns None after ``max_await_ms`` when nothing came."""
         match: dict[str, Any] = {"operationType": "insert", "fullDocument.function": function}
         if statuses:
@@ -373,6 +416,14 @@ class Store:
         """Dead letters matching ``query`` in _id order, after ``after`` (paging through all)."""
         where = {**query, **({"_id": {"$gt": after}} if after is not None else {})}
         return await self.db.dead_letters.find(where).sort("_id", ASCENDING).limit(limit).to_list(None)
+
+    async def write_dead_letters(self, ops: list[Any]) -> None:
+        await self.db.dead_letters.bulk_write(ops, ordered=False)
+
+    async def dead_letter_counts(self) -> dict[str | None, int]:
+        """Stored dead letters by trigger (None: those of direct invokes)."""
+        cursor = await self.db.dead_letters.aggregate([{"$group": {"_id": "$trigger", "n": {"$sum": 1}}}])
+        return {d["_id"]: int(d["n"]) for d in await cursor.to_list(None)}
 
     async def get_dead_letter(self, dl_id: str) -> dict[str, Any] | None:
         return await self.db.dead_letters.find_one({"_id": dl_id})
@@ -451,8 +502,14 @@ class Store:
     async def inbox_find_request(self, request_id: str) -> dict[str, Any] | None:
         return await self.db.inbox.find_one({"request_id": request_id})
 
-    async def inbox_depth(self) -> int:
-        return await self.db.inbox.count_documents({})
+    async def inbox_depth(self, trigger: str | None = None) -> int:
+        """Items waiting in the inbox: all of them, or those of one trigger."""
+        where = {} if trigger is None else {"$or": [{"triggers": trigger}, {"trigger": trigger}]}
+        return await self.db.inbox.count_documents(where)
+
+    async def watch_inbox(self, pipeline: list[dict[str, Any]], max_await_ms: int) -> Any:
+        """A change stream on the inbox (its wake-ups; the caller projects what travels)."""
+        return await self.db.inbox.watch(pipeline, max_await_time_ms=max_await_ms)
 
     # -- leases (single-reader sources across hub instances) -------------------------------
     async def acquire_lease(self, key: str, owner: str, ttl_s: float) -> int | None:

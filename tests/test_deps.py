@@ -21,7 +21,8 @@ import pytest
 
 from hub.app import Hub
 from hub.catalog.code import CodeError
-from hub.catalog.deps import Deps, DepsError, check_requirement, explain, requirements_of
+from hub.catalog.deps import Deps, DepsError, explain, requirements_of
+from hub.spec.requirements import check_requirement
 from hub.sandbox.base import FunctionRuntime, InvokeContext, Status
 from hub.sandbox.pool import SandboxPool
 from tests.hubfixtures import Api, make_settings

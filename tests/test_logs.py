@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.web.api import LOG_STREAMS
+from hub.web.admin_history import LOG_STREAMS
 from hub.app import Hub
 from hub.sandbox.base import Status
 from hub.sandbox.pool import SandboxPool

@@ -54,7 +54,7 @@ async def test_kafka_and_s3_outages_are_reported(
         await hub.store.put_trigger({"_id": "s", "function": "rec", "source": {"type": "s3", "bucket": "gone"},
                                      "enabled": True})
         hub.settings.s3_endpoint = f"http://127.0.0.1:{closed}"
-        await hub.reload_triggers()
+        await hub.trigger_sync.reload()
         status, body, took = await _readyz(api)
         assert status == 503 and body["checks"]["s3"].startswith("error: S3 endpoint") and took < 1.5
         hub.settings.s3_endpoint = servers["rgw"].endpoint

@@ -44,7 +44,7 @@ CODE_CHECK_TIMEOUT_S = 20.0  # the checker also has a CPU rlimit of the same siz
 
 CodeError = codecheck.CodeError
 
-# Dependencies (hub.deps): a requirements.txt at the root of the code, one PEP 508 requirement a line.
+# Dependencies (hub.catalog.deps): a requirements.txt at the root of the code, one PEP 508 requirement a line.
 REQUIREMENTS_FILE = "requirements.txt"
 
 
@@ -179,7 +179,7 @@ def _unpack_zip(zip_base64: str, out: _Collector) -> None:
 
 
 def requirements_text(files: dict[str, bytes]) -> str | None:
-    """The code's ``requirements.txt`` as text (None if it has none); built by ``hub.deps``."""
+    """The code's ``requirements.txt`` as text (None if it has none); built by ``hub.catalog.deps``."""
     data = files.get(REQUIREMENTS_FILE)
     if data is None:
         return None
@@ -190,7 +190,7 @@ def requirements_text(files: dict[str, bytes]) -> str | None:
 
 
 async def check_code(files: dict[str, bytes], handler: str) -> None:
-    """Reject code that cannot possibly run (see ``hub.codecheck``), in a child process: compiling
+    """Reject code that cannot possibly run (see ``hub.catalog.codecheck``), in a child process: compiling
     megabytes of Python holds the GIL for seconds, and hostile source can crash the compiler."""
     request = json.dumps({
         "handler": handler,

@@ -64,7 +64,7 @@ def _top_level_names(code: types.CodeType) -> set[str] | None:
 
 def main() -> None:
     # Bounds for the checker itself: compiling hostile source must not eat the machine. The hub
-    # sends at most 4 MB of source (hub.code), which compiles in a few seconds at worst.
+    # sends at most 4 MB of source (hub.catalog.code), which compiles in a few seconds at worst.
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     resource.setrlimit(resource.RLIMIT_CPU, (20, 20))
     sys.setrecursionlimit(10_000)

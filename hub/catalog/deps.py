@@ -62,21 +62,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import sys_tags
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from pymongo.errors import DuplicateKeyError
 
 from hub.catalog.code import REQUIREMENTS_FILE, CodeError, CodeUnavailable, requirements_text
-from hub.spec.models import REQUIREMENT_MAX, REQUIREMENTS_MAX
-from hub.delivery.records import shielded
+from hub.spec.requirements import MAX_REQUIREMENTS, check_requirement, file_lines
+from hub.driver import shielded
 from hub.store import Store, now
 
 log = structlog.get_logger("hub.catalog.deps")
 
-MAX_REQUIREMENTS = REQUIREMENTS_MAX  # 100 lines of requirements (comments and blank lines not counted)
-MAX_REQUIREMENT_CHARS = REQUIREMENT_MAX  # 200, one requirement
 MAX_RESOLVED = 500  # packages in a resolved set
 MAX_DEPS_BYTES = 512 * 1024 * 1024  # one installed set (Lambda: 250 MB for code + layers, unzipped)
 MAX_CONCURRENT_BUILDS = 2  # pip processes at once (resolving or installing), per hub
@@ -96,9 +92,6 @@ def _timeout_from_env() -> float:
 # One pip run (a resolve or an install) may take this long. HUB_DEPS_BUILD_TIMEOUT_S.
 BUILD_TIMEOUT_S = _timeout_from_env()
 
-# pip takes a requirement whose name ends like this for a local archive file.
-_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
-                     ".tlz", ".tar.lz", ".tar.lzma")
 # The operator's pip settings that a build may use: where to find packages and how to get there.
 _PASSED_ENV = (
     "HOME", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST",
@@ -125,61 +118,6 @@ class DepsUnavailable(CodeUnavailable):
 # ---------------------------------------------------------------------------- requirements
 
 
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 80 else text[:80] + "...")
-
-
-def check_requirement(line: str) -> str:
-    """One requirement, normalised (``packaging``'s spelling), or ``ValueError`` saying why not."""
-    text = line.strip()
-    if not text:
-        raise ValueError("a requirement cannot be empty")
-    if len(text) > MAX_REQUIREMENT_CHARS:
-        raise ValueError(f"requirement {_shown(text)} is longer than {MAX_REQUIREMENT_CHARS} characters")
-    if text.startswith("-"):
-        raise ValueError(f"{_shown(text)}: pip options (-r, -e, -c, --index-url, --find-links, ...) are not "
-                         f"allowed; give one requirement per line, like 'requests==2.32.3' (the hub's operator "
-                         f"chooses the package index)")
-    if "://" in text or text.startswith((".", "/", "~")) or "\\" in text:
-        raise ValueError(f"{_shown(text)}: URLs and paths are not allowed; give a package name and version "
-                         f"from the package index, like 'requests==2.32.3'")
-    if "$" in text or "\x00" in text:
-        raise ValueError(f"{_shown(text)}: '$' and NUL are not allowed in a requirement")
-    try:
-        req = Requirement(text)
-    except InvalidRequirement as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "cannot be parsed"
-        raise ValueError(f"{_shown(text)} is not a PEP 508 requirement ({first[:160]}); expected e.g. "
-                         f"'requests', 'requests==2.32.3' or 'requests[socks]>=2.31; python_version>=\"3.8\"'"
-                         ) from None
-    if req.url:
-        raise ValueError(f"{_shown(text)}: direct references ('name @ URL') are not allowed; give a version "
-                         f"from the package index instead")
-    if req.name.lower().endswith(_ARCHIVE_SUFFIXES):
-        raise ValueError(f"{_shown(text)}: looks like a file name; give a package name from the package index")
-    return str(req)
-
-
-def _file_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, requirement) from a requirements.txt: comments (``#`` at the start or after
-    a space) and blank lines dropped, ``\\`` continuations joined, as pip reads them."""
-    out: list[tuple[int, str]] = []
-    pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = re.sub(r"(^|\s)#.*$", "", raw)
-        if not pending:
-            start = number
-        if line.endswith("\\"):
-            pending += line[:-1]
-            continue
-        line, pending = pending + line, ""
-        if line.strip():
-            out.append((start, line))
-    if pending.strip():
-        out.append((start, pending))
-    return out
-
-
 def requirements_of(field: list[str] | None, files: dict[str, bytes]) -> list[str]:
     """The function's requirements (normalised), from ``requirements.txt`` or the field; [] for
     none. ``DepsError`` for both at once or a line that is not a plain requirement."""
@@ -191,7 +129,7 @@ def requirements_of(field: list[str] | None, files: dict[str, bytes]) -> list[st
         lines = list(enumerate(field or [], 1))
         where = "requirements[{}]"
     else:
-        lines = _file_lines(text)
+        lines = file_lines(text)
         where = REQUIREMENTS_FILE + " line {}"
     if len(lines) > MAX_REQUIREMENTS:
         raise DepsError(f"requirements: {len(lines)} requirements; the limit is {MAX_REQUIREMENTS}")
@@ -384,7 +322,7 @@ class Deps:
             raise DepsUnavailable(f"the function's dependencies cannot be used: {exc}") from None
         if path.is_dir():
             return path
-        record = await shielded(self.store.db.deps.find_one({"_id": key}))
+        record = await shielded(self.store.get_deps(key))
         if record is not None:
             pins = [Pin(p["name"], p["version"], p.get("sha256")) for p in record.get("packages", [])]
             if record.get("env") != self.env:
@@ -426,9 +364,8 @@ class Deps:
 
     async def _record(self, key: str, pins: list[Pin], size: int, build_s: float,
                       built: bool) -> dict[str, Any]:
-        coll = self.store.db.deps
         if not built:
-            record = await shielded(coll.find_one({"_id": key}))
+            record = await shielded(self.store.get_deps(key))
             if record is not None:
                 return dict(record)
             # The directory is here but the record is not (a fresh database): record what is here.
@@ -444,16 +381,7 @@ class Deps:
             update["$inc"] = {"builds": 1}
         else:
             update["$setOnInsert"].update({"build_s": build_s, "builds": 0})
-        for attempt in range(2):
-            try:
-                await shielded(coll.update_one({"_id": key}, update, upsert=True))
-                break
-            except DuplicateKeyError:  # two upserts of a new key at once: the second one retries
-                if attempt:
-                    raise
-        record = await shielded(coll.find_one({"_id": key}))
-        assert record is not None
-        return dict(record)
+        return await shielded(self.store.record_deps(key, update))
 
     async def _resolve(self, requirements: list[str]) -> list[Pin]:
         work = await self._workdir()

@@ -8,7 +8,7 @@ Versions and aliases. Every stored version stays invocable: callers name what to
 default), an alias or a version. Aliases live inside the function's head document (``aliases``,
 a list of {name, version, description, created_at, updated_at}), so one read resolves any
 reference, and any change of the head or its aliases is a change of that one document: the
-change stream in ``hub.watch`` sees it and drops every cached runtime of the function on every
+change stream in ``hub.catalog.watch`` sees it and drops every cached runtime of the function on every
 instance. Writes to the head are compare-and-set on its ``rev`` counter, so a deploy, an alias
 move and a version deletion racing each other never lose one another's change, and a version is
 never deleted while something points at it (see ``delete_version``).
@@ -32,11 +32,11 @@ from hub.catalog.code import CodeError, check_code, unpack_code
 from hub.catalog.code import write_tree as _write_tree
 from hub.catalog.deps import Deps, requirements_of
 from hub.spec.models import LATEST, VERSION_RE, FunctionSpec
-from hub.delivery.records import shielded
+from hub.driver import shielded
 from hub.sandbox.base import FunctionRuntime
 from hub.store import Store, now
 
-# Unpacking, checking and writing code live in hub.code; CodeError is re-exported from here.
+# Unpacking, checking and writing code live in hub.catalog.code; CodeError is re-exported from here.
 __all__ = ["CodeError", "Conflict", "NotFound", "Registry", "VersionRuntime", "public_function",
            "split_ref", "version_of"]
 
@@ -128,14 +128,14 @@ def public_function(head: dict[str, Any]) -> dict[str, Any]:
 
 class Registry:
     """Functions by name. ``runtime`` is on the hot path (every invocation), so it is cached per
-    (name, qualifier), but only while ``hub.watch`` follows the functions collection and can drop
+    (name, qualifier), but only while ``hub.catalog.watch`` follows the functions collection and can drop
     every entry of a function the moment any instance changes its head or its aliases (one
     document); without that watch every call reads MongoDB."""
 
     def __init__(self, store: Store, data_dir: Path) -> None:
         self.store = store
         self.code_root = data_dir / "code"
-        self.deps = Deps(store, data_dir / "deps")  # function dependencies (hub.deps)
+        self.deps = Deps(store, data_dir / "deps")  # function dependencies (hub.catalog.deps)
         self._cache: dict[str, dict[str, VersionRuntime]] = {}  # name -> qualifier -> runtime
         self._generation = 0  # bumped by every invalidation: a read that straddles one is not cached
         self.cache_enabled = False

@@ -202,8 +202,7 @@ class TriggerService:
         if source["full_document"] != "required":
             return
         try:
-            infos = await self.store.client[source["database"]].list_collections(filter={"name": source["collection"]})
-            options = next(iter(await infos.to_list(1)), {}).get("options", {})
+            options = await self.store.collection_options(source["database"], source["collection"])
         except OperationFailure as exc:  # MongoDB refused the names: say so without its internals
             raise TriggerError(400, f"source: MongoDB cannot watch {source['database']}.{source['collection']}: "
                                f"{exc.details.get('errmsg') if exc.details else 'invalid namespace'}") from None

@@ -7,9 +7,9 @@ save a resume token, delete an inbox item) only after that. When only a prefix f
 store outage, say) it raises :class:`Unfinished` with how many, and the rest comes back.
 
 The hot path costs, per chunk: one duplicate check (two queries, run together), the handler
-calls, and records that go out in bulk through :class:`hub.records.RecordWriter` while the next
+calls, and records that go out in bulk through :class:`hub.delivery.records.RecordWriter` while the next
 event already runs. Nothing acks before its record is durable, so "at least once" holds, and a
-success is marked by the very record that says it succeeded (see :mod:`hub.records`).
+success is marked by the very record that says it succeeded (see :mod:`hub.delivery.records`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from hub.catalog.code import CodeUnavailable
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
-from hub.delivery.records import Completions, RecordWriter, completion_key, dead_letter_id, shielded
+from hub.delivery.records import Completions, RecordWriter, completion_key, dead_letter_id
+from hub.driver import shielded
 from hub.catalog.registry import Registry
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status, WorkerPool
 from hub.store import Store, now, storable
@@ -363,7 +364,7 @@ class Dispatcher:
             "request_id": request_id,
             "function": target.function_name,
             "version": fn.version if fn else None,  # what ran
-            "memory_mb": fn.memory_mb if fn else None,  # its limit: usage (GB-seconds, hub.usage)
+            "memory_mb": fn.memory_mb if fn else None,  # its limit: usage (GB-seconds, hub.delivery.usage)
             "qualifier": target.qualifier,  # what was asked for: latest, an alias or a version
             "trigger": target.trigger,
             "event_id": events[0].id,
@@ -376,7 +377,7 @@ class Dispatcher:
             "finished_at": finished_at,
             **report.to_doc(),
             "status": status,
-            # the success markers: see hub.records
+            # the success markers: see hub.delivery.records
             "done": [completion_key(target.key, e.id) for e in outcome.succeeded],
         }
         if is_batch:
@@ -429,7 +430,7 @@ class Dispatcher:
                 "last_status": last.get("status"), "created_at": t,
             }), upsert=True))
         write: asyncio.Future[Any] = asyncio.ensure_future(
-            shielded(self.store.db.dead_letters.bulk_write(ops, ordered=False)))
+            shielded(self.store.write_dead_letters(ops)))
         for e in events:
             chunk.durable[e.id] = write
             chunk.outcomes[e.id] = "dead_lettered"

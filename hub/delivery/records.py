@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
 from bson.errors import InvalidDocument, InvalidStringData
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
+from hub.driver import DUPLICATE_KEY, finish_or_cancel, retrieve, shielded
 from hub.store import storable
 
 log = structlog.get_logger("hub.delivery.records")
 
-T = TypeVar("T")
-DUPLICATE_KEY = 11000
 Entries = list[tuple[dict[str, Any], "asyncio.Future[None]"]]
 MAX_BATCH = 1000
 
@@ -42,40 +41,12 @@ def dead_letter_id(target_key: str, event_id: str) -> str:
     return hashlib.sha256(f"{target_key}|{event_id}".encode()).hexdigest()[:24]
 
 
-async def shielded(aw: Awaitable[T]) -> T:
-    """Await a driver call that must run to its end even if the caller is cancelled.
-
-    Cancelling a task inside PyMongo's server selection or pool checkout can leave a driver lock
-    held with no owner on Python 3.11 (every later operation then waits for ever); a shielded
-    call finishes (or fails) on its own and only the caller's wait is cancelled.
-    """
-    task = asyncio.ensure_future(aw)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
-
-
-async def finish_or_cancel(task: asyncio.Task[Any] | None, timeout: float) -> None:
-    """Let a writer task finish what it has for up to ``timeout``, then cancel it; only for
-    tasks whose driver calls are all shielded (a cancel then never lands inside the driver)."""
-    if task is None:
-        return
-    await asyncio.wait([task], timeout=timeout)
-    if not task.done():  # MongoDB is away: give up on what is left
-        task.cancel()
-        await asyncio.wait([task])
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # the caller may be gone: never "exception was never retrieved"
-
-
 class RecordWriter:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], max_batch: int = MAX_BATCH,
                  on_written: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.coll = db.invocations
         self.max_batch = max_batch
-        # Told the records of each write that landed (usage metering, hub.usage): after the
+        # Told the records of each write that landed (usage metering, hub.delivery.usage): after the
         # write, never instead of it; it must not raise, and must not block.
         self.on_written = on_written
         self._pending: Entries = []
@@ -90,7 +61,7 @@ class RecordWriter:
     def submit(self, doc: dict[str, Any]) -> asyncio.Future[None]:
         """Queue ``doc``; the future resolves once MongoDB has it (or fails with why not)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieve)
+        fut.add_done_callback(retrieve)
         if self._closing:
             fut.set_exception(RuntimeError("the record writer is closed"))
             return fut
@@ -169,7 +140,7 @@ class RecordWriter:
                 fut.set_exception(failed[i])
             else:
                 fut.set_result(None)
-        # -- usage metering (hub.usage): the records that landed in this write, once each --
+        # -- usage metering (hub.delivery.usage): the records that landed in this write, once each --
         if self.on_written is not None:
             landed = [doc for i, (doc, _) in enumerate(batch) if i not in failed and i not in retry]
             if landed:

@@ -19,7 +19,7 @@ lands is also folded into a bucket document of the ``usage`` collection, one per
   per decade up to 1,000,000 ms, then one above), so p50/p99 of any period are computed at query
   time from summed counts, within one bucket (~26 %) and clamped to the period's min and max.
 
-How it rides the group commit: :class:`hub.records.RecordWriter` calls :meth:`Usage.add` with the
+How it rides the group commit: :class:`hub.delivery.records.RecordWriter` calls :meth:`Usage.add` with the
 records of each ``insert_many`` that landed (never before: a record that fails to be written is
 not usage). ``add`` merges them into pending increments in memory and wakes one flusher task,
 which writes everything pending with one unordered ``bulk_write`` of upserts while the writer
@@ -56,7 +56,7 @@ from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.metrics import Metrics
-from hub.delivery.records import DUPLICATE_KEY, finish_or_cancel, shielded
+from hub.driver import DUPLICATE_KEY, finish_or_cancel, shielded
 
 log = structlog.get_logger("hub.delivery.usage")
 

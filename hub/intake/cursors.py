@@ -34,7 +34,7 @@ from bson import Timestamp
 
 from connectors.kafka import KafkaSubscription
 from connectors.mongodb import ChangeStreamSubscription
-from hub.delivery.records import shielded
+from hub.driver import shielded
 from hub.catalog.triggers import kafka_group_id, source_state_key
 
 if TYPE_CHECKING:
@@ -204,12 +204,9 @@ class Cursors:
         if not keys:
             return {}
 
-        async def read() -> list[dict[str, Any]]:
-            return list(await self.store.db.source_state.find({"_id": {"$in": keys}}).to_list(None))
-
         try:
             with pymongo.timeout(READ_TIMEOUT_S):
-                docs = await shielded(read())
+                docs = await shielded(self.store.source_states(keys))
         except Exception as exc:
             log.debug("saved stream positions not read", error=f"{type(exc).__name__}: {exc}")
             return {}
@@ -222,9 +219,7 @@ class Cursors:
         self._oplog_read_at = time.monotonic()  # also after a failure: do not hammer
         try:
             with pymongo.timeout(READ_TIMEOUT_S):
-                doc = await shielded(self.store.client.local["oplog.rs"].find_one(
-                    {}, {"ts": 1}, sort=[("$natural", pymongo.ASCENDING)]))
-            ts = (doc or {}).get("ts")
+                ts = await shielded(self.store.oplog_first_ts())
             self._oplog_first = float(ts.time) if isinstance(ts, Timestamp) else None
         except Exception as exc:  # no replica set, or no right to read local
             log.debug("oplog window not read", error=f"{type(exc).__name__}: {exc}")
@@ -234,13 +229,9 @@ class Cursors:
     async def _inbox_depths(self, names: list[str]) -> dict[str, int | None]:
         if not names:
             return {}
-        coll = self.store.db.inbox
-
-        async def count(name: str) -> int:
-            return int(await coll.count_documents({"$or": [{"triggers": name}, {"trigger": name}]}))
-
         with pymongo.timeout(READ_TIMEOUT_S):
-            results = await asyncio.gather(*(shielded(count(n)) for n in names), return_exceptions=True)
+            results = await asyncio.gather(*(shielded(self.store.inbox_depth(n)) for n in names),
+                                           return_exceptions=True)
         return {n: r if isinstance(r, int) else None for n, r in zip(names, results)}
 
     # -- /metrics ---------------------------------------------------------------------------
@@ -275,19 +266,14 @@ class Cursors:
             return
         self._dead_letters_at = time.monotonic()
 
-        async def counts() -> list[dict[str, Any]]:
-            cursor = await self.store.db.dead_letters.aggregate(
-                [{"$group": {"_id": "$trigger", "n": {"$sum": 1}}}])
-            return list(await cursor.to_list(None))
-
         try:
             with pymongo.timeout(READ_TIMEOUT_S):
-                docs = await shielded(counts())
+                counts = await shielded(self.store.dead_letter_counts())
         except Exception as exc:
             log.debug("dead letters not counted", error=f"{type(exc).__name__}: {exc}")
             return
         _set_all(metrics.dead_letters_stored,
-                 {("(invoke)" if d["_id"] is None else str(d["_id"])): float(d["n"]) for d in docs})
+                 {("(invoke)" if trigger is None else str(trigger)): float(n) for trigger, n in counts.items()})
 
 
 def _set_all(gauge: Any, values: dict[str, float]) -> None:

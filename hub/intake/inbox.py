@@ -30,7 +30,8 @@ from hub.delivery.dispatch import Dispatcher, Target
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
-from hub.delivery.records import dead_letter_id, shielded
+from hub.delivery.records import dead_letter_id
+from hub.driver import shielded
 from hub.intake.router import Router
 from hub.store import Store, now
 
@@ -254,7 +255,7 @@ class Inbox:
         ]
         while not self._stopping.is_set():
             try:
-                stream = await shielded(self.store.db.inbox.watch(pipeline, max_await_time_ms=1000))
+                stream = await shielded(self.store.watch_inbox(pipeline, max_await_ms=1000))
                 async with stream:
                     delay, failures = 0.5, 0
                     while stream.alive and not self._stopping.is_set():

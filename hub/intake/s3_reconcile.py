@@ -99,7 +99,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from connectors.s3_scan import BucketLister, ListedObject, iso_millis, scan_event
 from hub.events import Event
-from hub.delivery.records import DUPLICATE_KEY
+from hub.driver import DUPLICATE_KEY
 from hub.store import storable
 
 if TYPE_CHECKING:
@@ -293,6 +293,7 @@ class S3Reconciler:
         self,
         settings: Settings,
         store: Store,
+        db: AsyncDatabase[dict[str, Any]],
         router: Router,
         inbox: Inbox,
         metrics: Metrics,
@@ -318,9 +319,11 @@ class S3Reconciler:
             None if self.enabled else
             "HUB_S3_RECONCILE_INTERVAL_S is 0" if self.interval_s <= 0 else "HUB_S3_ENDPOINT is not set"
         )
-        self.seen = SeenObjects(store.db, slack_s=self.slack_s, pending_ttl_s=pending_ttl_s,
+        # this reconciler owns two collections of the hub's database (handed in by hub.app):
+        # the seen objects (the dedup claims) and the per-bucket scan state
+        self.seen = SeenObjects(db, slack_s=self.slack_s, pending_ttl_s=pending_ttl_s,
                                 ttl_s=settings.s3_seen_ttl_s)
-        self.states = store.db[STATE]
+        self.states = db[STATE]
         self._settings = settings
         self._lister: BucketLister | None = None
         self._task: asyncio.Task[None] | None = None

@@ -1,6 +1,6 @@
 """Schedule triggers: each tick fires once across every hub instance, through the inbox.
 
-Every instance computes the same ticks (``hub.schedule_times``) and, when one comes due, queues
+Every instance computes the same ticks (``hub.spec.schedule_times``) and, when one comes due, queues
 it as an inbox item whose ``_id`` is derived from (trigger, tick): MongoDB's unique ``_id`` is
 the claim, so of any number of instances exactly one queues the tick, and from then on it has
 the inbox's guarantees (durable, leased, retried per the trigger's policy, dead-lettered). The
@@ -25,7 +25,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from hub.spec import schedule_times
 from hub.events import Event
 from hub.intake.inbox import Inbox
-from hub.delivery.records import DUPLICATE_KEY, shielded
+from hub.driver import DUPLICATE_KEY, shielded
 from hub.intake.router import Router, Trigger
 from hub.store import Store, now
 from hub.catalog.triggers import source_state_key

@@ -1,4 +1,5 @@
-"""Keeps one running subscription per enabled kafka/mongodb trigger, matching the trigger set.
+"""Keeps one running subscription per enabled kafka/mongodb trigger, matching the trigger set, and
+the sink their events go into (:class:`DispatchSink`: filter, run, settle).
 
 ``reconcile`` is called after every trigger change and on the sync timer: it starts what is
 missing, stops what was deleted or disabled, and restarts a subscription whose source changed.
@@ -19,11 +20,13 @@ from typing import Any
 
 import structlog
 
-from connectors.base import LeaseLost, Subscription
+from connectors.base import LeaseLost, Subscription, Unfinished
 from connectors.kafka import KafkaSubscription
 from connectors.mongodb import ChangeStreamSubscription
+from hub.delivery.dispatch import Chunk, Dispatcher, Target
 from hub.events import Event
-from hub.delivery.records import shielded
+from hub.metrics import Metrics
+from hub.driver import shielded
 from hub.intake.router import Router, Trigger
 from hub.settings import Settings
 from hub.store import Store
@@ -32,6 +35,40 @@ from hub.catalog.triggers import kafka_group_id, source_state_key
 log = structlog.get_logger("hub.intake.sources")
 
 OnEvents = Callable[[str, list[Event]], Awaitable[Awaitable[None] | None]]
+
+
+class DispatchSink:
+    """Where every kafka/mongodb subscription delivers: the trigger's content filter, then the
+    dispatcher; the connector gets back the wait for the outcomes to be durable (its ack), as
+    ``connectors.base`` describes. Source-agnostic: the trigger and its filter say everything."""
+
+    def __init__(self, router: Router, dispatcher: Dispatcher, metrics: Metrics) -> None:
+        self.router = router
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+
+    async def __call__(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
+        if not events:
+            return None
+        source_type = events[0].source.split(":", 1)[0]
+        self.metrics.events.labels(source_type).inc(len(events))
+        trigger = self.router.get(trigger_name)
+        if trigger is None:
+            return None
+        wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
+        if not wanted:
+            return None
+        target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
+        chunk = await self.dispatcher.run(target, [events[i] for i in wanted])
+        return self._settled(chunk, wanted)
+
+    async def _settled(self, chunk: Chunk, wanted: list[int]) -> None:
+        try:
+            await self.dispatcher.settle(chunk)
+        except Unfinished as exc:
+            # in terms of the chunk the connector gave: filtered-out events before the first
+            # unfinished one are finished too
+            raise Unfinished(wanted[exc.finished], exc.cause) from None
 
 
 class Sources:
@@ -192,7 +229,7 @@ class Sources:
 
         return ChangeStreamSubscription(
             name=t.name,
-            client=self.store.client,
+            client=self.store.users_client,
             database=src["database"],
             collection=src["collection"],
             operations=list(src.get("operations") or []),

@@ -96,6 +96,9 @@ class WorkerPool(Protocol):
     async def retire(self, name: str) -> None:
         """Stop every worker of a function (deleted or replaced)."""
 
+    async def retire_version(self, name: str, version: str) -> None:
+        """Stop the workers of one version of a function (that version was deleted)."""
+
     def stats(self) -> dict[str, Any]:
         """Per-function worker counts (warm, busy, queued, throttled) for /metrics and /readyz."""
 

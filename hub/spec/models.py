@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hub.spec import filters
+from hub.spec.requirements import MAX_REQUIREMENT_CHARS, MAX_REQUIREMENTS, check_requirement
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_MAX = 63
 Name = Annotated[str, Field(pattern=NAME_RE, max_length=NAME_MAX)]
-# Versions and aliases (hub.registry): a version is 16 hex digits of a content hash; "latest" is the
+# Versions and aliases (hub.catalog.registry): a version is 16 hex digits of a content hash; "latest" is the
 # head. A trigger names NAME, NAME:ALIAS or NAME:VERSION (NAME:latest is NAME).
 VERSION_RE = r"^[0-9a-f]{16}$"
 LATEST = "latest"
@@ -33,17 +34,15 @@ DESCRIPTION_MAX = 256  # Lambda: 256 characters
 HANDLER_MAX = 128  # Lambda: 128 characters
 ENV_TOTAL_MAX = 4096  # Lambda: 4 KB for all variables together
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-CODE_PATH_MAX = 1024  # bytes; each path component at most 255 bytes (see hub.code)
+CODE_PATH_MAX = 1024  # bytes; each path component at most 255 bytes (see hub.catalog.code)
 CODE_FILES_MAX = 1000
-CODE_TEXT_MAX = 8 * 1024 * 1024  # characters of one inline file; hub.code bounds bytes exactly
-ZIP_BASE64_MAX = 12 * 1024 * 1024  # a zip of up to ~9 MB; unpacked size is bounded by hub.code
+CODE_TEXT_MAX = 8 * 1024 * 1024  # characters of one inline file; hub.catalog.code bounds bytes exactly
+ZIP_BASE64_MAX = 12 * 1024 * 1024  # a zip of up to ~9 MB; unpacked size is bounded by hub.catalog.code
 S3_KEY_MAX = 1024  # bytes: S3's own key limit, so a longer prefix or suffix can never match
 S3_EVENTS_MAX = 32
 MONGO_DB_MAX = 63  # bytes (MongoDB: fewer than 64)
 MONGO_NAMESPACE_MAX = 255  # bytes of "database.collection" (MongoDB 4.4+, unsharded)
 TIMEOUT_MIN_S = 0.1  # below this not even a warm worker can answer; Lambda's minimum is 1 s
-REQUIREMENTS_MAX = 100  # hub.deps.MAX_REQUIREMENTS
-REQUIREMENT_MAX = 200  # characters of one requirement (hub.deps.MAX_REQUIREMENT_CHARS)
 
 
 def _utf8(text: str) -> str:
@@ -121,9 +120,9 @@ class FunctionSpec(_Strict):
     )
     network: bool = False
     description: Description = ""
-    # Dependencies (hub.deps): checked here, resolved and built at PUT.
-    requirements: list[Annotated[str, Field(min_length=1, max_length=REQUIREMENT_MAX)]] | None = Field(
-        default=None, max_length=REQUIREMENTS_MAX,
+    # Dependencies (hub.catalog.deps): checked here, resolved and built at PUT.
+    requirements: list[Annotated[str, Field(min_length=1, max_length=MAX_REQUIREMENT_CHARS)]] | None = Field(
+        default=None, max_length=MAX_REQUIREMENTS,
         description="Dependencies, PEP 508 requirements such as 'requests==2.32.3' (or a requirements.txt in "
                     "the code; not both). Installed from wheels only and mounted read-only at /opt/python. "
                     "No pip options, URLs, paths or 'name @ URL'.",
@@ -132,8 +131,6 @@ class FunctionSpec(_Strict):
     @field_validator("requirements")
     @classmethod
     def _requirements(cls, reqs: list[str] | None) -> list[str] | None:
-        from hub.catalog.deps import check_requirement
-
         return None if reqs is None else [check_requirement(r) for r in reqs]
 
     @field_validator("env")

@@ -2,7 +2,7 @@
 
 A request such as ``POST /fn/orders/42`` is matched against the enabled ``http`` triggers, turned
 into a CloudEvent whose ``data`` is shaped like Lambda's function-URL payload (version 2.0), run
-once through :meth:`hub.dispatch.Dispatcher.run_once` (no retries: the caller sees the error), and
+once through :meth:`hub.delivery.dispatch.Dispatcher.run_once` (no retries: the caller sees the error), and
 the function's answer is mapped back the way Lambda maps it.
 
 Why it is built this way:
@@ -33,7 +33,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import structlog
@@ -41,15 +41,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pymongo.errors import ConnectionFailure
 
-from hub.delivery.dispatch import Target, new_id
-from hub.events import Event
-from hub.spec.models import RetryPolicy
-from hub.delivery.records import shielded
-from hub.intake.router import Trigger
 from hub.catalog.triggers import hash_token
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.delivery.dispatch import Dispatcher, Target, new_id
+from hub.driver import shielded
+from hub.events import Event
+from hub.intake.router import Router, Trigger
+from hub.metrics import Metrics
+from hub.spec.models import RetryPolicy
+from hub.store import Store
 
 log = structlog.get_logger("hub.web.function_urls")
 
@@ -404,18 +403,20 @@ def error_response(status: int, request_id: str, message: str | None = None,
 class FunctionUrls:
     """The ``/fn/`` request handler of one hub instance."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, router: Router, dispatcher: Dispatcher, store: Store, metrics: Metrics) -> None:
+        self.router = router
+        self.dispatcher = dispatcher
+        self.store = store
         self._routes_of: dict[str, Trigger] | None = None
         self._table = RouteTable(())
         self._tokens: dict[str, str] = {}  # trigger name -> sha256 hex of its token
         self._tokens_of: dict[str, Trigger] | None = None  # the router's set they were read for
         self._tokens_failed_at = 0.0
         self._token_read: Any = None  # the read in flight (one at a time)
-        self._requests = hub.metrics.events.labels("http")
+        self._requests = metrics.events.labels("http")
 
     def table(self) -> RouteTable:
-        triggers = self.hub.router.triggers
+        triggers = self.router.triggers
         if triggers is not self._routes_of:  # the router reloaded (a write, or its timer)
             self._table = RouteTable(triggers.values())
             self._routes_of = triggers
@@ -424,7 +425,7 @@ class FunctionUrls:
     async def token_hash(self, name: str) -> str | None:
         """The stored hash of trigger ``name``'s token, as of the router's current trigger set."""
         for _ in range(3):  # the router may reload again while a read is on its way
-            triggers = self.hub.router.triggers
+            triggers = self.router.triggers
             if self._tokens_of is triggers or time.monotonic() - self._tokens_failed_at < TOKEN_REFRESH_RETRY_S:
                 break
             if self._token_read is None:
@@ -438,10 +439,7 @@ class FunctionUrls:
 
     async def _read_tokens(self, triggers: dict[str, Trigger]) -> None:
         try:
-            cursor = self.hub.store.db.triggers.find({"source.type": "http", "source.auth": "token"},
-                                                     {"token_hash": 1})
-            docs = await cursor.to_list(None)
-            self._tokens = {d["_id"]: str(d.get("token_hash") or "") for d in docs}
+            self._tokens = await self.store.http_token_hashes()
             self._tokens_of = triggers
         finally:
             self._token_read = None
@@ -495,9 +493,9 @@ class FunctionUrls:
         clf_time, iso_time = timestamps(t)
         event = Event(id=request_id, source=route.source, type="http.request", subject=raw_path, time=iso_time,
                       data=request_data(request, route, raw_path, segments, body, request_id, t, clf_time))
-        if trigger.filter and not self.hub.router.passes_filter(trigger, event):
+        if trigger.filter and not self.router.passes_filter(trigger, event):
             return _with(error_response(404, request_id), extra)
-        record = await self.hub.dispatcher.run_once(route.target, event, request_id, request_id, 1, durable=False)
+        record = await self.dispatcher.run_once(route.target, event, request_id, request_id, 1, durable=False)
         status = record["status"]
         if status != "succeeded":
             code = _FAILED.get(status, 502)
@@ -522,7 +520,7 @@ class FunctionUrls:
         if auth[:7].lower() != "bearer " or not auth[7:].strip():
             return 401
         expected = await self.token_hash(name)
-        if expected is None and self._tokens_of is not self.hub.router.triggers:
+        if expected is None and self._tokens_of is not self.router.triggers:
             return 503
         given = hash_token(auth[7:].strip())
         if not expected or not hmac.compare_digest(given, expected):

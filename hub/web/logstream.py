@@ -18,12 +18,12 @@ byte ends the stream with one ``{"error": ...}`` line (the status line is long g
 
 With ``follow``, new records are found by a MongoDB change stream on the invocations collection,
 filtered by function (and status) on the server: records are written by insert
-(``hub.records``), and a change stream hands them over in commit order, whatever their
+(``hub.delivery.records``), and a change stream hands them over in commit order, whatever their
 ``started_at`` -- polling by a ``(started_at, _id)`` cursor would miss a long invocation that
 finishes after a shorter one that started later. The change stream is opened *before* the
 backlog is read, so nothing written between the two is lost; records seen in both are sent once.
 
-Shutdown and disconnects never cancel into the driver (``hub.driver``, ``hub.records.shielded``):
+Shutdown and disconnects never cancel into the driver (``hub.driver``, ``hub.delivery.records.shielded``):
 each stream runs in a task of its own that nothing cancels; the change stream's
 ``max_await_time_ms`` wakes its reader every ``MAX_AWAIT_MS`` to look at a stop flag (set when the
 hub stops) and at the client's transport (closed when the client went away); the task then closes

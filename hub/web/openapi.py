@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.spec.models import NAME_MAX, NAME_RE, VERSION_RE, AliasSpec, FunctionSpec, TriggerSpec
 
 ID_MAX = 256
-QUERY_MAX = 1024  # hub.api.MAX_QUERY_VALUE
+QUERY_MAX = 1024  # hub.web.MAX_QUERY_VALUE
 LIMIT_MAX = 1000
 
 
@@ -346,7 +346,7 @@ _ALIAS = _param("alias", "path", {"type": "string", "pattern": NAME_RE, "maxLeng
 _ID = _param("id", "path", {"type": "string", "minLength": 1, "maxLength": ID_MAX})
 _LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": 100},
                 "at most this many, newest first")
-# Invocation logs (hub.logstream): times are ISO 8601 (a naive one is UTC) or seconds since the epoch.
+# Invocation logs (hub.web.logstream): times are ISO 8601 (a naive one is UTC) or seconds since the epoch.
 _TIME = {"anyOf": [{"type": "string", "format": "date-time", "maxLength": 64},
                    {"type": "number", "minimum": 0, "maximum": 253402300799}]}
 _STATUS = _text("status", "only these statuses: one, or several separated by commas (failed,timeout,crashed)")

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
-from hub.delivery.records import _retrieve, shielded
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.driver import retrieve, shielded
+from hub.intake.inbox import Inbox
+from hub.intake.router import Router
+from hub.intake.s3_reconcile import S3Reconciler
+from hub.intake.scheduler import Scheduler
+from hub.intake.sources import Sources
+from hub.sandbox.base import WorkerPool
+from hub.settings import Settings
+from hub.store import Store
 
 CHECK_TIMEOUT_S = 0.8
 # PyMongo's own timeout overshoots by up to its 0.5 s wake-up granularity, so the driver gets
@@ -38,16 +43,24 @@ def _host_port(address: str, default_port: int) -> tuple[str, int]:
 
 
 class Readiness:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, settings: Settings, instance_id: str, store: Store, router: Router, sources: Sources,
+                 inbox: Inbox, scheduler: Scheduler, s3_reconciler: S3Reconciler, pool: WorkerPool) -> None:
+        self.settings = settings
+        self.instance_id = instance_id
+        self.store = store
+        self.router = router
+        self.sources = sources
+        self.inbox = inbox
+        self.scheduler = scheduler
+        self.s3_reconciler = s3_reconciler
+        self.pool = pool
 
     async def report(self) -> dict[str, Any]:
-        hub = self.hub
-        types = {t.source_type for t in hub.router.triggers.values() if t.enabled}
+        types = {t.source_type for t in self.router.triggers.values() if t.enabled}
         checks: dict[str, Any] = {"mongodb": self._mongodb()}
         if "kafka" in types:
             checks["kafka"] = self._kafka()
-        if "s3" in types and hub.settings.s3_endpoint:
+        if "s3" in types and self.settings.s3_endpoint:
             checks["s3"] = self._s3()
         results = await asyncio.gather(*checks.values())
         checks = dict(zip(checks, results))
@@ -56,23 +69,21 @@ class Readiness:
         failing = [n for n, s in subs.items() if s["state"].startswith("error") and s["for_s"] > ERROR_GRACE_S]
         report: dict[str, Any] = {
             "ready": all(v == "ok" for v in checks.values()) and not failing,
-            "instance": hub.instance_id,
+            "instance": self.instance_id,
             "checks": checks,
             "subscriptions": subs,
-            "inbox": hub.inbox.stats(),
-            "sandbox": {"isolation": hub.pool.isolation, "sandboxed": hub.pool.isolation == "bwrap"},
-            "pool": hub.pool.stats(),
+            "inbox": self.inbox.stats(),
+            "sandbox": {"isolation": self.pool.isolation, "sandboxed": self.pool.isolation == "bwrap"},
+            "pool": self.pool.stats(),
+            "s3_reconcile": self.s3_reconciler.status(),
         }
-        if hub.scheduler.status():
-            report["schedules"] = hub.scheduler.status()
-        reconciler = getattr(hub, "s3_reconciler", None)
-        if reconciler is not None:
-            report["s3_reconcile"] = reconciler.status()
+        if self.scheduler.status():
+            report["schedules"] = self.scheduler.status()
         return report
 
     async def _mongodb(self) -> str:
-        ping = asyncio.ensure_future(shielded(self.hub.store.ping(DRIVER_TIMEOUT_S)))
-        ping.add_done_callback(_retrieve)  # it may end after this check gave up on it
+        ping = asyncio.ensure_future(shielded(self.store.ping(DRIVER_TIMEOUT_S)))
+        ping.add_done_callback(retrieve)  # it may end after this check gave up on it
         done, _ = await asyncio.wait([ping], timeout=CHECK_TIMEOUT_S)
         if not done:
             return f"error: no answer within {CHECK_TIMEOUT_S}s"
@@ -82,7 +93,7 @@ class Readiness:
         return "ok"
 
     async def _kafka(self) -> str:
-        servers = [s for s in self.hub.settings.kafka_bootstrap.split(",") if s.strip()]
+        servers = [s for s in self.settings.kafka_bootstrap.split(",") if s.strip()]
         errors = []
         for server in servers:
             try:
@@ -93,7 +104,7 @@ class Readiness:
         return "error: Kafka unreachable: " + "; ".join(errors)
 
     async def _s3(self) -> str:
-        endpoint = self.hub.settings.s3_endpoint
+        endpoint = self.settings.s3_endpoint
         default = 443 if endpoint.startswith("https") else 80
         try:
             await _tcp(*_host_port(endpoint, default))
@@ -102,8 +113,8 @@ class Readiness:
             return f"error: S3 endpoint {endpoint} unreachable: {type(exc).__name__} {exc}".strip()
 
     async def _stream_holders(self) -> dict[str, Any]:
-        query = asyncio.ensure_future(shielded(self.hub.store.lease_holders("stream:", DRIVER_TIMEOUT_S)))
-        query.add_done_callback(_retrieve)
+        query = asyncio.ensure_future(shielded(self.store.lease_holders("stream:", DRIVER_TIMEOUT_S)))
+        query.add_done_callback(retrieve)
         done, _ = await asyncio.wait([query], timeout=CHECK_TIMEOUT_S)
         if not done or query.exception() is not None:
             return {}
@@ -112,9 +123,9 @@ class Readiness:
     def _subscriptions(self, holders: dict[str, Any]) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
         out: dict[str, dict[str, Any]] = {}
-        for name, (_, sub) in self.hub.sources.running.items():
+        for name, (_, sub) in self.sources.running.items():
             out[name] = {"state": sub.state, "for_s": round(now - sub.state_since, 1), "progress": sub.progress()}
-        for name in self.hub.sources.held_elsewhere:
+        for name in self.sources.held_elsewhere:
             holder = holders.get(f"stream:{name}", {}).get("owner", "another instance")
             out[name] = {"state": f"held by {holder}", "for_s": 0.0, "progress": {}}
         return out

@@ -1,0 +1,69 @@
+"""Admin handlers for triggers: create or change, list with their state and cursors, delete,
+rotate an http trigger's token. The trigger service (``hub.catalog.triggers``) does the work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from hub.spec.models import TriggerSpec
+from hub.catalog.triggers import public_trigger
+from hub.web.services import SERVICES, Services
+from hub.web.wire import ApiError, path_name, query_filters, read_json, reply, validate
+
+log = structlog.get_logger("hub.web.admin_triggers")
+
+
+# -- triggers -------------------------------------------------------------------------------
+async def put_trigger(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    name = path_name(request)
+    spec = validate(TriggerSpec, await read_json(request))
+    doc, created = await svc.triggers.put(name, spec)
+    return reply(public_trigger(doc), 201 if created else 200)
+
+
+async def list_triggers(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    docs = await svc.store.list_triggers(function=query_filters(request, ("function",)).get("function"))
+    states = svc.sources.states()
+    cursors = await svc.cursors.describe(docs)  # hub.intake.cursors: never waits on Kafka
+    return reply({"triggers": [{**public_trigger(d), "state": states.get(d["_id"], "n/a"),
+                                **_schedule_view(svc, d), "cursor": cursors.get(d["_id"], {})} for d in docs]})
+
+
+async def get_trigger(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    name = path_name(request)
+    doc = await svc.store.get_trigger(name)
+    if doc is None:
+        raise ApiError(404, f"no trigger {name!r}")
+    cursor = (await svc.cursors.describe([doc])).get(name, {})  # hub.intake.cursors: never waits on Kafka
+    return reply({**public_trigger(doc), "state": svc.sources.states().get(name, "n/a"), **_schedule_view(svc, doc),
+                  "cursor": cursor})
+
+
+def _schedule_view(svc: Services, doc: dict[str, Any]) -> dict[str, Any]:
+    """Schedule triggers: when they fire next (and last fired), from this instance's scheduler."""
+    if (doc.get("source") or {}).get("type") != "schedule":
+        return {}
+    return svc.scheduler.describe(doc["_id"])
+
+
+async def rotate_trigger_token(request: web.Request) -> web.Response:
+    """A new token for an http trigger with auth "token", shown this once; the old one stops working."""
+    svc = request.app[SERVICES]
+    response = reply(public_trigger(await svc.triggers.rotate_token(path_name(request))))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def delete_trigger(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    name = path_name(request)
+    if not await svc.triggers.delete(name):
+        raise ApiError(404, f"no trigger {name!r}")
+    return reply({"deleted": name})
