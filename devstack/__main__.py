@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -46,6 +47,9 @@ log = logging.getLogger("devstack")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORTS = {"mongo": 27117, "kafka": 19092, "rgw": 17480, "mon": 17489, "hub": 8080}
+# The hub's own default (hub/settings.py mongo_db), unless HUB_MONGO_DB names another: the only
+# database the hub's MongoDB user may write (devstack/mongo.py).
+DEFAULT_MONGO_DB = "trigger_hub"
 
 
 class Stop(Exception):
@@ -150,7 +154,9 @@ class DevStack:
         self.root = _repo_root()
         d: Path = args.data_dir
         self.tokens = load_tokens(d / "tokens.json")
-        self.mongo = MongoServer(d / "mongo", args.mongo_port)
+        # mongod with --auth: a root user and a least-privilege hub user, passwords in d/mongo
+        self.mongo_db = os.environ.get("HUB_MONGO_DB") or DEFAULT_MONGO_DB
+        self.mongo = MongoServer(d / "mongo", args.mongo_port, hub_db=self.mongo_db)
         self.kafka = TansuServer(args.kafka_port, d / "kafka")
         self.rgw = CephRGW(d / "rgw", args.rgw_port, args.mon_port,
                            access_key=self.tokens["s3_access_key"], secret_key=self.tokens["s3_secret_key"])
@@ -166,7 +172,8 @@ class DevStack:
     # -- environment -------------------------------------------------------------------
     def hub_env(self) -> dict[str, str]:
         return {
-            "HUB_MONGO_URL": self.mongo.url,
+            "HUB_MONGO_URL": self.mongo.url,  # the hub user's, with its password
+            "HUB_MONGO_DB": self.mongo_db,
             "HUB_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "HUB_S3_ENDPOINT": self.rgw.endpoint,
             "HUB_S3_ACCESS_KEY": self.rgw.access_key,
@@ -191,8 +198,12 @@ class DevStack:
         return env
 
     def write_env_file(self) -> None:
-        env = {"HUB_URL": self.hub_url, **self.hub_env()}
-        _write_private(self.args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
+        # MONGO_ADMIN_URL (root) is for you, not the hub: to write the documents your MongoDB
+        # triggers watch, or to open mongosh. The hub user may only read other databases.
+        env = {"HUB_URL": self.hub_url, **self.hub_env(), "MONGO_ADMIN_URL": self.mongo.admin_url}
+        # shell-quoted where needed (a URL's "&" would background the rest of the line when the
+        # file is sourced); the CLI's reader strips the quotes
+        _write_private(self.args.env_file, "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -259,7 +270,7 @@ class DevStack:
         rgw_pids = ", ".join(f"{k} {v}" for k, v in self.rgw.pids.items())
         lines = [
             f"Trigger Hub dev stack is up ({elapsed:.1f} s); data in {_rel(self.args.data_dir)}",
-            f"  mongodb  {self.mongo.url}  (mongod pid {self.mongo.pid})",
+            f"  mongodb  {self.mongo.display_url}  (mongod pid {self.mongo.pid}; --auth)",
             f"  kafka    {self.kafka.bootstrap}  (tansu pid {self.kafka.pid})",
             f"  s3       {self.rgw.endpoint}  region {self.rgw.region}  (ceph rgw: {rgw_pids})",
         ]
@@ -273,7 +284,8 @@ class DevStack:
             lines.append(f"  hub      not started (--no-hub); run it with: "
                          f"set -a; . {env_file}; set +a; python -m hub serve")
         lines += [
-            f"  env      {env_file}  (URLs and tokens: HUB_URL, HUB_API_TOKEN, ...)",
+            (f"  env      {env_file}  (URLs, tokens and MongoDB passwords: HUB_URL, HUB_API_TOKEN, "
+             "HUB_MONGO_URL, MONGO_ADMIN_URL, ...)"),
             "Ctrl-C stops everything.",
         ]
         sys.stderr.write("\n".join(lines) + "\n")

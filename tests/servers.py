@@ -3,7 +3,9 @@
 Enable with ``pytest_plugins = ["tests.servers"]`` in tests/conftest.py. Fixtures (session scope,
 started on free ports in a temporary directory, stopped when the session ends):
 
-- ``mongo_server``: :class:`devstack.MongoServer` (single-node replica set rs0) — ``.url``
+- ``mongo_server``: :class:`devstack.MongoServer` (single-node replica set rs0, ``--auth``) —
+  ``.url`` (the hub user: any database, since every test names its own; see devstack/mongo.py),
+  ``.admin_url`` (root), ``.credentials``
 - ``kafka_server``: :class:`devstack.TansuServer` (Kafka protocol) — ``.bootstrap``
 - ``rgw_server``: :class:`devstack.CephRGW` (S3 + bucket notifications) — ``.endpoint``,
   ``.access_key``, ``.secret_key``, ``.region``, ``.s3_client()``
@@ -39,7 +41,8 @@ def _run(server: S, what: str) -> Iterator[S]:
 
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
-    """A real mongod, replica set rs0 (change streams work); connect with ``mongo_server.url``."""
+    """A real mongod, replica set rs0 (change streams work), with authentication: connect with
+    ``mongo_server.url`` (the hub user) or ``mongo_server.admin_url``; no credentials, no access."""
     yield from _run(MongoServer(tmp_path_factory.mktemp("mongo")), "mongod")
 
 

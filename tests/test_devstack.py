@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 from minio import Minio
 from pymongo import AsyncMongoClient, MongoClient
+from pymongo.errors import OperationFailure
 
 from devstack import CephRGW, MongoServer, TansuServer, free_port
 from devstack.binaries import port_open
@@ -284,6 +285,14 @@ def _procs_mentioning(text: str) -> list[str]:
     return hits
 
 
+def _sourced(env_file: Path) -> dict[str, str]:
+    """What ``set -a; . dev.env`` gives a shell (the README's way to use the file), as a dict."""
+    names = [line.split("=", 1)[0] for line in env_file.read_text().splitlines() if line]
+    script = f'set -a; . "{env_file}"; set +a; for n in {" ".join(names)}; do printf "%s=%s\\0" "$n" "${{!n}}"; done'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env={}).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if item)
+
+
 def _run_devstack(data_dir: Path, env_file: Path, ports: dict[str, int], stop_signal: int) -> dict[str, Any]:
     """Run ``python -m devstack --no-hub`` until it is up, stop it with stop_signal, check it is gone."""
     env_file.unlink(missing_ok=True)
@@ -303,12 +312,20 @@ def _run_devstack(data_dir: Path, env_file: Path, ports: dict[str, int], stop_si
                 pytest.fail(f"devstack not up after 240 s:\n{log_path.read_text()}")
             time.sleep(0.2)
         up_after = time.monotonic() - started
-        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line)
+        env = _sourced(env_file)
+        for line in env_file.read_text().splitlines():  # the CLI's reader (hub.cli.client) agrees
+            key, _, value = line.partition("=")
+            assert value.strip("'\"") == env[key], key
         children = _children(proc.pid)
         assert SERVER_NAMES <= set(children.values()), children
 
         with _mongo(env["HUB_MONGO_URL"]) as client:
             assert client.admin.command("hello")["isWritablePrimary"]
+            client[env["HUB_MONGO_DB"]].probe.insert_one({})  # authenticated: the hub can write its db
+        anonymous = env["HUB_MONGO_URL"].split("@", 1)[1]
+        with (_mongo(f"mongodb://{anonymous}".replace("&authSource=admin", "")) as client,
+              pytest.raises(OperationFailure, match="requires authentication")):
+            client[env["HUB_MONGO_DB"]].probe.find_one()
         kafka_host, kafka_port = env["HUB_KAFKA_BOOTSTRAP"].split(":")
         assert port_open(int(kafka_port), kafka_host)
         with urllib.request.urlopen(env["HUB_S3_ENDPOINT"] + "/", timeout=10) as resp:
@@ -340,12 +357,17 @@ def test_devstack_command_starts_servers_and_stops_them_all(tmp_path: Path) -> N
                 "HUB_S3_ACCESS_KEY", "HUB_S3_SECRET_KEY", "HUB_WEBHOOK_TOKEN"):
         assert env.get(key), key
     assert env["HUB_URL"] == f"http://127.0.0.1:{ports['hub']}"
-    assert env["HUB_MONGO_URL"] == f"mongodb://127.0.0.1:{ports['mongo']}/?replicaSet=rs0"
+    # authenticated: the hub user (least privilege on its database) and a root URL for the user
+    assert env["HUB_MONGO_URL"].startswith("mongodb://hub:")
+    assert env["HUB_MONGO_URL"].endswith(f"@127.0.0.1:{ports['mongo']}/?replicaSet=rs0&authSource=admin")
+    assert env["MONGO_ADMIN_URL"].startswith("mongodb://admin:")
+    assert env["HUB_MONGO_DB"] == "trigger_hub"
     assert env_file.stat().st_mode & 0o077 == 0  # holds secrets
     assert "SIGINT received" in first["log"]
 
-    # A second run reuses the data dir: same tokens, no cluster build, up quickly.
+    # A second run reuses the data dir: same tokens, no cluster build.
     second = _run_devstack(data_dir, env_file, ports, signal.SIGTERM)
     assert second["env"] == env
     assert "restart" in second["log"]
-    assert second["up_after"] < first["up_after"]
+    assert "first run: building the cluster" in first["log"]
+    assert "first run" not in second["log"], second["log"]
