@@ -278,9 +278,9 @@ async def main() -> int:
             await api.put_function("bench-noop", NOOP_CODE, max_concurrency=args.max_concurrency)
             await api.put_trigger("bench-noop", "bench-noop",
                                   {"type": "http", "path": ROUTE, "methods": ["GET"], "auth": "none"})
-            async with s.get(hub.url + "/fn" + ROUTE) as r:
+            async with s.get(hub.fn_url + "/fn" + ROUTE) as r:
                 assert r.status == 200 and await r.text() == "null", (r.status, await r.text())
-        hub_url = hub.url + "/fn" + ROUTE
+        hub_url = hub.fn_url + "/fn" + ROUTE
         for i in range(args.rounds):
             for name, url in (("hub", hub_url), ("plain", plain.url)):
                 await warm_up(client, url, args.connections)

@@ -67,8 +67,8 @@ SCENARIOS = ("kafka", "concurrency", "latency", "mongodb", "s3")
 PARTITIONS = 4
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_MS = 500
-API_TOKEN = "bench-api-token"
-WEBHOOK_TOKEN = "bench-webhook-token"
+API_TOKEN = "bench-api-token-0123456789abcdef"
+WEBHOOK_TOKEN = "bench-webhook-token-0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NOOP_CODE = "def handler(event, context):\n    return None\n"
@@ -393,14 +393,16 @@ class HubProcess:
                  env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
+        self.fn_port = free_port()  # function URLs have a listener of their own
         self.db = f"bench_{name.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
         self.data_dir = root / f"hub-{name}"
         self.log_path = root / f"hub-{name}.log"
         self.url = f"http://127.0.0.1:{self.port}"
+        self.fn_url = f"http://127.0.0.1:{self.fn_port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
             "HUB_MONGO_URL": mongo_url, "HUB_MONGO_DB": self.db, "HUB_KAFKA_BOOTSTRAP": bootstrap,
-            "HUB_HTTP_HOST": "127.0.0.1", "HUB_HTTP_PORT": str(self.port), "HUB_DATA_DIR": str(self.data_dir),
+            "HUB_HTTP_HOST": "127.0.0.1", "HUB_HTTP_PORT": str(self.port), "HUB_FN_PORT": str(self.fn_port), "HUB_DATA_DIR": str(self.data_dir),
             "HUB_API_TOKEN": API_TOKEN, "HUB_WEBHOOK_TOKEN": WEBHOOK_TOKEN, "HUB_SANDBOX": "bwrap",
             "HUB_LOG_FORMAT": "json", "HUB_LOG_LEVEL": log_level,
             "HUB_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),

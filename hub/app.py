@@ -21,6 +21,8 @@ import structlog
 from aiohttp import web
 
 from hub.catalog.registry import Registry
+from hub.catalog.secrets import Secrets, load_key
+from hub.catalog.tokens import Tokens
 from hub.catalog.triggers import TriggerService
 from hub.catalog.watch import ConfigWatcher
 from hub.delivery.dispatch import Dispatcher
@@ -40,7 +42,9 @@ from hub.settings import Settings
 from hub.store import Store
 from hub.web.function_urls import FunctionUrls
 from hub.web.readiness import Readiness
-from hub.web.routes import make_app
+from hub.web.limits import BodyBudget
+from hub.web.protocol import HubRunner
+from hub.web.routes import make_app, make_fn_app
 from hub.web.services import Services
 
 log = structlog.get_logger("hub.app")
@@ -82,11 +86,18 @@ def stable_instance_id(settings: Settings) -> str:
 class Hub:
     def __init__(self, settings: Settings, pool: WorkerPool | None = None) -> None:
         self.settings = settings
+        # no built-in tokens: unset ones are generated into the data dir, short ones refused here
+        for path in settings.ensure_tokens():
+            log.warning("no token was set: generated one (keep it; it is read back on every start)", file=str(path))
         self.instance_id = stable_instance_id(settings)
         self.metrics = Metrics()
         self.store = Store(settings.mongo_url, settings.mongo_db, settings.invocation_retention_s)
-        self.registry = Registry(self.store, settings.data_dir)
+        # secrets (decrypted into workers' env) and scoped API tokens: hub.catalog.secrets, .tokens
+        self.secrets = Secrets(self.store.db, lambda: load_key(settings.secrets_key, settings.data_dir))
+        self.tokens = Tokens(self.store.db)
+        self.registry = Registry(self.store, settings.data_dir, self.secrets)
         self.pool = pool or make_pool(settings)
+        self.secrets.on_change(self.pool.retire)  # a rotated secret: the next worker gets the new value
         self.router = Router()
         # usage metering rides the record writer's group commit (hub.delivery.usage)
         self.usage = Usage(self.store.db, self.metrics, settings.usage_retention_s, self.instance_id)
@@ -111,20 +122,28 @@ class Hub:
         self.trigger_sync = TriggerSync(self.store, self.router, self.scheduler, self.sources)
         self.readiness = Readiness(settings, self.instance_id, self.store, self.router, self.sources,
                                    self.inbox, self.scheduler, self.s3_reconciler, self.pool)
-        self.watcher = ConfigWatcher(self.store.db, self.registry, self.trigger_sync.sync)
+        self.watcher = ConfigWatcher(self.store.db, self.registry, self.trigger_sync.sync,
+                                     listeners=(self.secrets, self.tokens))
         self.triggers = TriggerService(self.store, settings, self.trigger_sync.sync, self.instance_id)
+        budget = BodyBudget(settings.public_body_budget)
         services = Services(
             settings=settings, instance_id=self.instance_id, metrics=self.metrics, store=self.store,
             registry=self.registry, pool=self.pool, router=self.router, dispatcher=self.dispatcher,
             inbox=self.inbox, triggers=self.triggers, trigger_sync=self.trigger_sync, sources=self.sources,
             cursors=self.cursors, scheduler=self.scheduler, usage=self.usage, s3_reconciler=self.s3_reconciler,
-            readiness=self.readiness)
-        function_urls = FunctionUrls(self.router, self.dispatcher, self.store, self.metrics)
-        self.web = make_app(services, function_urls)
+            readiness=self.readiness, public_body_budget=budget,
+            secrets=self.secrets, tokens=self.tokens)
+        function_urls = FunctionUrls(self.router, self.dispatcher, self.store, self.metrics,
+                                     body_timeout_s=settings.http_body_timeout_s,
+                                     body_budget=budget)
+        self.web = make_app(services)
+        self.fn_web = make_fn_app(function_urls)  # its own listener: never the console's origin
         self._runner: web.AppRunner | None = None
+        self._fn_runner: web.AppRunner | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.port: int | None = None
+        self.fn_port: int | None = None
         self._beat = -HEARTBEAT_S  # when this instance's heartbeat was last written (monotonic)
         self._warned_for: list[str] = []  # the other instances last warned about (no HUB_PUBLIC_URL)
 
@@ -132,9 +151,16 @@ class Hub:
     def url(self) -> str:
         return f"http://{self.settings.http_host}:{self.port}"
 
+    @property
+    def fn_url(self) -> str:
+        """This instance's function-URL listener (not HUB_PUBLIC_FN_URL: tests and the CLI's serve)."""
+        return f"http://{self.settings.fn_host or self.settings.http_host}:{self.fn_port}"
+
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.init()
+        await self.secrets.init()
+        await self.tokens.init()
         await self.usage.init()
         self.usage.start()
         self.writer.start()
@@ -148,11 +174,20 @@ class Hub:
         await self.inbox.start()
         self.scheduler.start()
         await self.s3_reconciler.start()
-        self._runner = web.AppRunner(self.web, access_log=None)
+        # A request head must arrive within the keep-alive timeout (aiohttp closes a connection
+        # whose next message is not complete by then), which also bounds idle connections.
+        self._runner = HubRunner(self.web, access_log=None, keepalive_timeout=self.settings.http_head_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        self._fn_runner = HubRunner(self.fn_web, access_log=None,
+                                        keepalive_timeout=self.settings.http_head_timeout_s)
+        await self._fn_runner.setup()
+        fn_site = web.TCPSite(self._fn_runner, self.settings.fn_host or self.settings.http_host, self.settings.fn_port)
+        await fn_site.start()
+        self.fn_port = int(self._fn_runner.addresses[0][1])
+        self.settings.fn_port = self.fn_port  # the bound port (0 asks for any): triggers show their url
         # after the port is known; before start() returns, so other instances see this one at once
         try:
             await self._heartbeat()
@@ -160,12 +195,14 @@ class Hub:
         except Exception as exc:
             log.warning("heartbeat failed", error=str(exc))
         self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
-        log.info("hub started", url=self.url, instance=self.instance_id, isolation=self.pool.isolation)
+        log.info("hub started", url=self.url, fn_url=self.fn_url, instance=self.instance_id, isolation=self.pool.isolation)
 
     async def stop(self) -> None:
         # Stop taking requests first, then events; whatever is unfinished is not acked and returns.
         if self._runner:
             await self._runner.cleanup()
+        if self._fn_runner:
+            await self._fn_runner.cleanup()
         self._stopping.set()
         if self._sync_task:
             # not cancelled: it may be stopping a subscription, which must run to its end
@@ -178,6 +215,7 @@ class Hub:
         await self.writer.close()
         await self.usage.close()
         await self.pool.close()
+        await self.tokens.close()
         try:  # gone at once rather than after its heartbeat ages out (it counts as a live instance)
             await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id)), 5)
         except Exception as exc:

@@ -1,10 +1,16 @@
 """Settings from ``HUB_*`` environment variables.
 
 One object, read once at start-up and passed down; nothing else reads the environment.
+
+No token is built in: an unset ``HUB_API_TOKEN`` or ``HUB_WEBHOOK_TOKEN`` is generated once into
+the data dir (mode 0600) and read back on later starts, and an empty or short one is refused
+(:meth:`Settings.ensure_tokens`, called by the hub before it listens).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -39,10 +45,29 @@ class Settings(BaseSettings):
     s3_rgw_persistent: bool = True
     # The URL the S3 server uses to reach the hub (webhook push endpoint); defaults to the listen address.
     public_url: str = ""
-    api_token: str = "dev-token"
-    webhook_token: str = "dev-webhook-token"
+    # None = not set: generated into DATA_DIR (see ensure_tokens); "" or short = refused at start.
+    api_token: str | None = None
+    webhook_token: str | None = None
+    # Secrets (hub.catalog.secrets): base64 of 32 bytes for AES-256-GCM; empty: a key generated
+    # into DATA_DIR/secrets.key (0600). Several instances on one database need the same key.
+    secrets_key: str = Field(default="", repr=False)
+    # /metrics answers without a token only when this is true (else it needs a read token).
+    metrics_public: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Function URLs (/fn/...) have a listener of their own, so no function's answer ever shares
+    # an origin with the console or the admin API. Empty host: the admin listener's host.
+    fn_host: str = ""
+    fn_port: int = 8081
+    # The base users call function URLs at, where a proxy stands in front (shown in a trigger's url).
+    public_fn_url: str = ""
+    # Slow or greedy clients: a request head must arrive within this long of the connection (or
+    # of the previous answer on a kept-alive one), and a body within HTTP_BODY_TIMEOUT_S.
+    http_head_timeout_s: float = Field(default=15.0, gt=0)
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    # Request bodies of public routes (function URLs, the S3 webhook) buffered at once, in bytes;
+    # past it a request gets 503 with Retry-After instead of more memory.
+    public_body_budget: int = Field(default=64 * 1024 * 1024, gt=0)
     sandbox: Literal["auto", "bwrap", "process"] = "auto"
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
@@ -99,6 +124,52 @@ class Settings(BaseSettings):
         self.completion_ttl_s = self.invocation_retention_s
         return self
 
+    def ensure_tokens(self) -> list[Path]:
+        """Fill unset tokens from (or generate them into) the data dir; refuse empty or short
+        ones with a message that says how to fix it. Returns the files generated now."""
+        made: list[Path] = []
+        for field, env, file in (("api_token", "HUB_API_TOKEN", "api-token"),
+                                 ("webhook_token", "HUB_WEBHOOK_TOKEN", "webhook-token")):
+            value = getattr(self, field)
+            if value is None:
+                path = self.data_dir / file
+                value, created = _token_file(path)
+                setattr(self, field, value)
+                if created:
+                    made.append(path)
+            if len(value) < MIN_TOKEN_CHARS:
+                what = "empty" if not value else f"{len(value)} characters long"
+                raise ValueError(f"{env} is {what}: a token must have at least {MIN_TOKEN_CHARS} characters. "
+                                 f"Set a long random one (e.g. {env}=$(python3 -c 'import secrets; "
+                                 f"print(secrets.token_urlsafe(32))')), or unset it and the hub generates one "
+                                 f"into {self.data_dir / file}")
+        return made
+
+    def fn_base_url(self, port: int | None = None) -> str:
+        """Where function URLs are called: HUB_PUBLIC_FN_URL, else the function listener itself."""
+        return self.public_fn_url.rstrip("/") or f"http://{self.fn_host or self.http_host}:{port or self.fn_port}"
+
     def base_url(self) -> str:
         # "http://proxy:8080/" and "http://proxy:8080" are one address (a doubled slash would 404)
         return self.public_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"
+
+
+MIN_TOKEN_CHARS = 24
+
+
+def _token_file(path: Path) -> tuple[str, bool]:
+    """The token kept in ``path``, or a new one written there (0600, never replacing another
+    process's: O_EXCL). True when it was made now."""
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another instance on this data dir won the race
+        return path.read_text().strip(), False
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True

@@ -17,9 +17,11 @@ from aiokafka import AIOKafkaProducer
 from minio import Minio
 from pymongo import AsyncMongoClient
 
-from hub.cli.client import Client
+from hub.cli.client import Client, dev_env
 
 HUB = Client()
+# function URLs have a listener (an origin) of their own; the run command writes it to .hub/dev.env
+FN = Client(url={**dev_env(), **os.environ}.get("HUB_FN_URL") or "http://127.0.0.1:8081", token="")
 
 
 def call(method: str, path: str) -> Any:
@@ -78,7 +80,7 @@ async def main() -> None:
     key = await upload()
     order_id = await write_order()
     await produce_clicks()
-    hello = await asyncio.to_thread(HUB.call, "GET", "/fn/hello/demo")  # the function URL (auth none)
+    hello = await asyncio.to_thread(FN.call, "GET", "/fn/hello/demo")  # the function URL (auth none)
     print(f"uploaded uploads/{key}; wrote order {order_id} (insert + update); produced 1 message to clicks; "
           f"GET /fn/hello/demo -> {hello}\n")
     for trigger, count in (("s3-upload-report", 1), ("order-audit", 2), ("click-counter", 1), ("hello-http", 1)):

@@ -100,6 +100,7 @@ def hub_env(servers: Mapping[str, Any], *, mongo_url: str, db: str, data_dir: Pa
         HUB_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
         HUB_HTTP_HOST="127.0.0.1",
         HUB_HTTP_PORT=str(port),
+        HUB_FN_PORT="0",  # function URLs: any free port (several hubs run on one host)
         HUB_PUBLIC_URL=f"http://127.0.0.1:{port}",
         HUB_DATA_DIR=str(data_dir),
         # fixed, so a restarted hub is recognised as the same instance and takes its leases back

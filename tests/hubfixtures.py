@@ -16,8 +16,8 @@ import pytest
 from hub.app import Hub
 from hub.settings import Settings
 
-API_TOKEN = "test-api-token"
-WEBHOOK_TOKEN = "test-webhook-token"
+API_TOKEN = "test-api-token-0123456789abcdef"
+WEBHOOK_TOKEN = "test-webhook-token-0123456789abcdef"
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0, interval: float = 0.1) -> Any:
@@ -36,9 +36,11 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
 class Api:
     """A small client for the hub's HTTP API, as a user would call it."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str = API_TOKEN) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str = API_TOKEN,
+                 fn_base: str | None = None) -> None:
         self.session = session
         self.base = base
+        self.fn_base = fn_base or base  # function URLs: the hub's own listener (Hub.fn_url)
         self.headers = {"Authorization": f"Bearer {token}"}
 
     async def call(self, method: str, path: str, json: Any = None, **kw: Any) -> tuple[int, Any]:
@@ -88,7 +90,11 @@ def make_settings(servers: dict[str, Any], data_dir: Path, db: str, **overrides:
         webhook_token=WEBHOOK_TOKEN,
         http_host="127.0.0.1",
         http_port=0,
+        fn_port=0,
         data_dir=data_dir,
+        # bubblewrap or a failed start: "auto" would quietly fall back to plain processes where
+        # bwrap cannot run, and every isolation test would pass without isolation.
+        sandbox="bwrap",
         trigger_sync_interval_s=0.5,
         inbox_poll_interval_s=0.2,
         worker_idle_ttl_s=30.0,
@@ -121,7 +127,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture(scope="session")
 async def api(hub: Hub, http: aiohttp.ClientSession) -> Api:
-    return Api(http, hub.url)
+    return Api(http, hub.url, fn_base=hub.fn_url)
 
 
 @pytest.fixture

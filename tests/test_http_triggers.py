@@ -87,12 +87,12 @@ def handler(event, context):
 
 async def fn(api: Api, method: str, path: str, **kw: Any) -> tuple[int, CIMultiDict[str], bytes]:
     """A /fn request as a public client sends it: no admin token."""
-    async with api.session.request(method, api.base + "/fn" + path, **kw) as r:
+    async with api.session.request(method, api.fn_base + "/fn" + path, **kw) as r:
         return r.status, CIMultiDict(r.headers), await r.read()
 
 
 def public(api: Api) -> Api:
-    return Api(api.session, api.base, token="")
+    return Api(api.session, api.base, token="", fn_base=api.fn_base)
 
 
 async def http_trigger(api: Api, name: str, function: str, path: str, **source: Any) -> dict[str, Any]:
@@ -136,6 +136,7 @@ def test_response_mapping_rules() -> None:
             to_response(bad)
 
 
+@pytest.mark.integration
 async def test_methods_and_path_parameters_are_routed(api: Api, unique: str) -> None:
     p = f"/r{unique}"
     await api.put_function(f"echo-{unique}", ECHO)
@@ -176,6 +177,7 @@ async def test_methods_and_path_parameters_are_routed(api: Api, unique: str) -> 
     assert_safe_error(status, headers, body, 404)
 
 
+@pytest.mark.integration
 async def test_the_event_carries_query_headers_cookies_and_body(api: Api, unique: str) -> None:
     p = f"/e{unique}"
     await api.put_function(f"echo-{unique}", ECHO)
@@ -206,6 +208,7 @@ async def test_the_event_carries_query_headers_cookies_and_body(api: Api, unique
     assert ctx["domainName"].startswith("127.0.0.1:")
 
 
+@pytest.mark.integration
 async def test_binary_bodies_round_trip(api: Api, unique: str) -> None:
     p = f"/b{unique}"
     await api.put_function(f"mirror-{unique}", MIRROR)
@@ -227,6 +230,7 @@ async def test_binary_bodies_round_trip(api: Api, unique: str) -> None:
     assert json.loads(body)["data"]["body"] == "" and json.loads(body)["data"]["isBase64Encoded"] is False
 
 
+@pytest.mark.integration
 async def test_status_headers_and_cookies_are_mapped(api: Api, unique: str) -> None:
     p = f"/m{unique}"
     await api.put_function(f"shapes-{unique}", SHAPES)
@@ -248,6 +252,7 @@ async def test_status_headers_and_cookies_are_mapped(api: Api, unique: str) -> N
         assert headers[REQUEST_ID_HEADER]
 
 
+@pytest.mark.integration
 async def test_function_failures_are_502_without_details(api: Api, unique: str) -> None:
     p = f"/f{unique}"
     await api.put_function(f"shapes-{unique}", SHAPES)
@@ -264,6 +269,7 @@ async def test_function_failures_are_502_without_details(api: Api, unique: str) 
             assert "Traceback" in record["error"]["traceback"] and record["trigger"] == f"shapes-{unique}"
 
 
+@pytest.mark.integration
 async def test_timeout_is_504(api: Api, unique: str) -> None:
     p = f"/t{unique}"
     await api.put_function(f"sleep-{unique}", SLEEP, timeout_s=0.5)
@@ -283,10 +289,11 @@ async def small_queue_hub(servers: dict[str, Any], tmp_path_factory: pytest.Temp
                             max_queue_per_function=1))
     await hub.start()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        yield Api(session, hub.url)
+        yield Api(session, hub.url, fn_base=hub.fn_url)
     await hub.stop()
 
 
+@pytest.mark.integration
 async def test_throttled_is_429(small_queue_hub: Api, unique: str) -> None:
     api = small_queue_hub
     await api.put_function(f"slow-{unique}", SLEEP, max_concurrency=1)
@@ -303,6 +310,7 @@ async def test_throttled_is_429(small_queue_hub: Api, unique: str) -> None:
     assert len(throttled) == statuses[429]
 
 
+@pytest.mark.integration
 async def test_request_body_over_6_mb_is_413(api: Api, unique: str) -> None:
     p = f"/l{unique}"
     await api.put_function(f"len-{unique}", LENGTH, memory_mb=256)
@@ -321,6 +329,7 @@ async def test_request_body_over_6_mb_is_413(api: Api, unique: str) -> None:
 
 
 # -- auth ------------------------------------------------------------------------------------
+@pytest.mark.integration
 async def test_token_auth_and_rotation(api: Api, unique: str) -> None:
     p = f"/a{unique}"
     name = f"sec-{unique}"
@@ -368,6 +377,7 @@ async def test_token_auth_and_rotation(api: Api, unique: str) -> None:
     assert status == 409 and "auth 'token'" in reply["error"]
 
 
+@pytest.mark.integration
 async def test_auth_none_is_public(api: Api, unique: str) -> None:
     p = f"/o{unique}"
     await api.put_function(f"echo-{unique}", ECHO)
@@ -378,6 +388,7 @@ async def test_auth_none_is_public(api: Api, unique: str) -> None:
         assert status == 200, body
 
 
+@pytest.mark.integration
 async def test_disabled_or_deleted_trigger_stops_answering(api: Api, unique: str) -> None:
     p = f"/d{unique}"
     name = f"onoff-{unique}"
@@ -396,6 +407,7 @@ async def test_disabled_or_deleted_trigger_stops_answering(api: Api, unique: str
     await eventually(lambda: status_is(404))
 
 
+@pytest.mark.integration
 async def test_every_request_is_an_invocation_record(api: Api, unique: str) -> None:
     p = f"/i{unique}"
     name = f"rec-{unique}"
@@ -419,6 +431,7 @@ async def test_every_request_is_an_invocation_record(api: Api, unique: str) -> N
         assert r["status"] == expected[ids[r["invocation_id"]]], r
 
 
+@pytest.mark.integration
 async def test_cors(api: Api, unique: str) -> None:
     p = f"/c{unique}"
     name = f"cors-{unique}"
@@ -471,6 +484,7 @@ _HEADER_VALUE = st.text(alphabet=string.printable.replace("\r", "").replace("\n"
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.integration
 async def test_fuzz_public_routes(api: Api, unique: str) -> None:
     """Random methods, paths, query strings, headers and bodies against a few real routes: never a
     5xx except the function's own 502/504, never a traceback, always a request id; the mirror

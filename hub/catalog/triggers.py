@@ -227,7 +227,7 @@ class TriggerService:
                         "HUB_PUBLIC_URL to a shared address", url=s.base_url())
         if not s.s3_endpoint:
             return {"configured": False, "reason": "HUB_S3_ENDPOINT is not set: point the bucket's "
-                    f"notifications at {self.webhook_url()} yourself"}
+                    f"notifications at {s.base_url()}/v1/sources/s3/events?token=<HUB_WEBHOOK_TOKEN> yourself"}
         return await self._point_bucket(source["bucket"])
 
     async def _point_bucket(self, bucket: str) -> dict[str, Any]:

@@ -110,7 +110,11 @@ def serve() -> None:
 async def _serve(settings: Any) -> None:
     from hub.app import Hub
 
-    hub = Hub(settings)
+    try:
+        hub = Hub(settings)
+    except ValueError as exc:  # a setting the hub refuses (a short token, ...): say it, no traceback
+        click.secho(f"trigger-hub serve: {exc}", fg="red", err=True)
+        raise SystemExit(EXIT_USAGE) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

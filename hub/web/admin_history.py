@@ -197,7 +197,13 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
 async def purge_dead_letters(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     query = query_filters(request, DEAD_LETTER_FILTERS)
-    if not query and request.query.get("all") != "true":
+    try:
+        purge_all = parse_bool(query_filters(request, ("all",)).get("all", "false"), "all")
+    except LogQueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    if purge_all and query:
+        raise ApiError(400, "give either ?all=true or ?trigger=NAME / ?function=NAME, not both")
+    if not query and not purge_all:
         raise ApiError(400, "say which: ?trigger=NAME, ?function=NAME or ?all=true")
     count = await svc.store.purge_dead_letters(query)
     return reply({"deleted": count})

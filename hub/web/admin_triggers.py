@@ -11,6 +11,7 @@ from aiohttp import web
 
 from hub.spec.models import TriggerSpec
 from hub.catalog.triggers import public_trigger
+from hub.web.function_urls import PREFIX as FN_PREFIX
 from hub.web.services import SERVICES, Services
 from hub.web.wire import ApiError, path_name, query_filters, read_json, reply, validate
 
@@ -23,7 +24,7 @@ async def put_trigger(request: web.Request) -> web.Response:
     name = path_name(request)
     spec = validate(TriggerSpec, await read_json(request))
     doc, created = await svc.triggers.put(name, spec)
-    return reply(public_trigger(doc), 201 if created else 200)
+    return reply(_public(svc, doc), 201 if created else 200)
 
 
 async def list_triggers(request: web.Request) -> web.Response:
@@ -31,7 +32,7 @@ async def list_triggers(request: web.Request) -> web.Response:
     docs = await svc.store.list_triggers(function=query_filters(request, ("function",)).get("function"))
     states = svc.sources.states()
     cursors = await svc.cursors.describe(docs)  # hub.intake.cursors: never waits on Kafka
-    return reply({"triggers": [{**public_trigger(d), "state": states.get(d["_id"], "n/a"),
+    return reply({"triggers": [{**_public(svc, d), "state": states.get(d["_id"], "n/a"),
                                 **_schedule_view(svc, d), "cursor": cursors.get(d["_id"], {})} for d in docs]})
 
 
@@ -42,8 +43,18 @@ async def get_trigger(request: web.Request) -> web.Response:
     if doc is None:
         raise ApiError(404, f"no trigger {name!r}")
     cursor = (await svc.cursors.describe([doc])).get(name, {})  # hub.intake.cursors: never waits on Kafka
-    return reply({**public_trigger(doc), "state": svc.sources.states().get(name, "n/a"), **_schedule_view(svc, doc),
+    return reply({**_public(svc, doc), "state": svc.sources.states().get(name, "n/a"), **_schedule_view(svc, doc),
                   "cursor": cursor})
+
+
+def _public(svc: Services, doc: dict[str, Any]) -> dict[str, Any]:
+    """A trigger as the API shows it; an http trigger with its full function URL (as Lambda's
+    FunctionUrl), on the function listener or HUB_PUBLIC_FN_URL."""
+    view = public_trigger(doc)
+    source = doc.get("source") or {}
+    if source.get("type") == "http":
+        view["url"] = f"{svc.settings.fn_base_url()}{FN_PREFIX}{source.get('path', '')}"
+    return view
 
 
 def _schedule_view(svc: Services, doc: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +67,7 @@ def _schedule_view(svc: Services, doc: dict[str, Any]) -> dict[str, Any]:
 async def rotate_trigger_token(request: web.Request) -> web.Response:
     """A new token for an http trigger with auth "token", shown this once; the old one stops working."""
     svc = request.app[SERVICES]
-    response = reply(public_trigger(await svc.triggers.rotate_token(path_name(request))))
+    response = reply(_public(svc, await svc.triggers.rotate_token(path_name(request))))
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -49,6 +49,7 @@ from hub.intake.router import Router, Trigger
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
 from hub.store import Store
+from hub.web.limits import BodyBudget, BodyTimeout, OverBudget, read_body
 
 log = structlog.get_logger("hub.web.function_urls")
 
@@ -67,10 +68,12 @@ _TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 header name
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 # Set by the hub on every answer, or meaningless between the hub and the caller.
+# Also never from a function: headers that act on the whole origin rather than one answer.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te",
-                         "trailer", "proxy-authenticate", "proxy-authorization", REQUEST_ID_HEADER})
+                         "trailer", "proxy-authenticate", "proxy-authorization", REQUEST_ID_HEADER,
+                         "service-worker-allowed", "clear-site-data"})
 _STATUS_TEXT = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-                413: "Request Entity Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+                408: "Request Timeout", 413: "Request Entity Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
                 502: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}
 _FAILED = {"failed": 502, "crashed": 502, "out_of_memory": 502, "timeout": 504, "throttled": 429}
 
@@ -208,12 +211,17 @@ def timestamps(t: float) -> tuple[str, str]:
 
 
 def request_data(request: web.Request, route: Route, raw_path: str, segments: list[str], body: bytes,
-                 request_id: str, t: float, clf_time: str) -> dict[str, Any]:
-    """Lambda's function-URL / API Gateway v2 payload (version 2.0), paths relative to /fn."""
+                 request_id: str, t: float, clf_time: str, drop_authorization: bool = False) -> dict[str, Any]:
+    """Lambda's function-URL / API Gateway v2 payload (version 2.0), paths relative to /fn.
+
+    A token route's ``Authorization`` (the trigger's token) never reaches the function: the hub
+    checked it, and the function's code or logs need not hold it."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for key, value in request.headers.items():
         k = key.lower()
+        if k == "authorization" and drop_authorization:
+            continue
         if k == "cookie":  # in "cookies", as Lambda does, not in headers
             cookies.extend(c for c in (p.strip() for p in value.split(";")) if c)
         elif k in headers:
@@ -403,7 +411,10 @@ def error_response(status: int, request_id: str, message: str | None = None,
 class FunctionUrls:
     """The ``/fn/`` request handler of one hub instance."""
 
-    def __init__(self, router: Router, dispatcher: Dispatcher, store: Store, metrics: Metrics) -> None:
+    def __init__(self, router: Router, dispatcher: Dispatcher, store: Store, metrics: Metrics, *,
+                 body_timeout_s: float = 30.0, body_budget: BodyBudget | None = None) -> None:
+        self.body_timeout_s = body_timeout_s
+        self.body_budget = body_budget
         self.router = router
         self.dispatcher = dispatcher
         self.store = store
@@ -485,14 +496,20 @@ class FunctionUrls:
                 more = ({"WWW-Authenticate": 'Bearer realm="fn"'} if denied == 401 else
                         {"Retry-After": "1"} if denied == 503 else None)
                 return _with(error_response(denied, request_id, headers=more), extra)
-        body = await read_limited(request)
+        try:
+            body = await read_body(request, MAX_REQUEST_BODY, self.body_timeout_s, self.body_budget)
+        except BodyTimeout:
+            return _with(error_response(408, request_id, "Request body timed out"), extra)
+        except OverBudget:
+            return _with(error_response(503, request_id, headers={"Retry-After": "1"}), extra)
         if body is None:
             return _with(error_response(413, request_id, f"Request body is larger than {MAX_REQUEST_BODY} bytes"),
                          extra)
         t = time.time()
         clf_time, iso_time = timestamps(t)
         event = Event(id=request_id, source=route.source, type="http.request", subject=raw_path, time=iso_time,
-                      data=request_data(request, route, raw_path, segments, body, request_id, t, clf_time))
+                      data=request_data(request, route, raw_path, segments, body, request_id, t, clf_time,
+                                        drop_authorization=route.auth != "none"))
         if trigger.filter and not self.router.passes_filter(trigger, event):
             return _with(error_response(404, request_id), extra)
         record = await self.dispatcher.run_once(route.target, event, request_id, request_id, 1, durable=False)
@@ -526,26 +543,6 @@ class FunctionUrls:
         if not expected or not hmac.compare_digest(given, expected):
             return 403
         return None
-
-
-async def read_limited(request: web.Request, limit: int = MAX_REQUEST_BODY) -> bytes | None:
-    """The request body, or None when it is larger than ``limit`` (refused from Content-Length
-    before reading when the client sends one; otherwise read no further than the limit)."""
-    if not request.body_exists:
-        return b""
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            return None
-        return await request.read()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _with(response: web.Response, extra: CIMultiDict[str]) -> web.Response:

@@ -33,7 +33,7 @@ async def s3_webhook(request: web.Request) -> web.Response:
     token = bearer(request) or request.query.get("token")
     if not token_ok(token, svc.settings.webhook_token):
         raise ApiError(401, "missing or wrong webhook token (Authorization: Bearer or ?token=)")
-    raw = await read_body(request, MAX_WEBHOOK_BODY)
+    raw = await read_body(request, MAX_WEBHOOK_BODY, svc.public_body_budget)
     prefix = "not an S3 notification: "
     try:
         # Parsed here, bounded in depth; an empty body is left to parse_notification to explain.
@@ -68,7 +68,8 @@ async def _confirm_sns(confirm: SubscriptionConfirmation) -> dict[str, Any]:
         return {"status": "ignored: SubscribeURL is not an AWS SNS endpoint"}
     try:
         async with ClientSession(timeout=ClientTimeout(total=15)) as session:
-            async with session.get(confirm.subscribe_url) as resp:
+            # no redirect: an AWS SNS URL must not bounce the hub to another host
+            async with session.get(confirm.subscribe_url, allow_redirects=False) as resp:
                 ok = resp.status == 200
     except Exception as exc:
         log.warning("SNS subscription confirmation failed", topic=confirm.topic_arn, error=str(exc))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hub.catalog.registry import Registry
+from hub.catalog.secrets import Secrets
+from hub.catalog.tokens import Tokens
 from hub.catalog.triggers import TriggerService
 from hub.delivery.dispatch import Dispatcher
 from hub.delivery.usage import Usage
@@ -27,6 +29,7 @@ from hub.metrics import Metrics
 from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
 from hub.store import Store
+from hub.web.limits import BodyBudget
 from hub.web.readiness import Readiness
 
 
@@ -49,6 +52,9 @@ class Services:
     usage: Usage
     s3_reconciler: S3Reconciler
     readiness: Readiness
+    public_body_budget: BodyBudget  # shared by the public routes' bodies (webhook, function URLs)
+    secrets: Secrets
+    tokens: Tokens
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -31,6 +31,8 @@ from hub.catalog.registry import Conflict, NotFound
 from hub.catalog.triggers import TriggerError
 from hub.catalog.registry import is_version
 from hub.spec.models import NAME_RE
+from hub.web import limits
+from hub.web.limits import BodyBudget
 from hub.web.services import SERVICES
 
 log = structlog.get_logger("hub.web.api")
@@ -48,19 +50,17 @@ MAX_STORED_EVENT_DEPTH = 96
 MAX_URL_BYTES = 8192  # longer URLs get a JSON 414
 MAX_REQUEST_LINE = 64 * 1024  # aiohttp's request-line limit (default 8190): URLs up to it get our 414
 MAX_QUERY_VALUE = 1024
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/sources/s3/events"}
-# Only /v1 needs the token. Also public, outside /v1: the web console's static files, "/" and
-# "/console/{file}" (the page holds no data: its data comes from /v1 with the token the user
-# enters), and /fn/ (http triggers, each with its own token).
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, details: list[Any] | None = None) -> None:
+    def __init__(self, status: int, message: str, details: list[Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 def json_default(value: Any) -> Any:
@@ -122,17 +122,21 @@ def parse_json(raw: bytes, max_depth: int, prefix: str = "") -> Any:
     return value
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
+async def read_body(request: web.Request, max_bytes: int, budget: BodyBudget | None = None) -> bytes:
     """The body, or 413 when it is larger than ``max_bytes`` (refused from Content-Length before
-    reading when the client says how large it is)."""
+    reading when the client says how large it is); 408 when it is sent too slowly, 503 when a
+    public route's bodies in flight already hold ``budget`` (hub.web.limits)."""
     too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the limit for this endpoint")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
     try:
-        raw = await request.read()
+        raw = await limits.read_body(request, max_bytes, request.app[SERVICES].settings.http_body_timeout_s, budget)
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
-    if len(raw) > max_bytes:
+    except limits.BodyTimeout as exc:
+        raise ApiError(408, str(exc)) from None
+    except limits.OverBudget:
+        raise ApiError(503, "the hub is receiving too many request bodies at once; try again shortly",
+                       headers={"Retry-After": "1"}) from None
+    if raw is None or len(raw) > max_bytes:
         raise too_large
     return raw
 
@@ -207,8 +211,9 @@ def query_filters(request: web.Request, keys: tuple[str, ...]) -> dict[str, str]
     return out
 
 
-def token_ok(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+def token_ok(given: str | None, expected: str | None) -> bool:
+    # an unset expected token never matches (Settings.ensure_tokens fills them before serving)
+    return bool(given) and bool(expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())
 
 
 def bearer(request: web.Request) -> str | None:
@@ -218,21 +223,19 @@ def bearer(request: web.Request) -> str | None:
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    svc = request.app[SERVICES]
     try:
         if len(request.raw_path) > MAX_URL_BYTES:
             raise ApiError(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
-        # /fn/ (http triggers) is public by design: each trigger checks its own token there, and
-        # the admin token is never accepted (hub.web.function_urls).
-        if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
-            if not token_ok(bearer(request), svc.settings.api_token):
-                raise ApiError(401, "missing or wrong API token: send 'Authorization: Bearer <HUB_API_TOKEN>'")
+        # tokens and scopes: hub.web.auth.require_scope, the next middleware (every route's
+        # scope is in hub.web.scopes; a request matching no route needs a token too)
         return await handler(request)
     except ApiError as exc:
         body: dict[str, Any] = {"error": exc.message}
         if exc.details:
             body["details"] = exc.details
-        return reply(body, exc.status)
+        response = reply(body, exc.status)
+        response.headers.update(exc.headers or {})
+        return response
     except TriggerError as exc:
         return reply({"error": exc.message}, exc.status)
     except NotFound as exc:  # versions and aliases (hub.catalog.registry)
@@ -269,6 +272,22 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             return reply({"error": f"MongoDB is unavailable; try again (error id {error_id})"}, 503)
         return reply({"error": f"internal error {type(exc).__name__} (error id {error_id}; "
                                f"details are in the hub's log)"}, 500)
+
+
+@web.middleware
+async def fn_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The function-URL listener: what its handler does not answer itself (a path outside /fn,
+    a URL too long) gets the same JSON shape as everything else."""
+    try:
+        if len(request.raw_path) > MAX_URL_BYTES:
+            raise ApiError(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
+        return await handler(request)
+    except ApiError as exc:
+        return reply({"error": exc.message}, exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return reply({"error": exc.reason}, exc.status)
 
 
 def _is_outage(exc: Exception) -> bool:
