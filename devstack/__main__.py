@@ -3,7 +3,7 @@
 Starts real mongod (replica set), Tansu (Kafka protocol) and Ceph RGW (S3 with push
 notifications) with their data under ``.hub/``, then the hub itself (``python -m hub serve``),
 deploys the samples, writes ``.hub/dev.env`` and waits. ``--instances N`` runs N hubs behind
-HAProxy instead (the proxy on the hub port, the hubs on the N ports above it), the way several
+HAProxy instead (the proxy on the hub and function ports, the hubs on ports above them), the way several
 instances are deployed (compose.yaml). Ctrl-C (or SIGTERM) stops the hub and
 every server; if the hub or a server dies, everything is stopped and the exit code is non-zero.
 
@@ -46,7 +46,7 @@ from devstack.tansu import TansuServer
 log = logging.getLogger("devstack")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PORTS = {"mongo": 27117, "kafka": 19092, "rgw": 17480, "mon": 17489, "hub": 8080}
+DEFAULT_PORTS = {"mongo": 27117, "kafka": 19092, "rgw": 17480, "mon": 17489, "hub": 8080, "fn": 8081}
 # The hub's own default (hub/settings.py mongo_db), unless HUB_MONGO_DB names another: the only
 # database the hub's MongoDB user may write (devstack/mongo.py).
 DEFAULT_MONGO_DB = "trigger_hub"
@@ -75,12 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where server data, logs and tokens live (env HUB_DEV_DIR; default: .hub)")
     p.add_argument("--env-file", type=Path, default=None,
                    help="where to write the KEY=value env file (default: DATA_DIR/dev.env)")
-    for name, env in (("mongo", "MONGO"), ("kafka", "KAFKA"), ("rgw", "RGW"), ("mon", "MON"), ("hub", "HUB")):
+    for name, env in (("mongo", "MONGO"), ("kafka", "KAFKA"), ("rgw", "RGW"), ("mon", "MON"), ("hub", "HUB"),
+                      ("fn", "FN")):
         p.add_argument(f"--{name}-port", type=int, default=_env_int(f"HUB_DEV_{env}_PORT", DEFAULT_PORTS[name]),
                        help=f"(env HUB_DEV_{env}_PORT; default {DEFAULT_PORTS[name]})")
     p.add_argument("--instances", type=int, default=_env_int("HUB_DEV_INSTANCES", 1),
-                   help="hub instances; more than 1 runs them behind HAProxy on the hub port, the "
-                        "instances on the ports above it (env HUB_DEV_INSTANCES; default 1)")
+                   help="hub instances; more than 1 runs them behind HAProxy on the hub and function "
+                        "ports, the instances on hub port + 10 + n (admin) and + 30 + n (function URLs) "
+                        "(env HUB_DEV_INSTANCES; default 1)")
     p.add_argument("--no-hub", action="store_true", help="start the servers only; run the hub yourself")
     p.add_argument("--no-samples", action="store_true", help="do not run python -m samples.deploy")
     p.add_argument("--hub-timeout", type=float, default=60.0, help="seconds to wait for /healthz")
@@ -162,12 +164,20 @@ class DevStack:
                            access_key=self.tokens["s3_access_key"], secret_key=self.tokens["s3_secret_key"])
         self.hubs: list[subprocess.Popen[bytes]] = []
         self.hub_url = f"http://127.0.0.1:{args.hub_port}"  # the proxy's, with several instances
-        self.proxy = HAProxy(self.instance_ports(), args.hub_port, d / "haproxy") if args.instances > 1 else None
+        self.fn_url = f"http://127.0.0.1:{args.fn_port}"  # function URLs: an origin of their own
+        self.proxy = (HAProxy(self.instance_ports(), args.hub_port, d / "haproxy",
+                              fn_backend_ports=self.instance_fn_ports(), fn_port=args.fn_port)
+                      if args.instances > 1 else None)
 
     def instance_ports(self) -> list[int]:
         if self.args.instances == 1:
             return [self.args.hub_port]
-        return [self.args.hub_port + n for n in range(1, self.args.instances + 1)]
+        return [self.args.hub_port + 10 + n for n in range(1, self.args.instances + 1)]
+
+    def instance_fn_ports(self) -> list[int]:
+        if self.args.instances == 1:
+            return [self.args.fn_port]
+        return [self.args.hub_port + 30 + n for n in range(1, self.args.instances + 1)]
 
     # -- environment -------------------------------------------------------------------
     def hub_env(self) -> dict[str, str]:
@@ -183,6 +193,8 @@ class DevStack:
             "HUB_API_TOKEN": self.tokens["api_token"],
             "HUB_WEBHOOK_TOKEN": self.tokens["webhook_token"],
             "HUB_HTTP_PORT": str(self.args.hub_port),
+            "HUB_FN_PORT": str(self.args.fn_port),
+            "HUB_PUBLIC_FN_URL": self.fn_url,
             "HUB_DATA_DIR": str(self.args.data_dir / "data"),
             "HUB_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "HUB_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
@@ -191,16 +203,18 @@ class DevStack:
         }
 
     def instance_env(self, n: int, port: int) -> dict[str, str]:
-        """Instance n's own settings: its port and data dir (and so its instance id)."""
+        """Instance n's own settings: its ports and data dir (and so its instance id)."""
         env = self.hub_env()
         if self.proxy is not None:
-            env.update(HUB_HTTP_PORT=str(port), HUB_DATA_DIR=str(self.args.data_dir / f"data-{n}"))
+            env.update(HUB_HTTP_PORT=str(port), HUB_FN_PORT=str(self.instance_fn_ports()[n - 1]),
+                       HUB_DATA_DIR=str(self.args.data_dir / f"data-{n}"))
         return env
 
     def write_env_file(self) -> None:
         # MONGO_ADMIN_URL (root) is for you, not the hub: to write the documents your MongoDB
         # triggers watch, or to open mongosh. The hub user may only read other databases.
-        env = {"HUB_URL": self.hub_url, **self.hub_env(), "MONGO_ADMIN_URL": self.mongo.admin_url}
+        env = {"HUB_URL": self.hub_url, "HUB_FN_URL": self.fn_url, **self.hub_env(),
+               "MONGO_ADMIN_URL": self.mongo.admin_url}
         # shell-quoted where needed (a URL's "&" would background the rest of the line when the
         # file is sourced); the CLI's reader strips the quotes
         _write_private(self.args.env_file, "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
@@ -210,7 +224,8 @@ class DevStack:
         t0 = time.monotonic()
         if not self.args.no_hub:
             ensure_port_free(self.args.hub_port, "hub")
-            for port in self.instance_ports():
+            ensure_port_free(self.args.fn_port, "hub (function URLs)")
+            for port in {*self.instance_ports(), *self.instance_fn_ports()}:
                 ensure_port_free(port, "hub instance")
         log.info("starting mongod on port %s ...", self.args.mongo_port)
         self.mongo.start()
@@ -275,11 +290,12 @@ class DevStack:
             f"  s3       {self.rgw.endpoint}  region {self.rgw.region}  (ceph rgw: {rgw_pids})",
         ]
         if self.proxy is not None:
-            lines.append(f"  hub      {self.hub_url}  (haproxy pid {self.proxy.proc.pid if self.proxy.proc else '?'})")
+            lines.append(f"  hub      {self.hub_url}  (haproxy pid {self.proxy.proc.pid if self.proxy.proc else '?'}); "
+                         f"function URLs {self.fn_url}")
             for hub, port in zip(self.hubs, self.instance_ports()):
                 lines.append(f"    instance http://127.0.0.1:{port}  (pid {hub.pid})")
         elif self.hubs:
-            lines.append(f"  hub      {self.hub_url}  (pid {self.hubs[0].pid})")
+            lines.append(f"  hub      {self.hub_url}  (pid {self.hubs[0].pid}); function URLs {self.fn_url}")
         else:
             lines.append(f"  hub      not started (--no-hub); run it with: "
                          f"set -a; . {env_file}; set +a; python -m hub serve")

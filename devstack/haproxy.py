@@ -37,6 +37,8 @@ defaults
     option httplog
     timeout connect 2s
     timeout client 120s
+    # a slow client (slowloris) must send its whole request head within this
+    timeout http-request 10s
     # above the longest function timeout (900 s): a slow synchronous invoke is answered, not cut
     timeout server 960s
     # a request whose connection was refused (an instance going away) goes to another one; only
@@ -56,6 +58,20 @@ backend hubs
     http-check expect status 200
     default-server check inter {check_ms} fall 2 rise 1
 {servers}
+{functions}"""
+
+# Function URLs on an origin of their own (the instances' HUB_FN_PORT); health from the admin port.
+FUNCTIONS = """
+frontend functions
+    bind 127.0.0.1:{fn_port}
+    default_backend hubs_fn
+
+backend hubs_fn
+    balance roundrobin
+    option httpchk GET /healthz
+    http-check expect status 200
+    default-server check inter {check_ms} fall 2 rise 1
+{servers}
 """
 
 
@@ -70,9 +86,13 @@ class HAProxy(Managed):
     """HAProxy on 127.0.0.1:port, balancing over hub instances at 127.0.0.1:backend_ports."""
 
     def __init__(self, backend_ports: Sequence[int], port: int | None = None, data_dir: Path | str | None = None,
-                 *, check_interval_ms: int = 500, start_timeout: float = 15.0) -> None:
+                 *, check_interval_ms: int = 500, start_timeout: float = 15.0,
+                 fn_backend_ports: Sequence[int] = (), fn_port: int | None = None) -> None:
         self.backend_ports = list(backend_ports)
         self.port = port or free_port()
+        # the instances' function-URL listeners, in the order of backend_ports (none: no frontend)
+        self.fn_backend_ports = list(fn_backend_ports)
+        self.fn_port = (fn_port or free_port()) if self.fn_backend_ports else None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="haproxy-"))
         self.check_interval_ms = check_interval_ms
         self.start_timeout = start_timeout
@@ -85,9 +105,18 @@ class HAProxy(Managed):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def fn_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.fn_port}" if self.fn_port else None
+
     def config(self) -> str:
         servers = "\n".join(f"    server hub{i} 127.0.0.1:{p}" for i, p in enumerate(self.backend_ports, 1))
-        return CONFIG.format(port=self.port, check_ms=self.check_interval_ms, servers=servers)
+        functions = ""
+        if self.fn_backend_ports:
+            fn_servers = "\n".join(f"    server hub{i} 127.0.0.1:{fp} check port {p}"
+                                   for i, (fp, p) in enumerate(zip(self.fn_backend_ports, self.backend_ports), 1))
+            functions = FUNCTIONS.format(fn_port=self.fn_port, check_ms=self.check_interval_ms, servers=fn_servers)
+        return CONFIG.format(port=self.port, check_ms=self.check_interval_ms, servers=servers, functions=functions)
 
     def start(self) -> HAProxy:
         if self.proc is not None and self.proc.poll() is None:
@@ -95,6 +124,8 @@ class HAProxy(Managed):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         kill_stale(self.pidfile)
         ensure_port_free(self.port, "haproxy")
+        if self.fn_port:
+            ensure_port_free(self.fn_port, "haproxy (function URLs)")
         self.config_path.write_text(self.config())
         argv: list[Arg] = [find_haproxy(), "-db", "-f", self.config_path]  # -db: foreground
         self.proc = spawn_listening(argv, self.log_path, self.port, f"haproxy on {self.url}",

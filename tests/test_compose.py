@@ -65,7 +65,9 @@ def test_replicas_behind_a_health_checked_proxy() -> None:
     hub, proxy = services["hub"], services["proxy"]
     assert hub["deploy"]["replicas"] == "${HUB_REPLICAS:-3}"
     assert "ports" not in hub  # reached only through the proxy
-    assert proxy["image"].startswith("haproxy:") and proxy["ports"] == ["8080:8080"]
+    # the admin API + console, and function URLs on an origin of their own
+    assert proxy["image"].startswith("haproxy:") and proxy["ports"] == ["8080:8080", "8081:8081"]
+    assert hub["environment"]["HUB_FN_PORT"] == "8081" and "frontend functions" in (ROOT / "deploy/haproxy.cfg").read_text()
     assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in proxy["volumes"]
     cfg = (ROOT / "deploy/haproxy.cfg").read_text()
     assert "server-template hub" in cfg and "resolvers docker" in cfg  # every replica, by DNS

@@ -349,7 +349,8 @@ def _run_devstack(data_dir: Path, env_file: Path, ports: dict[str, int], stop_si
 def test_devstack_command_starts_servers_and_stops_them_all(tmp_path: Path) -> None:
     data_dir = tmp_path / "hub"
     env_file = tmp_path / "dev.env"
-    ports = {"mongo": free_port(), "kafka": free_port(), "rgw": free_port(), "mon": free_port(), "hub": free_port()}
+    ports = {"mongo": free_port(), "kafka": free_port(), "rgw": free_port(), "mon": free_port(), "hub": free_port(),
+             "fn": free_port()}
 
     first = _run_devstack(data_dir, env_file, ports, signal.SIGINT)
     env = first["env"]
@@ -357,6 +358,7 @@ def test_devstack_command_starts_servers_and_stops_them_all(tmp_path: Path) -> N
                 "HUB_S3_ACCESS_KEY", "HUB_S3_SECRET_KEY", "HUB_WEBHOOK_TOKEN"):
         assert env.get(key), key
     assert env["HUB_URL"] == f"http://127.0.0.1:{ports['hub']}"
+    assert env["HUB_FN_URL"] == f"http://127.0.0.1:{ports['fn']}"  # function URLs: their own origin
     # authenticated: the hub user (least privilege on its database) and a root URL for the user
     assert env["HUB_MONGO_URL"].startswith("mongodb://hub:")
     assert env["HUB_MONGO_URL"].endswith(f"@127.0.0.1:{ports['mongo']}/?replicaSet=rs0&authSource=admin")

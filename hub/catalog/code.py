@@ -226,8 +226,15 @@ def write_tree(code_dir: Path, files: dict[str, bytes]) -> None:
         code_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=code_dir.parent, prefix=".tmp-"))
         for path, data in files.items():
-            current = path
-            target = tmp / path
+            # read back from MongoDB: checked again, as if it came from a request (a path
+            # rewritten in storage must not write outside the version's directory)
+            try:
+                current = _check_path(path)
+            except CodeError as exc:
+                raise CodeUnavailable(f"the stored code is not usable: {exc}") from None
+            target = tmp / current
+            if not target.resolve().is_relative_to(tmp.resolve()):
+                raise CodeUnavailable(f"the stored code is not usable: {_shown(path)} leaves the function")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         current = "(permissions)"

@@ -67,7 +67,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from hub.catalog.code import REQUIREMENTS_FILE, CodeError, CodeUnavailable, requirements_text
-from hub.spec.requirements import MAX_REQUIREMENTS, check_requirement, file_lines
+from hub.spec.requirements import MAX_REQUIREMENTS, check_pin, check_requirement, file_lines
 from hub.driver import shielded
 from hub.store import Store, now
 
@@ -323,18 +323,10 @@ class Deps:
         if path.is_dir():
             return path
         record = await shielded(self.store.get_deps(key))
-        if record is not None:
-            pins = [Pin(p["name"], p["version"], p.get("sha256")) for p in record.get("packages", [])]
-            if record.get("env") != self.env:
-                # Another platform resolved it: same versions, but its wheels may not fit here.
-                log.warning("dependency set built for another platform; rebuilding from versions only",
-                            hash=key, recorded=record.get("env"), here=self.env)
-                pins = [Pin(p.name, p.version) for p in pins]
-        else:
-            pins = []
-            for spec in deps.get("packages") or []:
-                name, _, version = str(spec).partition("==")
-                pins.append(Pin(name, version))
+        try:
+            pins = self._stored_pins(deps, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DepsUnavailable(f"the function's recorded dependencies are not usable: {exc}") from None
         log.warning("dependency set missing on this host: rebuilding it", hash=key, packages=len(pins))
         try:
             await self._build(key, pins, rebuild=True)
@@ -342,6 +334,23 @@ class Deps:
             raise DepsUnavailable(f"the function's dependencies could not be rebuilt on this host: "
                                   f"{str(exc).removeprefix('requirements: ')}") from None
         return path
+
+    def _stored_pins(self, deps: dict[str, Any], record: dict[str, Any] | None) -> list[Pin]:
+        """The pins a missing set is rebuilt from, read back from MongoDB and checked again
+        (``check_pin``): what pip is given never comes unchecked from storage."""
+        if record is not None:
+            pins = [Pin(*check_pin(p["name"], p["version"], p.get("sha256"))) for p in record.get("packages", [])]
+            if record.get("env") != self.env:
+                # Another platform resolved it: same versions, but its wheels may not fit here.
+                log.warning("dependency set built for another platform; rebuilding from versions only",
+                            hash=deps.get("hash"), recorded=record.get("env"), here=self.env)
+                pins = [Pin(p.name, p.version) for p in pins]
+        else:
+            pins = []
+            for spec in deps.get("packages") or []:
+                name, _, version = str(spec).partition("==")
+                pins.append(Pin(*check_pin(name, version)))
+        return pins
 
     # -- building -----------------------------------------------------------------------------------
     async def _build(self, key: str, pins: list[Pin], *, rebuild: bool) -> dict[str, Any]:

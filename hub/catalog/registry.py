@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.catalog.code import CodeError, check_code, unpack_code
+from hub.catalog.code import CodeError, CodeUnavailable, check_code, unpack_code
 from hub.catalog.code import write_tree as _write_tree
 from hub.catalog.deps import Deps, requirements_of
-from hub.spec.models import LATEST, VERSION_RE, FunctionSpec
+from hub.catalog.secrets import Secrets, SecretUnavailable, refs
+from hub.spec.models import LATEST, NAME_RE, VERSION_RE, FunctionSpec
+from hub.spec.network import network_setting
 from hub.driver import shielded
-from hub.sandbox.base import FunctionRuntime
+from hub.sandbox.base import FunctionRuntime, NetworkPolicy
 from hub.store import Store, now
 
 # Unpacking, checking and writing code live in hub.catalog.code; CodeError is re-exported from here.
@@ -68,6 +70,9 @@ class VersionRuntime(FunctionRuntime):
 
     qualifier: str = LATEST
     live_versions: frozenset[str] = field(default_factory=frozenset)
+    # the plain values of the secrets in ``env``, in every form masked out of recorded output
+    # (hub.delivery.dispatch); empty for a function without secrets, which so pays nothing
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -132,8 +137,14 @@ class Registry:
     every entry of a function the moment any instance changes its head or its aliases (one
     document); without that watch every call reads MongoDB."""
 
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path, secrets: Secrets | None = None) -> None:
         self.store = store
+        # env values from secrets are decrypted when a runtime is built, never stored with it;
+        # a changed secret drops the cached runtimes (hub.catalog.secrets)
+        self.secrets = secrets
+        if secrets is not None:
+            secrets.forget_cached = self.invalidate
+            secrets.on_change(self._secret_changed)
         self.code_root = data_dir / "code"
         self.deps = Deps(store, data_dir / "deps")  # function dependencies (hub.catalog.deps)
         self._cache: dict[str, dict[str, VersionRuntime]] = {}  # name -> qualifier -> runtime
@@ -147,6 +158,9 @@ class Registry:
             self._cache.clear()
         else:
             self._cache.pop(name, None)
+
+    async def _secret_changed(self, name: str) -> None:
+        self.invalidate(name)
 
     def enable_cache(self, enabled: bool) -> None:
         self.cache_enabled = enabled
@@ -165,6 +179,11 @@ class Registry:
             deps = await self.deps.prepare(requirements)
         t = now()
         config = spec.model_dump(exclude={"code"})
+        # which secrets this version's env refers to: an indexed field, so "who uses secret X"
+        # (its 409 on delete, and whose workers a rotation restarts) is one query
+        used = sorted(set(refs(config.get("env")).values()))
+        if used:
+            config["secrets"] = used
         version_doc = {
             "_id": f"{name}:{version}",
             "name": name,
@@ -233,6 +252,9 @@ class Registry:
             if doc is None:
                 return None
             config = doc
+        if not is_version(version) or not re.fullmatch(NAME_RE, name):
+            # both end up in a host path: what MongoDB says is checked like a request would be
+            raise CodeUnavailable(f"function {name[:80]!r} has a stored version id that is not valid")
         code_dir = self.code_root / name / version
         if not code_dir.is_dir():
             full = await shielded(self.store.get_version(name, version))
@@ -240,6 +262,12 @@ class Registry:
                 return None
             await _materialise(code_dir, {c["path"]: bytes(c["data"]) for c in full["code"]})
         deps_dir = await self.deps.ensure(config.get("deps"))  # rebuilt here if missing on this host
+        env: dict[str, str] = {k: v for k, v in (config.get("env") or {}).items() if isinstance(v, str)}
+        secret_values: tuple[str, ...] = ()
+        if refs(config.get("env")):
+            if self.secrets is None:
+                raise SecretUnavailable("this hub has no secrets store")
+            env, secret_values = await shielded(self.secrets.resolve(config.get("env")))
         return VersionRuntime(
             name=name,
             version=version,
@@ -248,11 +276,13 @@ class Registry:
             timeout_s=config["timeout_s"],
             memory_mb=config["memory_mb"],
             max_concurrency=config["max_concurrency"],
-            env=dict(config.get("env") or {}),
-            network=bool(config.get("network")),
+            env=env,
+            # checked again: it came back from MongoDB
+            network=NetworkPolicy.from_setting(network_setting(config.get("network"))),
             deps_dir=deps_dir,
             qualifier=qualifier,
             live_versions=live_versions(head),
+            secret_values=secret_values,
         )
 
     # -- versions and aliases ---------------------------------------------------------------

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
 
+_PIN_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # a canonical project name
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_REQUIREMENTS = 100  # lines of requirements (comments and blank lines not counted)
 MAX_REQUIREMENT_CHARS = 200  # one requirement
 # pip takes a requirement whose name ends like this for a local archive file.
@@ -72,3 +75,20 @@ def file_lines(text: str) -> list[tuple[int, str]]:
     if pending.strip():
         out.append((start, pending))
     return out
+
+
+def check_pin(name: object, version: object, sha256: object = None) -> tuple[str, str, str | None]:
+    """A resolved pin read back from storage, checked again before pip sees it: a canonical
+    project name, a PEP 440 version in its normal spelling and a sha256 (or none). Anything else
+    (an option, a URL, a space) is ``ValueError``: stored data is not trusted more than input."""
+    if not isinstance(name, str) or not _PIN_NAME_RE.match(name):
+        raise ValueError(f"stored package name {_shown(str(name))} is not a canonical project name")
+    try:
+        normal = str(Version(str(version)))
+    except InvalidVersion:
+        raise ValueError(f"stored version {_shown(str(version))} of {name} is not a PEP 440 version") from None
+    if not isinstance(version, str) or normal != version:
+        raise ValueError(f"stored version {_shown(str(version))} of {name} is not in its normal spelling")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256_RE.match(sha256)):
+        raise ValueError(f"stored hash of {name} is not a sha256")
+    return name, version, sha256
