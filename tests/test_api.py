@@ -151,7 +151,7 @@ async def test_health_metrics_openapi(api: Api) -> None:
     ready = await api.ok("GET", "/readyz")
     assert ready["checks"]["mongodb"] == "ok"
     assert ready["sandbox"]["isolation"] in ("bwrap", "process")
-    async with api.session.get(api.base + "/metrics") as r:
+    async with api.session.get(api.base + "/metrics", headers=api.headers) as r:  # a read token at least
         assert r.status == 200
         assert "hub_invocations_total" in await r.text()
     spec = await api.ok("GET", "/v1/openapi.json")

@@ -31,6 +31,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -40,8 +41,12 @@ from hub.web.logstream import parse_bool
 from hub.web.openapi import openapi_spec
 from tests.hubfixtures import API_TOKEN, WEBHOOK_TOKEN, Api, eventually, make_settings
 
+pytestmark = pytest.mark.integration
+
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# ignored_auth: an operation that needs a token answers 401 when sent without one or with a wrong one
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          ignored_auth]
 ECHO = "def handler(event, context):\n    return {'data': event['data']}\n"
 FAIL = "def handler(event, context):\n    raise ValueError('always fails')\n"
 
@@ -62,7 +67,8 @@ async def fuzz_hub(servers: dict[str, Any], tmp_path_factory: pytest.TempPathFac
     hub.settings.public_url = hub.url
     async with aiohttp.ClientSession() as session:
         api = Api(session, hub.url)
-        await api.put_function("fuzz-echo", ECHO)
+        await api.ok("PUT", "/v1/secrets/fuzz-secret", {"value": "fuzz-secret-value"})
+        await api.put_function("fuzz-echo", ECHO, env={"FUZZ_SECRET": {"secret": "fuzz-secret"}})
         await api.put_function("fuzz-fail", FAIL)
         ran = await api.ok("POST", "/v1/functions/fuzz-echo/invoke", {"seed": 1})
         await api.ok("POST", "/v1/functions/fuzz-fail/invoke?mode=async", {"seed": 2})
@@ -86,6 +92,8 @@ def _aim(case: Any, targets: dict[str, str], headers: dict[str, str]) -> dict[st
     params = case.path_parameters or {}
     if case.path.startswith("/v1/functions/") and case.method not in ("PUT", "DELETE"):
         params["name"] = targets["function"]  # never replaced or deleted: the other cases need it
+    elif case.path.startswith("/v1/secrets/"):
+        params["name"] = "fuzz-secret"  # used by fuzz-echo: its DELETE is a 409
     elif case.path.startswith("/v1/invocations/"):
         params["id"] = targets["invocation"]
     elif case.path.startswith("/v1/dead-letters/"):

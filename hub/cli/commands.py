@@ -583,5 +583,57 @@ def dead_letters_purge(c: Ctx, trigger: str | None, function: str | None, purge_
     c.out(out, lambda: click.echo(f"deleted {out['deleted']} dead letter(s)"))
 
 
+# -- secrets --------------------------------------------------------------------------------
+@main.group("secrets", invoke_without_command=True)
+@click.pass_context
+def secrets_group(ctx: click.Context) -> None:
+    """Secrets for functions' env ({"secret": NAME}): put, list, delete. Values are never shown."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(secrets_list)
+
+
+@secrets_group.command("put")
+@click.argument("name")
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="read the value from this file (else from standard input); a trailing newline is dropped")
+@pass_ctx
+def secrets_put(c: Ctx, name: str, from_file: Path | None) -> None:
+    """Create or replace a secret. The value comes from stdin or --from-file, never an argument
+    (arguments end up in shell history and in every process listing)."""
+    if from_file is not None:
+        try:
+            value = from_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {from_file}: {exc}", EXIT_USAGE)
+    else:
+        if sys.stdin.isatty():
+            click.echo(f"value of secret {name} (end with Ctrl-D):", err=True)
+        value = sys.stdin.read()
+    value = value[:-1] if value.endswith("\n") else value
+    value = value[:-1] if value.endswith("\r") else value
+    if not value:
+        fail("the value is empty: give it on standard input or with --from-file", EXIT_USAGE)
+    doc = api_call(lambda: c.client.call("PUT", f"/v1/secrets/{name}", {"value": value}))
+    c.out(doc, lambda: click.echo(f"secret {doc['name']} is at version {doc['version']}"))
+
+
+@secrets_group.command("list")
+@pass_ctx
+def secrets_list(c: Ctx) -> None:
+    """Secrets: name, version, when changed, which functions use each."""
+    docs = api_call(lambda: c.client.call("GET", "/v1/secrets"))["secrets"]
+    rows = [{**d, "used_by": ", ".join(u["function"] for u in d.get("used_by") or []) or None} for d in docs]
+    c.out(docs, lambda: table(rows, ["name", "version", "updated_at", "used_by"]))
+
+
+@secrets_group.command("delete")
+@click.argument("name")
+@pass_ctx
+def secrets_delete(c: Ctx, name: str) -> None:
+    """Delete a secret no function uses."""
+    out = api_call(lambda: c.client.call("DELETE", f"/v1/secrets/{name}"))
+    c.out(out, lambda: click.echo(f"deleted secret {name}"))
+
+
 if __name__ == "__main__":
     main()

@@ -29,6 +29,7 @@ from pymongo import ReplaceOne
 from connectors.base import Unfinished
 from hub.delivery import batches
 from hub.catalog.code import CodeUnavailable
+from hub.catalog.secrets import SecretUnavailable, mask
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
@@ -340,6 +341,10 @@ class Dispatcher:
         except CodeUnavailable as exc:  # this host cannot lay the code out (a full disk, say)
             return InvocationReport(status=Status.failed, error={
                 "type": "CodeUnavailable", "message": str(exc)}), None
+        except SecretUnavailable as exc:  # deleted under it, or another instance's key
+            log.warning("a function's secret is unavailable", function=target.function_name, error=str(exc))
+            return InvocationReport(status=Status.failed, error={
+                "type": "SecretUnavailable", "message": str(exc)}), None
         if fn is None:
             missing = (f"function {target.function_name!r} does not exist" if target.qualifier == "latest" else
                        f"function {target.function_name!r} has no alias or version {target.qualifier!r} "
@@ -356,6 +361,9 @@ class Dispatcher:
     def _record(self, target: Target, events: list[Event], report: InvocationReport, fn: FunctionRuntime | None,
                 request_id: str, attempt: int, outcome: batches.Split, is_batch: bool) -> dict[str, Any]:
         finished_at = now()
+        secret_values = getattr(fn, "secret_values", ())
+        if secret_values:  # only functions with secrets pay for this
+            _mask_report(report, secret_values)
         status = report.status.value
         if report.status is Status.succeeded and outcome.failed:
             status = "partial"
@@ -462,6 +470,18 @@ class Dispatcher:
     def _age_s(event: Event) -> float | None:
         t = _parse_time(event.time)
         return (now() - t).total_seconds() if t else None
+
+
+def _mask_report(report: InvocationReport, values: tuple[str, ...]) -> None:
+    """Replace the function's secret values by ``***`` in everything recorded or logged of this
+    invocation: output, error and traceback, result (the record, the log line and the caller's
+    answer all come from the report)."""
+    report.stdout = mask(report.stdout, values)
+    report.stderr = mask(report.stderr, values)
+    if report.error is not None:
+        report.error = mask(report.error, values)
+    if report.result is not None:
+        report.result = mask(report.result, values)
 
 
 def _crash_unless_failed(fut: asyncio.Future[Any]) -> None:

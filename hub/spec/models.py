@@ -72,6 +72,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class SecretRef(_Strict):
+    """An env value taken from a secret (``hub.catalog.secrets``): the worker gets the value, the
+    function's documents and answers only this reference."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"secret": "db-password"}]})
+    secret: Name = Field(description="the secret's name (PUT /v1/secrets/{name} creates it)")
+
+
 class CodeSpec(_Strict):
     files: dict[str, str] | None = Field(
         default=None, max_length=CODE_FILES_MAX,
@@ -109,13 +117,13 @@ class FunctionSpec(_Strict):
     timeout_s: float = Field(default=30.0, ge=TIMEOUT_MIN_S, le=900)
     memory_mb: int = Field(default=256, ge=32, le=10240)
     max_concurrency: int = Field(default=4, ge=1, le=256)
-    env: dict[str, str] = Field(
+    env: dict[str, Annotated[str, Field(max_length=ENV_TOTAL_MAX)] | SecretRef] = Field(
         default_factory=dict,
         description=f"Environment variables; names like C identifiers, at most {ENV_TOTAL_MAX} bytes "
-                    "in total (names and values).",
+                    "in total (names and plain values). A value is a string, or {\"secret\": NAME} to "
+                    "hand the worker a secret's value (shown back as the reference, never the value).",
         json_schema_extra={
             "propertyNames": {"pattern": ENV_NAME_RE, "maxLength": ENV_TOTAL_MAX},
-            "additionalProperties": {"type": "string", "maxLength": ENV_TOTAL_MAX},
         },
     )
     network: bool = False
@@ -133,17 +141,36 @@ class FunctionSpec(_Strict):
     def _requirements(cls, reqs: list[str] | None) -> list[str] | None:
         return None if reqs is None else [check_requirement(r) for r in reqs]
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_shapes(cls, env: Any) -> Any:
+        """One readable message for a value that is neither text nor a secret reference (the
+        union's own errors would list both alternatives' complaints)."""
+        if isinstance(env, dict):
+            for key, value in env.items():
+                if isinstance(value, str):
+                    continue
+                if not (isinstance(value, dict) and set(value) == {"secret"} and isinstance(value["secret"], str)):
+                    raise ValueError(f"env {str(key)[:64]}: a value is a string, or {{\"secret\": NAME}} to use a "
+                                     f"secret, e.g. {{\"DB_PASSWORD\": {{\"secret\": \"db-password\"}}}}")
+                if not re.fullmatch(NAME_RE, value["secret"]):
+                    raise ValueError(f"env {str(key)[:64]}: bad secret name {value['secret'][:80]!r}: use letters, "
+                                     f"digits, '_', '-', '.' (max {NAME_MAX}), starting with a letter or digit")
+        return env
+
     @field_validator("env")
     @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+    def _env_names(cls, env: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
         for key, value in env.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"env name {key!r} is not a valid variable name")
+            if isinstance(value, SecretRef):
+                continue
             # NUL cannot be in an environment variable (and would split sandbox arguments)
             if "\x00" in value:
                 raise ValueError(f"env {key}: values cannot contain NUL characters")
             _utf8(value)
-        if sum(_utf8_len(k) + _utf8_len(v) for k, v in env.items()) > ENV_TOTAL_MAX:
+        if sum(_utf8_len(k) + _utf8_len(v if isinstance(v, str) else "") for k, v in env.items()) > ENV_TOTAL_MAX:
             raise ValueError(f"env is larger than {ENV_TOTAL_MAX} bytes in total (Lambda's limit)")
         return env
 

@@ -15,6 +15,7 @@ from hub.delivery.dispatch import Target
 from hub.events import Event
 from hub.spec.models import LATEST, AliasSpec, FunctionSpec, RetryPolicy, alias_name_problem
 from hub.catalog.registry import public_function
+from hub.catalog.secrets import SecretUnavailable, refs
 from hub.store import unstorable_reason
 from hub.web.services import SERVICES
 from hub.web.wire import (
@@ -41,6 +42,14 @@ async def put_function(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     name = path_name(request)
     spec = validate(FunctionSpec, await read_json(request, MAX_FUNCTION_BODY))
+    wanted = refs(spec.model_dump(include={"env"})["env"])
+    missing = await svc.secrets.missing(wanted.values())
+    if missing:
+        uses = [f"env {var} refers to secret {secret!r}" for var, secret in wanted.items() if secret in missing]
+        raise ApiError(400, f"invalid FunctionSpec: {'; '.join(uses)}, which does not exist: create it first "
+                            f"with PUT /v1/secrets/{missing[0]} {{\"value\": \"...\"}}",
+                       [{"field": f"env.{var}", "message": f"no secret {secret!r}"}
+                        for var, secret in wanted.items() if secret in missing])
     head, created = await svc.registry.put(name, spec)
     return reply({**public_function(head), "new_version": created}, 201 if created else 200)
 
@@ -114,7 +123,11 @@ async def _invoke_ref(request: web.Request, name: str) -> str:
     elif alias is not None and alias != LATEST:
         qualifier = _check_alias(alias)
     ref = name if qualifier == LATEST else f"{name}:{qualifier}"
-    if await svc.registry.runtime(ref) is None:
+    try:
+        found = await svc.registry.runtime(ref)
+    except SecretUnavailable:
+        return ref  # it exists; the invocation records why it cannot run (hub.delivery.dispatch)
+    if found is None:
         if qualifier == LATEST or await svc.store.get_function(name) is None:
             raise ApiError(404, f"no function {name!r}")
         raise ApiError(404, f"function {name!r} has no {'version' if version is not None else 'alias'} "

@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hub.web.auth import principal_of
 from hub.web.openapi import openapi_json
 from hub.web.services import SERVICES, Services
 from hub.web.wire import reply
@@ -22,9 +23,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Public for probes, but only "ready or not" without a token that may read: the detail
+    names servers, subscriptions and the sandbox, which is an attacker's map."""
     svc = request.app[SERVICES]
     report = await svc.readiness.report()
-    return reply(report, 200 if report["ready"] else 503)
+    status = 200 if report["ready"] else 503
+    principal = await principal_of(request)
+    if principal is None:  # (every token's scope includes read)
+        return reply({"ready": report["ready"]}, status)
+    return reply(report, status)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hub.web import openapi_auth
 from hub.spec.models import NAME_MAX, NAME_RE, VERSION_RE, AliasSpec, FunctionSpec, TriggerSpec
 
 ID_MAX = 256
@@ -71,7 +72,8 @@ class Function(_Open):
     timeout_s: float
     memory_mb: int
     max_concurrency: int
-    env: dict[str, str] = {}
+    env: dict[str, Any] = Field(default={}, description="values are strings, or {\"secret\": NAME} references "
+                                                        "(a secret's value is never shown)")
     network: bool = False
     description: str = ""
     code_size: int
@@ -431,13 +433,16 @@ def openapi_spec() -> dict[str, Any]:
 @functools.cache
 def openapi_json() -> str:
     """The document as JSON text, built once: it only changes with the code."""
-    return json.dumps(_build())
+    doc = _build()
+    openapi_auth.annotate(doc)
+    return json.dumps(doc)
 
 
 def _build() -> dict[str, Any]:
     ref = "#/components/schemas/{model}"
     schemas: dict[str, Any] = {}
-    models: tuple[type[BaseModel], ...] = (FunctionSpec, TriggerSpec, AliasSpec, *RESPONSE_MODELS)
+    models: tuple[type[BaseModel], ...] = (FunctionSpec, TriggerSpec, AliasSpec, *RESPONSE_MODELS,
+                                           *openapi_auth.MODELS)
     for model in models:
         schema = model.model_json_schema(ref_template=ref)
         schemas.update(schema.pop("$defs", {}))
@@ -616,6 +621,7 @@ def _build() -> dict[str, Any]:
                 "414": {"$ref": "#/components/responses/E414"},
             })},
             **_console_paths(),
+            **openapi_auth.paths(_op, _param, _spec_body),
         },
     }
 

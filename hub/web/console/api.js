@@ -55,6 +55,11 @@ export async function api(path, { method = "GET", query = null, body = undefined
   return data;
 }
 
+/** What the token may do ({name, scope, scopes}): the page hides what it cannot use. */
+export async function whoami() {
+  return api("v1/tokens/self");
+}
+
 /** Does the token open the API? (the login form checks before keeping it) */
 export async function checkToken(value) {
   const response = await fetch(new URL("v1/functions", document.baseURI),

@@ -3,7 +3,7 @@
 // Hash routes (#/functions, #/triggers, ...) map to page modules; each page renders into <main>
 // and may return a refresh() that the app calls every few seconds while nobody is editing a form.
 
-import { ApiError, checkToken, setHooks, token } from "./api.js";
+import { ApiError, checkToken, setHooks, token, whoami } from "./api.js";
 import { clear, errorBox, h } from "./dom.js";
 import * as functions from "./functions.js";
 import * as triggers from "./triggers.js";
@@ -39,6 +39,7 @@ async function show() {
   const main = document.getElementById("main");
   if (!token.get()) return showLogin();
   document.body.classList.add("logged-in");
+  if (!document.body.dataset.scope) await learnScope();
   document.getElementById("login").hidden = true;
   const { path, query } = parseHash();
   const mine = ++generation;
@@ -113,7 +114,18 @@ function showLogin(message = "") {
   document.getElementById("token").focus();
 }
 
+/** The token's scope on <body data-scope>: app.css hides every [data-needs] control above it
+ * (the hub refuses those calls anyway, with a 403; the page just does not offer them). */
+async function learnScope() {
+  try {
+    document.body.dataset.scope = (await whoami()).scope;
+  } catch (exc) {
+    if (!(exc instanceof ApiError)) throw exc;  // a 401 logs out through the hook
+  }
+}
+
 function logout(message = "") {
+  delete document.body.dataset.scope;
   token.clear();
   refresher = null;
   generation++;

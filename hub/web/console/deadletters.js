@@ -12,7 +12,8 @@ async function replay(id) {
 }
 
 function replayButton(d, out) {
-  const button = h("button", { type: "button", class: "secondary", "data-replay": d.id }, "Replay");
+  const button = h("button", { type: "button", class: "secondary", "data-replay": d.id, "data-needs": "invoke" },
+    "Replay");
   button.addEventListener("click", async () => {
     button.disabled = true;
     try {
@@ -30,7 +31,7 @@ function replayButton(d, out) {
 /** A button that asks once more in the page (no browser dialog) before it acts. */
 function confirmButton(label, question, action, out) {
   const holder = h("span", { class: "actions" });
-  const first = h("button", { type: "button", class: "danger" }, label);
+  const first = h("button", { type: "button", class: "danger", "data-needs": "deploy" }, label);
   first.addEventListener("click", () => {
     const yes = h("button", { type: "button", class: "danger" }, `Yes, ${label.toLowerCase()}`);
     const no = h("button", { type: "button", class: "secondary" }, "Cancel");
@@ -52,7 +53,7 @@ function confirmButton(label, question, action, out) {
 
 function triggerActions(trigger, letters, out) {
   if (!trigger) return h("p", { class: "muted" }, "Pick a trigger to replay or purge all of its dead letters.");
-  const all = h("button", { type: "button", class: "secondary", disabled: !letters.length },
+  const all = h("button", { type: "button", class: "secondary", disabled: !letters.length, "data-needs": "invoke" },
     letters.length >= 1000 ? "Replay all (1000+)" : `Replay all ${letters.length}`);
   all.addEventListener("click", async () => {
     all.disabled = true;

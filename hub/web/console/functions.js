@@ -116,7 +116,7 @@ function invokeForm(name) {
     h("option", { value: "sync" }, "sync (wait for the result)"), h("option", { value: "async" }, "async (queue it)"));
   const out = h("div", { id: "invoke-result", "aria-live": "polite" });
   const button = h("button", { type: "submit" }, "Invoke");
-  const form = h("form", { id: "invoke-form" },
+  const form = h("form", { id: "invoke-form", "data-needs": "invoke" },
     h("label", { for: "invoke-body" }, "Event (JSON, sent as the request body)"), payload,
     h("div", { class: "actions" },
       h("label", {}, "Version or alias ", qualifier), mode, button));

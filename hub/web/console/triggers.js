@@ -83,7 +83,7 @@ async function setEnabled(name, enabled) {
 }
 
 function toggleButton(t, out) {
-  const button = h("button", { type: "button", class: "secondary", "data-toggle": t.name },
+  const button = h("button", { type: "button", class: "secondary", "data-toggle": t.name, "data-needs": "deploy" },
     t.enabled ? "Disable" : "Enable");
   button.addEventListener("click", async () => {
     button.disabled = true;
