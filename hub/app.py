@@ -13,6 +13,7 @@ everything. Tests start and stop several in one process to simulate restarts.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 import uuid
@@ -36,10 +37,11 @@ from hub.intake.s3_reconcile import S3Reconciler
 from hub.intake.scheduler import Scheduler
 from hub.intake.sources import DispatchSink, Sources
 from hub.intake.trigger_sync import TriggerSync
-from hub.metrics import Metrics
+from hub.metrics import Metrics, track_slots
 from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
-from hub.store import Store
+from hub.store import InstanceTaken, Store
+from hub.tracing import Tracing
 from hub.web.function_urls import FunctionUrls
 from hub.web.readiness import Readiness
 from hub.web.limits import BodyBudget
@@ -50,6 +52,10 @@ from hub.web.services import Services
 log = structlog.get_logger("hub.app")
 HEARTBEAT_S = 2.0  # also carries this instance's Kafka partitions to the others' cursor views
 CLOCK_SYNC_S = 60.0  # how often the offset to MongoDB's clock is measured again (hub.store)
+# A heartbeat this young may be a live process's: one starting under the same id watches it this
+# long for a beat before it takes the id over (Store.claim_instance). Beats are 2 s apart but
+# ride the trigger-sync loop, whose sync or bucket re-pointing can hold one up for seconds.
+INSTANCE_LIVE_S = 10.0
 
 
 def make_pool(settings: Settings) -> WorkerPool:
@@ -61,6 +67,26 @@ def make_pool(settings: Settings) -> WorkerPool:
         idle_ttl_s=settings.worker_idle_ttl_s,
         max_queue=settings.max_queue_per_function,
     )
+
+
+def pool_slots(pool: WorkerPool) -> tuple[int, int]:
+    """(invocations running, concurrency slots) of this instance's pool, for autoscalers.
+
+    Running is the pool's own count; the slots are the ``max_concurrency`` of every function
+    version it holds, which ``stats()`` rows carry where the pool reports them, else read from
+    the sandbox pool's version states (read only; a pool without them reports 0)."""
+    stats = pool.stats()
+    running = int(stats.get("totals", {}).get("busy", 0))
+    total = 0
+    for row in stats.get("functions", {}).values():
+        for version in row.get("versions", {}).values():
+            total += int(version.get("max_concurrency", 0))
+    if not total:
+        for fn in list(getattr(pool, "_fns", {}).values()):
+            for st in list(getattr(fn, "versions", {}).values()):
+                if not getattr(st, "stale", False):
+                    total += int(getattr(st, "max_concurrency", 0))
+    return running, total
 
 
 def stable_instance_id(settings: Settings) -> str:
@@ -91,12 +117,20 @@ class Hub:
             log.warning("no token was set: generated one (keep it; it is read back on every start)", file=str(path))
         self.instance_id = stable_instance_id(settings)
         self.metrics = Metrics()
+        # OpenTelemetry from the standard OTEL_* variables; off (and free) without an endpoint
+        self.tracing = Tracing.from_environment(instance_id=self.instance_id)
+        # A process's own mark on its heartbeat: another process under the same id is noticed
+        # (it refuses to start) instead of sharing this one's leases and claims unseen.
+        self._nonce = uuid.uuid4().hex
+        self.instance_live_s = INSTANCE_LIVE_S
+        self._id_lost = False  # logged once: another process took this id over
         self.store = Store(settings.mongo_url, settings.mongo_db, settings.invocation_retention_s)
         # secrets (decrypted into workers' env) and scoped API tokens: hub.catalog.secrets, .tokens
         self.secrets = Secrets(self.store.db, lambda: load_key(settings.secrets_key, settings.data_dir))
         self.tokens = Tokens(self.store.db)
         self.registry = Registry(self.store, settings.data_dir, self.secrets)
         self.pool = pool or make_pool(settings)
+        track_slots(self.metrics, lambda: pool_slots(self.pool))  # read at scrape time
         self.secrets.on_change(self.pool.retire)  # a rotated secret: the next worker gets the new value
         self.router = Router()
         # usage metering rides the record writer's group commit (hub.delivery.usage)
@@ -104,7 +138,7 @@ class Hub:
         self.writer = RecordWriter(self.store.db, on_written=self.usage.add)
         self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
                                      Completions(self.store.db), crash_point=settings.test_crash_point,
-                                     instance=self.instance_id)
+                                     instance=self.instance_id, tracing=self.tracing)
         self.inbox = Inbox(
             self.store, self.router, self.dispatcher, self.metrics,
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
@@ -115,10 +149,10 @@ class Hub:
         # S3 catch-up scan + webhook dedup (hub/intake/s3_reconcile.py)
         self.s3_reconciler = S3Reconciler(
             settings, self.store, self.store.db, self.router, self.inbox, self.metrics, owner=self.instance_id)
-        sink = DispatchSink(self.router, self.dispatcher, self.metrics)
+        sink = DispatchSink(self.router, self.dispatcher, self.metrics, self.tracing)
         self.sources = Sources(settings, self.store, self.router, sink, self.instance_id)
         self.cursors = Cursors(self.store, self.sources)  # trigger cursors and their gauges
-        self.scheduler = Scheduler(self.store, self.router, self.inbox)
+        self.scheduler = Scheduler(self.store, self.router, self.inbox, self.tracing)
         self.trigger_sync = TriggerSync(self.store, self.router, self.scheduler, self.sources)
         self.readiness = Readiness(settings, self.instance_id, self.store, self.router, self.sources,
                                    self.inbox, self.scheduler, self.s3_reconciler, self.pool)
@@ -132,10 +166,10 @@ class Hub:
             inbox=self.inbox, triggers=self.triggers, trigger_sync=self.trigger_sync, sources=self.sources,
             cursors=self.cursors, scheduler=self.scheduler, usage=self.usage, s3_reconciler=self.s3_reconciler,
             readiness=self.readiness, public_body_budget=budget,
-            secrets=self.secrets, tokens=self.tokens)
+            secrets=self.secrets, tokens=self.tokens, tracing=self.tracing)
         function_urls = FunctionUrls(self.router, self.dispatcher, self.store, self.metrics,
                                      body_timeout_s=settings.http_body_timeout_s,
-                                     body_budget=budget)
+                                     body_budget=budget, tracing=self.tracing)
         self.web = make_app(services)
         self.fn_web = make_fn_app(function_urls)  # its own listener: never the console's origin
         self._runner: web.AppRunner | None = None
@@ -159,6 +193,13 @@ class Hub:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.init()
+        try:  # before anything starts: a second process with this id must not touch its work
+            await self.store.claim_instance(self.instance_id, self._nonce, self.instance_live_s,
+                                            {"host": socket.gethostname(), "pid": os.getpid()})
+        except InstanceTaken as exc:
+            log.error("refusing to start: this instance id is in use", instance=self.instance_id, error=str(exc))
+            await self.store.close()
+            raise
         await self.secrets.init()
         await self.tokens.init()
         await self.usage.init()
@@ -217,10 +258,11 @@ class Hub:
         await self.pool.close()
         await self.tokens.close()
         try:  # gone at once rather than after its heartbeat ages out (it counts as a live instance)
-            await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id)), 5)
+            await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id, self._nonce)), 5)
         except Exception as exc:
             log.debug("could not remove this instance's heartbeat", error=str(exc))
         await self.store.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes queued spans (the exporter bounds it)
         log.info("hub stopped", instance=self.instance_id)
 
     async def _sync_loop(self) -> None:
@@ -257,8 +299,12 @@ class Hub:
 
     async def _heartbeat(self) -> None:
         """Other instances see this one (an s3 trigger then needs the shared HUB_PUBLIC_URL)."""
-        await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url,
-                                                               "kafka": self.cursors.kafka_shares()}))
+        mine = await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url,
+                                                                      "kafka": self.cursors.kafka_shares()}, self._nonce))
+        if not mine and not self._id_lost:  # this process stalled past INSTANCE_LIVE_S and another took the id
+            log.error("another process now runs under this instance id; stop this one",
+                      instance=self.instance_id)
+        self._id_lost = not mine
         if self.settings.public_url or not any(t.source_type == "s3" for t in self.router.triggers.values()):
             return
         others = sorted(i["_id"] for i in await shielded(self.store.live_instances()) if i["_id"] != self.instance_id)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -37,6 +41,15 @@ class Metrics:
             registry=self.registry,
         )
         self.inbox_depth = Gauge("hub_inbox_depth", "Events waiting in the inbox", registry=self.registry)
+        # What an autoscaler (KEDA's Prometheus scaler) reads as work waiting: the shared inbox's
+        # items (S3 notifications, async invokes, schedule ticks, replays) by the trigger they
+        # are for ("(invoke)" for async invokes). The inbox is shared: every instance reports the
+        # same numbers, so aggregate with max over instances, not sum (deploy/kubernetes).
+        self.inbox_backlog = Gauge(
+            "hub_inbox_backlog",
+            "Inbox items (queued, retrying or running) by trigger; the same on every instance",
+            ["trigger"], registry=self.registry,
+        )
         self.workers = Gauge(
             "hub_workers", "Worker processes by state", ["state"], registry=self.registry
         )
@@ -71,3 +84,28 @@ class Metrics:
             "Dead letters stored now, by trigger (\"(invoke)\": direct invokes); the same on every instance",
             ["trigger"], registry=self.registry,
         )
+
+
+SlotReader = Callable[[], tuple[int, int]]
+
+
+class SlotsCollector(Collector):
+    """``hub_worker_slots_in_use`` and ``hub_worker_slots_total`` read from the worker pool at
+    scrape time, so they cannot go stale between invocations; an autoscaler sums them over the
+    replicas to scale on running invocations against capacity."""
+
+    def __init__(self, read: SlotReader) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_use, total = self._read()
+        yield GaugeMetricFamily("hub_worker_slots_in_use",
+                                "Invocations running in this instance's workers now", value=in_use)
+        yield GaugeMetricFamily("hub_worker_slots_total",
+                                "Concurrency slots of the function versions this instance holds "
+                                "(the sum of their max_concurrency)", value=total)
+
+
+def track_slots(metrics: Metrics, read: SlotReader) -> None:
+    """Export the worker slots of one instance (wired by hub.app, which knows the pool)."""
+    metrics.registry.register(SlotsCollector(read))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,20 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class InstanceTaken(RuntimeError):
+    """Another live process runs under this instance id: two would take each other's leases,
+    inbox claims and heartbeat, unnoticed. The second one refuses to start."""
+
+    def __init__(self, instance: str, holder: dict[str, Any]) -> None:
+        self.instance = instance
+        where = ", ".join(f"{k} {holder[k]}" for k in ("url", "host", "pid") if holder.get(k))
+        super().__init__(
+            f"another hub instance is running with the id {instance!r} ({where or 'its heartbeat is live'}): "
+            f"each instance needs its own HUB_INSTANCE_ID (or HUB_DATA_DIR, where a generated id is kept); "
+            f"a stopped or crashed instance's id is free again once its heartbeat stops (at once after a "
+            f"graceful stop)")
 
 
 def _claimable(t: dt.datetime) -> dict[str, Any]:
@@ -133,6 +148,7 @@ class Store:
         await db.invocations.create_index([("trigger", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
         await db.invocations.create_index([("status", ASCENDING), ("started_at", DESCENDING), ("_id", DESCENDING)])
         await db.invocations.create_index([("request_id", ASCENDING)])
+        await db.invocations.create_index([("trace_id", ASCENDING)], sparse=True)  # ?trace_id= (hub.tracing)
         await db.invocations.create_index([("started_at", DESCENDING), ("_id", DESCENDING)])
         await db.invocations.create_index([("event_ids", ASCENDING)])
         await db.invocations.create_index([("done", ASCENDING)])
@@ -276,11 +292,56 @@ class Store:
         return res.matched_count > 0
 
     # -- instances --------------------------------------------------------------------------
-    async def heartbeat(self, instance: str, fields: dict[str, Any]) -> None:
-        await self.db.instances.update_one({"_id": instance}, {"$set": {**fields, "last_seen": self.now()}}, upsert=True)
+    async def heartbeat(self, instance: str, fields: dict[str, Any], nonce: str | None = None) -> bool:
+        """Write this instance's heartbeat; with ``nonce`` (the process's own, see
+        :meth:`claim_instance`) only while the id is still this process's: False when another
+        process holds it now (it waited this one's heartbeat out: this one had stalled)."""
+        where: dict[str, Any] = {"_id": instance}
+        if nonce is not None:
+            where["nonce"] = nonce
+        try:
+            await self.db.instances.update_one(where, {"$set": {**fields, "last_seen": self.now()}}, upsert=True)
+        except DuplicateKeyError:  # the upsert met the other process's document
+            return False
+        return True
 
-    async def forget_instance(self, instance: str) -> None:
-        await self.db.instances.delete_one({"_id": instance})
+    async def claim_instance(self, instance: str, nonce: str, live_s: float, fields: dict[str, Any]) -> None:
+        """Make ``instance`` this process's (its heartbeat document carries ``nonce``), or raise
+        :class:`InstanceTaken` while another process beats under the same id.
+
+        A heartbeat younger than ``live_s`` may be a live process or one that just crashed (a
+        pod's container restarted under the same name): it is watched for up to ``live_s``, and
+        only a beat in that time (a new ``last_seen`` or nonce) proves a live owner. A graceful
+        stop removes the document, and one not renewed for ``live_s`` is taken over at once.
+        Every step is one conditional write, so of two processes starting together one wins."""
+        deadline = time.monotonic() + live_s
+        seen: tuple[Any, Any] | None = None  # (nonce, last_seen) of the other process's document
+        expired = False
+        while True:
+            stale: list[dict[str, Any]] = [{"nonce": nonce}, {"last_seen": {"$lt": self.now() - dt.timedelta(seconds=live_s)}}]
+            if expired and seen is not None:  # the very document watched, unchanged for live_s
+                stale.append({"nonce": seen[0], "last_seen": seen[1]})
+            doc = {**fields, "nonce": nonce, "last_seen": self.now()}
+            try:
+                await self.db.instances.update_one({"_id": instance, "$or": stale}, {"$set": doc}, upsert=True)
+                return
+            except DuplicateKeyError:
+                pass
+            current = await self.db.instances.find_one({"_id": instance})
+            if current is None:
+                continue  # removed meanwhile (a graceful stop): claim it now
+            now_seen = (current.get("nonce"), current.get("last_seen"))
+            if seen is None:
+                seen = now_seen
+            elif now_seen != seen:
+                raise InstanceTaken(instance, current)
+            expired = time.monotonic() >= deadline
+            if not expired:
+                await asyncio.sleep(0.25)
+
+    async def forget_instance(self, instance: str, nonce: str | None = None) -> None:
+        """Remove the heartbeat (with ``nonce``: only while it is this process's)."""
+        await self.db.instances.delete_one({"_id": instance, **({} if nonce is None else {"nonce": nonce})})
 
     async def live_instances(self, within_s: float = 30.0) -> list[dict[str, Any]]:
         """Instances seen within ``within_s`` (every instance writes a heartbeat every few seconds)."""
@@ -506,6 +567,16 @@ class Store:
         """Items waiting in the inbox: all of them, or those of one trigger."""
         where = {} if trigger is None else {"$or": [{"triggers": trigger}, {"trigger": trigger}]}
         return await self.db.inbox.count_documents(where)
+
+    async def inbox_backlog(self) -> dict[str, int]:
+        """Inbox items by the trigger they are for (an S3 item counts for each of its
+        triggers; an item with none, e.g. an async invoke, under "(KIND)"): what an autoscaler
+        reads as work waiting. One aggregation, whatever the number of triggers."""
+        label = {"$cond": [{"$gt": [{"$size": {"$ifNull": ["$triggers", []]}}, 0]}, "$triggers",
+                           [{"$ifNull": ["$trigger", {"$concat": ["(", {"$ifNull": ["$kind", "?"]}, ")"]}]}]]}
+        cursor = await self.db.inbox.aggregate([{"$project": {"t": label}}, {"$unwind": "$t"},
+                                                {"$group": {"_id": "$t", "n": {"$sum": 1}}}])
+        return {str(d["_id"]): int(d["n"]) async for d in cursor}
 
     async def watch_inbox(self, pipeline: list[dict[str, Any]], max_await_ms: int) -> Any:
         """A change stream on the inbox (its wake-ups; the caller projects what travels)."""

@@ -258,6 +258,9 @@ class Cursors:
         try:
             with pymongo.timeout(READ_TIMEOUT_S):
                 metrics.inbox_depth.set(await shielded(self.store.inbox_depth()))
+                # per trigger, for autoscalers (KEDA); a trigger whose items are all gone drops out
+                backlog = await shielded(self.store.inbox_backlog())
+                _set_all(metrics.inbox_backlog, {t: float(n) for t, n in backlog.items()})
         except Exception:
             pass  # MongoDB away: the last value stays
 
