@@ -181,3 +181,39 @@ async def test_revocation_is_immediate_on_another_instance(pair: tuple[Hub, Hub]
             assert status == 401, body
         async with http.get(b.url + "/metrics") as r:  # HUB_METRICS_PUBLIC=true on b
             assert r.status == 200
+
+
+async def test_guessing_costs_the_guesser_not_the_hub(hub: Hub, api: Api, http: aiohttp.ClientSession) -> None:
+    """Wrong tokens: a string that cannot be a token is refused without a MongoDB read; one of the
+    right form is read once, then refused from memory (while the watch follows the collection).
+    Scoped tokens are found by their SHA-256, so response times tell nothing about stored ones;
+    HUB_API_TOKEN is compared with hmac.compare_digest."""
+    reads = 0
+    real = hub.tokens.db
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @property
+        def tokens(self) -> Any:
+            nonlocal reads
+            reads += 1
+            return real.tokens
+
+    hub.tokens.db = Counting()  # type: ignore[assignment]
+    try:
+        await eventually(lambda: _value(hub.tokens.cache_enabled))
+        for _ in range(5):
+            assert (await _status(http, api.base, "GET", "/v1/functions", "not-a-token"))[0] == 401
+        assert reads == 0
+        guess = "thk_" + "Z" * 43
+        for _ in range(5):
+            assert (await _status(http, api.base, "GET", "/v1/functions", guess))[0] == 401
+        assert reads == 1
+    finally:
+        hub.tokens.db = real
+
+
+async def _value(value: Any) -> Any:
+    return value
