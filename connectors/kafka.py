@@ -83,6 +83,8 @@ def message_event(msg: ConsumerRecord[bytes, bytes]) -> Event:
             "partition": msg.partition,
             "offset": msg.offset,
             "timestamp": msg.timestamp,
+            # Kafka's timestamp type as Lambda names it (0 = CreateTime, 1 = LogAppendTime)
+            "timestamp_type": "LOG_APPEND_TIME" if msg.timestamp_type == 1 else "CREATE_TIME",
             "headers": {k: _text_or_b64(v) for k, v in (msg.headers or ())},
         },
     )

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     s3_rgw_persistent: bool = True
     # The URL the S3 server uses to reach the hub (webhook push endpoint); defaults to the listen address.
     public_url: str = ""
+    # What functions with event_format "aws" are told about where they run (ARNs, awsRegion,
+    # AWS_REGION) and the region SigV4 requests to the Lambda API are signed for; the account is a
+    # stable placeholder: no AWS account is behind it (hub.spec.aws_events).
+    aws_region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+    aws_account: str = Field(default="000000000000", pattern=r"^\d{12}$")
     # None = not set: generated into DATA_DIR (see ensure_tokens); "" or short = refused at start.
     api_token: str | None = None
     webhook_token: str | None = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.events import Event
+from hub.spec import aws_events
 
 ENVELOPE_TYPE = "hub.batch"
 
@@ -39,8 +40,14 @@ class BadItemFailures(ValueError):
     """The handler's batchItemFailures cannot be trusted: the whole batch counts as failed."""
 
 
-def reported_failures(result: Any, event_ids: list[str]) -> set[str]:
-    """The ids the handler reported as failed ({} when it reported none)."""
+def reported_failures(result: Any, event_ids: list[str],
+                      aliases: dict[str, set[str]] | None = None) -> set[str]:
+    """The ids the handler reported as failed ({} when it reported none).
+
+    ``aliases`` (``event_format: "aws"``, from ``hub.spec.aws_events.identifiers``) adds the
+    identifiers Lambda uses for the source -- an S3 sequencer, Kafka's ``{"partition":
+    "topic-0", "offset": 12}`` or ``"topic-0-12"``, a change stream's resume token -- each naming
+    the hub event ids it stands for; the hub's own event ids are always accepted."""
     if not isinstance(result, dict) or "batchItemFailures" not in result:
         return set()
     items = result["batchItemFailures"]
@@ -48,14 +55,16 @@ def reported_failures(result: Any, event_ids: list[str]) -> set[str]:
         return set()
     if not isinstance(items, list):
         raise BadItemFailures("batchItemFailures must be a list of {\"itemIdentifier\": EVENT_ID}")
-    known = set(event_ids)
+    known = {i: {i} for i in event_ids} if aliases is None else aliases
     failed: set[str] = set()
     for item in items:
         ident = item.get("itemIdentifier") if isinstance(item, dict) else None
-        if not isinstance(ident, str) or ident not in known:
+        key = ident if aliases is None or isinstance(ident, str) else aws_events.identifier_key(ident)
+        if not isinstance(key, str) or key not in known:
             raise BadItemFailures(f"batchItemFailures names {str(ident)[:200]!r}, which is not an event id "
-                                  "of this batch")
-        failed.add(ident)
+                                  "of this batch" + ("" if aliases is None else " (nor a sequencer, "
+                                                     "topic-partition-offset or resume token of one)"))
+        failed |= known[key]
     return failed
 
 
