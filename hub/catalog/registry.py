@@ -74,6 +74,11 @@ class VersionRuntime(FunctionRuntime):
     # (hub.delivery.dispatch); empty for a function without secrets, which so pays nothing
     secret_values: tuple[str, ...] = field(default=(), repr=False)
 
+    def __repr__(self) -> str:
+        # env names only: a traceback that shows locals, or a debug line, never shows a value
+        return (f"VersionRuntime(name={self.name!r}, version={self.version!r}, qualifier={self.qualifier!r}, "
+                f"env names={sorted(self.env)})")
+
 
 def split_ref(ref: str) -> tuple[str, str]:
     """"NAME" / "NAME:QUALIFIER" -> (NAME, QUALIFIER); the qualifier defaults to "latest"."""
