@@ -2,8 +2,11 @@
 
 Each test runs the hub as a subprocess (``python -m hub.cli serve``) with a fixed instance id and
 port, writes events with unique sequence ids, injects faults at random moments (the seed is
-printed; set CHAOS_SEED to replay a schedule) and then checks what the hub recorded in MongoDB:
-nothing lost, no (trigger, event) succeeded twice, every source resumed after the last fault.
+printed; set CHAOS_SEED to replay a schedule) and then checks what the hub recorded in MongoDB
+against what the function itself reported doing (tests/witness.py: one request per run to a
+server of the test's own): nothing lost, no success run again, every source resumed after the
+last fault. Each stream ends with marker events written last; duplicates are counted once those
+have run, not after a sleep.
 
 The hub's log (JSON lines) is in the test's tmp dir; its tail is printed when a test fails, and a
 py-spy dump of the hub when it stops making progress or ignores SIGTERM.
@@ -39,7 +42,6 @@ from tests.chaos import (
     outcome,
     paced,
     produce_seq,
-    seq_function,
     start_producer,
     summarize,
     timed_get,
@@ -48,6 +50,9 @@ from tests.chaos import (
 from tests.hubfixtures import Api, eventually
 from tests.test_kafka_connector import create_topic
 from tests.test_sources import minio_client
+from tests.witness import Judgement, Witness, wait_judged_clean
+
+pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 
@@ -136,7 +141,8 @@ async def _delete_s3_notification(rgw: Any, bucket: str) -> None:
 async def test_hub_kill9_loses_nothing_and_never_reruns_a_success(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    """kill -9 the hub 4 times and mongod once while kafka, mongodb and s3 events flow."""
+    """kill -9 the hub 4 times and mongod once while kafka, mongodb and s3 events flow: every write
+    ran (the function's own reports) and succeeded (the records), none ran again after its success."""
     rng = _rng("test_hub_kill9")
     tag = uuid.uuid4().hex[:8]
     topic, bucket, app_db = f"chaos-{tag}", f"chaos-{tag}", f"app_{tag}"
@@ -148,11 +154,12 @@ async def test_hub_kill9_loses_nothing_and_never_reruns_a_success(
             _hub_process(servers, tmp_path, mongo.url) as hub:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, serverSelectionTimeoutMS=5000)
         producer = await start_producer(servers["kafka"].bootstrap)
+        witness = Witness()
         try:
             hub.start()
             await hub.wait_healthy(http)
             api = Api(http, hub.url)
-            await api.put_function("rec", seq_function(), max_concurrency=8)
+            await api.put_function("rec", witness.function(), max_concurrency=8, network=witness.network)
             await api.put_trigger("t-kafka", "rec", {"type": "kafka", "topic": topic})
             await api.put_trigger("t-mongo", "rec", {"type": "mongodb", "database": app_db,
                                                      "collection": "items", "operations": ["insert"]})
@@ -163,8 +170,8 @@ async def test_hub_kill9_loses_nothing_and_never_reruns_a_success(
             ledger = Ledger()
             coll = client[app_db]["items"]
 
-            async def kafka_write(i: int) -> None:
-                await produce_seq(producer, topic, f"k-{i:06d}", i % PARTITIONS)
+            async def kafka_write(i: int, partition: int | None = None) -> None:
+                await produce_seq(producer, topic, f"k-{i:06d}", i % PARTITIONS if partition is None else partition)
                 ledger.add(f"k-{i:06d}")
 
             async def mongo_write(i: int) -> None:
@@ -214,22 +221,28 @@ async def test_hub_kill9_loses_nothing_and_never_reruns_a_success(
             for i in range(s3_n, s3_n + 3):
                 await s3_write(i)
             after_last = ledger.since(last_fault)
+            # the end of each stream: one marker per Kafka partition, one insert, one upload
+            markers = [f"k-{kafka_n + 8 + p:06d}" for p in range(PARTITIONS)] + \
+                [f"m-{mongo_n + 4:06d}", f"s-{s3_n + 3:06d}"]
+            for p in range(PARTITIONS):
+                await kafka_write(kafka_n + 8 + p, partition=p)
+            await mongo_write(mongo_n + 4)
+            await s3_write(s3_n + 3)
 
             db = client[hub.env["HUB_MONGO_DB"]]
             try:
                 out = await wait_all_succeeded(db, ledger, timeout=180, interval=2.0)
             except AssertionError as exc:
                 raise AssertionError(await _hang_report(hub, str(exc))) from None
-            # let redeliveries that were in flight settle before counting duplicates
-            await eventually(lambda: _inbox_empty(db), timeout=60, interval=0.5)
-            await asyncio.sleep(3)
+            verdict = await _settled_verdict(db, witness, ledger, markers)
             out = await outcome(db)
-            print("outcome:", counts(ledger, out))
-            not_resumed = [s for s in after_last if s not in out.succeeded_seqs]
+            print("outcome:", counts(ledger, out), "|", verdict.summary())
+            not_resumed = [s for s in after_last if not witness.runs_of(s) or s not in out.succeeded_seqs]
             assert not not_resumed, f"writes after the last fault did not run: {not_resumed}"
             problems = summarize(ledger, out)
             assert not problems, "\n".join(problems)
         finally:
+            witness.close()
             await producer.stop()
             await client.close()
             await _delete_s3_notification(servers["rgw"], bucket)
@@ -237,6 +250,15 @@ async def test_hub_kill9_loses_nothing_and_never_reruns_a_success(
 
 async def _inbox_empty(db: Any) -> bool:
     return await db.inbox.count_documents({}) == 0
+
+
+async def _settled_verdict(db: Any, witness: Witness, ledger: Ledger, markers: list[str]) -> Judgement:
+    """Once every end-of-stream marker has run and the inbox is empty, nothing written earlier can
+    still be redelivered (a Kafka partition and the change stream replay in order up to their
+    marker; the inbox has nothing left): judge the function's runs against the records."""
+    await witness.wait_seen(markers, timeout=120)
+    await eventually(lambda: _inbox_empty(db), timeout=60, interval=0.2)
+    return await wait_judged_clean(db, witness, ledger.written, timeout=30)
 
 
 # -- 2 ---------------------------------------------------------------------------------------
@@ -256,11 +278,12 @@ async def test_hub_resumes_after_repeated_mongod_kills(
         producer = await start_producer(servers["kafka"].bootstrap)
         stop = asyncio.Event()
         writers: list[asyncio.Task[None]] = []
+        witness = Witness()
         try:
             hub.start()
             await hub.wait_healthy(http)
             api = Api(http, hub.url)
-            await api.put_function("rec", seq_function(), max_concurrency=8)
+            await api.put_function("rec", witness.function(), max_concurrency=8, network=witness.network)
             await api.put_trigger("t-kafka", "rec", {"type": "kafka", "topic": topic})
             await _ready(api)
             db = client[hub.env["HUB_MONGO_DB"]]
@@ -342,14 +365,17 @@ async def test_hub_resumes_after_repeated_mongod_kills(
 
             stop.set()
             await asyncio.gather(*writers)
+            markers = [f"k-end-{p}" for p in range(PARTITIONS)]
+            for p, marker in enumerate(markers):
+                await produce_seq(producer, topic, marker, p)
+                ledger.add(marker)
             try:
                 out = await wait_all_succeeded(db, ledger, timeout=120)
+                verdict = await _settled_verdict(db, witness, ledger, markers)
             except AssertionError as exc:
                 raise AssertionError(await _hang_report(hub, str(exc))) from None
-            await eventually(lambda: _inbox_empty(db), timeout=60, interval=0.5)
-            await asyncio.sleep(2)
             out = await outcome(db)
-            print("outcome:", counts(ledger, out))
+            print("outcome:", counts(ledger, out), "|", verdict.summary())
             problems += summarize(ledger, out)
 
             took_s = await hub.sigterm(timeout=30)
@@ -363,6 +389,7 @@ async def test_hub_resumes_after_repeated_mongod_kills(
             for w in writers:
                 w.cancel()
             await asyncio.gather(*writers, return_exceptions=True)
+            witness.close()
             await producer.stop()
             await client.close()
 
@@ -373,7 +400,8 @@ async def test_kill_between_success_record_and_marker(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """Issue 6 item 2, black box: kill -9 the hub 10 times while a kafka backlog runs through a
-    short function; no event may have two succeeded records.
+    short function; no event may have two succeeded records, and the function may run no event
+    again once a run of it has succeeded (runs whose record the kill prevented may repeat).
 
     The function is short (50 ms) on purpose: the gap between the success record and the
     completion marker is a few milliseconds per event, so the shorter the function, the larger the
@@ -384,11 +412,13 @@ async def test_kill_between_success_record_and_marker(
     async with _hub_process(servers, tmp_path, servers["mongo"].url) as hub:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
         producer = await start_producer(servers["kafka"].bootstrap)
+        witness = Witness()
         try:
             hub.start()
             await hub.wait_healthy(http)
             api = Api(http, hub.url)
-            await api.put_function("rec", seq_function(0.05), max_concurrency=PARTITIONS)
+            await api.put_function("rec", witness.function(0.05), max_concurrency=PARTITIONS,
+                                   network=witness.network)
             await api.put_trigger("t-kafka", "rec", {"type": "kafka", "topic": topic})
             await _ready(api)
             db = client[hub.env["HUB_MONGO_DB"]]
@@ -418,13 +448,18 @@ async def test_kill_between_success_record_and_marker(
                 hub.start()
                 await hub.wait_healthy(http)
             await top_up(0)
+            markers = [f"k-end-{p}" for p in range(PARTITIONS)]
+            for p, marker in enumerate(markers):
+                await produce_seq(producer, topic, marker, p)
+                ledger.add(marker)
             out = await wait_all_succeeded(db, ledger, timeout=180)
-            await asyncio.sleep(2)
+            verdict = await _settled_verdict(db, witness, ledger, markers)
             out = await outcome(db)
-            print(f"{hub.kills} kills; outcome:", counts(ledger, out))
+            print(f"{hub.kills} kills; outcome:", counts(ledger, out), "|", verdict.summary())
             problems = summarize(ledger, out)
             assert not problems, "\n".join(problems)
         finally:
+            witness.close()
             await producer.stop()
             await client.close()
 
@@ -439,28 +474,52 @@ CRASH_SEAM_HELP = (
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("point", ["after_record", "after_dead_letter"])
+@pytest.mark.parametrize("source", ["kafka", "mongodb", "s3"])
 async def test_crash_point_between_outcome_and_marker(
-    point: str, servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
+    source: str, point: str, servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    """Issue 6 item 2, deterministic: the hub dies exactly between writing an event's final
-    outcome (succeeded record / dead letter) and its completion marker, via the test seam
-    HUB_TEST_CRASH_POINT; after a restart the redelivered event must not run again."""
-    topic = f"seam-{uuid.uuid4().hex[:8]}"
-    await create_topic(servers["kafka"].bootstrap, topic, 1)
+    """Issue 6 item 2, deterministic, for each source: the hub dies exactly between writing an
+    event's final outcome (succeeded record / dead letter) and the source's ack (Kafka commit,
+    change-stream resume token, inbox item deleted), via the test seam HUB_TEST_CRASH_POINT; after
+    a restart the event is redelivered (the log says it was skipped) and the function -- its own
+    reports, not only the records -- never runs it again."""
+    tag = uuid.uuid4().hex[:8]
     fail = point == "after_dead_letter"
-    async with _hub_process(servers, tmp_path, servers["mongo"].url) as hub:
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
-        producer = await start_producer(servers["kafka"].bootstrap)
-        try:
+    prefix = {"kafka": "k", "mongodb": "m", "s3": "s"}[source]
+    first, marker = f"{prefix}-000000", f"{prefix}-000001"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    producer = await start_producer(servers["kafka"].bootstrap)
+    s3 = minio_client(servers["rgw"])
+    witness = Witness()
+    if source == "kafka":
+        await create_topic(servers["kafka"].bootstrap, f"seam-{tag}", 1)
+        spec: dict[str, Any] = {"type": "kafka", "topic": f"seam-{tag}"}
+    elif source == "mongodb":
+        spec = {"type": "mongodb", "database": f"app_{tag}", "collection": "items", "operations": ["insert"]}
+    else:
+        await asyncio.to_thread(s3.make_bucket, f"seam-{tag}")
+        spec = {"type": "s3", "bucket": f"seam-{tag}"}
+
+    async def write(seq: str, fail: bool = False) -> None:
+        if source == "kafka":
+            await produce_seq(producer, spec["topic"], seq, 0, fail=fail)
+        elif source == "mongodb":
+            await client[spec["database"]]["items"].insert_one({"_id": seq, "seq": seq, "fail": fail})
+        else:
+            key = f"seam/{seq}.fail" if fail else f"seam/{seq}.txt"
+            await asyncio.to_thread(s3.put_object, spec["bucket"], key, io.BytesIO(b"x"), 1)
+
+    try:
+        async with _hub_process(servers, tmp_path, servers["mongo"].url) as hub:
             hub.start(HUB_TEST_CRASH_POINT=point)
             await hub.wait_healthy(http)
             api = Api(http, hub.url)
-            await api.put_function("rec", seq_function())
-            await api.put_trigger("t-kafka", "rec", {"type": "kafka", "topic": topic},
-                                  retry={"max_attempts": 1})
+            await api.put_function("rec", witness.function(), network=witness.network)
+            trig = await api.put_trigger("t", "rec", spec, retry={"max_attempts": 1})
+            assert source != "s3" or trig["notifications"]["configured"] is True, trig
             await _ready(api)
             db = client[hub.env["HUB_MONGO_DB"]]
-            await produce_seq(producer, topic, "k-000000", 0, fail=fail)
+            await write(first, fail=fail)
 
             async def outcome_written() -> bool:
                 if fail:
@@ -472,30 +531,38 @@ async def test_crash_point_between_outcome_and_marker(
             assert code is not None, CRASH_SEAM_HELP.format(
                 point=point, what="an event's dead letter" if fail else "an event's success (its invocation record)")
             assert code == 137, f"hub exited with {code}, expected 137 from the crash point"
+            (crashed,) = await db.invocations.find({"trigger": "t"}).to_list(None)
+            assert crashed["status"] == ("failed" if fail else "succeeded"), crashed
+            log_before = hub.log_path.read_text()
 
             hub.start()  # no crash point this time
             await hub.wait_healthy(http)
-            # a marker behind it in the same partition: once it has run, the first was redelivered
-            await produce_seq(producer, topic, "k-000001", 0)
-
-            async def marker_ran() -> bool:
-                return await db.invocations.count_documents({"status": "succeeded", "result.seqs": "k-000001"}) > 0
-
-            await eventually(marker_ran, timeout=90, interval=0.2)
-            first = {"trigger": "t-kafka", "status": "failed"} if fail else {"result.seqs": "k-000000"}
-            runs = await db.invocations.find(first).to_list(None)
-            assert len(runs) == 1, (f"the event ran {len(runs)} times; a {'dead-lettered' if fail else 'succeeded'}"
-                                    f" event must never run again: {[(r['_id'], r['status']) for r in runs]}")
-        finally:
-            await producer.stop()
-            await client.close()
-
-
-BATCH_FUNCTION = """
-def handler(event, context):
-    failed = [{"itemIdentifier": r["id"]} for r in event["records"] if r["data"]["value"].get("fail")]
-    return {"seqs": [r["data"]["value"]["seq"] for r in event["records"]], "batchItemFailures": failed}
-"""
+            # a marker behind it: once it has run, the first event was redelivered before it (Kafka,
+            # the change stream) or its inbox item taken back at start (S3)
+            await write(marker)
+            await witness.wait_seen([marker], timeout=90)
+            await eventually(lambda: _inbox_empty(db), timeout=30, interval=0.1)
+            verdict = await wait_judged_clean(db, witness, [first, marker], timeout=30)
+            print(f"{source} {point}:", verdict.summary())
+            runs = [(r.n, r.attempt) for r in witness.runs_of(first)]
+            assert len(runs) == 1, (f"the function ran {first} {len(runs)} times (its own reports: {runs}); "
+                                    f"a {'dead-lettered' if fail else 'succeeded'} event must never run again")
+            assert len(witness.runs_of(marker)) == 1
+            assert not verdict.unrecorded, f"runs without a record (no kill here): {verdict.unrecorded}"
+            records = await db.invocations.find({"event_id": crashed["event_id"]}).to_list(None)
+            assert [r["_id"] for r in records] == [crashed["_id"]], \
+                f"the event has {len(records)} records: {[(r['_id'], r['status']) for r in records]}"
+            assert await db.dead_letters.count_documents({}) == int(fail)
+            skipped = [line for line in hub.log_path.read_text()[len(log_before):].splitlines()
+                       if "duplicate event skipped" in line and crashed["event_id"] in line]
+            assert skipped, (f"the restarted hub never saw {crashed['event_id']} again (no 'duplicate event "
+                             f"skipped' in its log): the test did not exercise the redelivery")
+    finally:
+        witness.close()
+        await producer.stop()
+        await client.close()
+        if source == "s3":
+            await _delete_s3_notification(servers["rgw"], spec["bucket"])
 
 
 @pytest.mark.timeout(300)
@@ -504,17 +571,19 @@ async def test_crash_mid_batch_never_reruns_its_finished_records(
 ) -> None:
     """Issue 7: a batch partly succeeds (its first records finished, one failed), the hub dies
     right after that record is durable and before the offset is committed; the redelivered batch
-    runs only what had not finished, in order, and the failed record is dead-lettered alone."""
+    runs only what had not finished, in order, and the failed record is dead-lettered alone. The
+    function's own reports show the same runs as the records, and no other."""
     topic = f"midbatch-{uuid.uuid4().hex[:8]}"
     await create_topic(servers["kafka"].bootstrap, topic, 1)
     async with _hub_process(servers, tmp_path, servers["mongo"].url) as hub:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
         producer = await start_producer(servers["kafka"].bootstrap)
+        witness = Witness()
         try:
             hub.start(HUB_TEST_CRASH_POINT="after_record")
             await hub.wait_healthy(http)
             api = Api(http, hub.url)
-            await api.put_function("batch", BATCH_FUNCTION)
+            await api.put_function("batch", witness.function(), network=witness.network)
             await api.put_trigger("t-batch", "batch", {"type": "kafka", "topic": topic},
                                   batch={"size": 5, "window_ms": 2000},
                                   retry={"max_attempts": 2, "backoff_s": 0.05, "max_backoff_s": 0.1})
@@ -542,7 +611,11 @@ async def test_crash_mid_batch_never_reruns_its_finished_records(
                 ["b-2", "b-3", "b-4"], ["b-2", "b-3", "b-4"], ["b-3", "b-4"]]
             (dl,) = await db.dead_letters.find().to_list(None)
             assert dl["event"]["data"]["value"]["seq"] == "b-2"
+            # the function saw exactly these four runs, the records name them, and b-0, b-1 ran once
+            assert [list(r.seqs) for r in witness.runs] == [r["result"]["seqs"] for r in records], witness.runs
+            assert [r.run for r in witness.runs] == [r["result"]["run"] for r in records]
         finally:
+            witness.close()
             await producer.stop()
             await client.close()
 

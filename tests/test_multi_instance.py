@@ -1,10 +1,14 @@
 """Three hub processes behind one HAProxy, as a multi-instance deployment runs (issue 11).
 
-Events come from all three sources while all three instances run, then while one is stopped
-gracefully, then after another is killed with -9. Checked from the records in MongoDB: every
-event succeeded exactly once, every source kept going to the end, and while all three ran each
-instance ran a share of the Kafka events (partitions split across the group) and of the S3
-events (the shared inbox, fed through the proxy by RGW's notifications).
+Events come from all three sources while all three instances run, then while the instance
+reading the change stream is stopped gracefully, then after the one that took the stream over is
+killed with -9 (both chosen on purpose: /readyz and the lease in MongoDB agree who holds
+``stream:t-mongo``). Checked from the records in MongoDB and from the function's own reports of
+its runs (tests/witness.py): every event ran and succeeded exactly once while nothing failed, none
+was lost or ran again after its success through the stop and the kill, every source kept going to
+the end (each stream ends with marker events), and while all three ran each instance ran a share
+of the Kafka events (partitions split across the group) and of the S3 events (the shared inbox,
+fed through the proxy by RGW's notifications).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from tests.chaos import (
     outcome,
     paced,
     produce_seq,
-    seq_function,
     start_producer,
     summarize,
     wait_all_succeeded,
@@ -42,6 +45,9 @@ from tests.hubfixtures import Api, eventually
 from tests.test_chaos import _delete_s3_notification, _inbox_empty
 from tests.test_kafka_connector import create_topic
 from tests.test_sources import minio_client
+from tests.witness import Witness, wait_judged_clean
+
+pytestmark = pytest.mark.integration
 
 PARTITIONS = 6
 Write = Callable[[int], Awaitable[None]]
@@ -60,6 +66,26 @@ async def _proxy_serves(http: aiohttp.ClientSession, url: str) -> bool:
             return r.status == 200
     except (aiohttp.ClientError, asyncio.TimeoutError):
         return False
+
+
+async def _stream_holder(http: aiohttp.ClientSession, db: Any, hubs: list[HubProcess], trigger: str) -> HubProcess:
+    """The live instance reading ``trigger``'s change stream: its /readyz says "running" for it,
+    every other live instance's says "held by" it, and the lease ``stream:<trigger>`` names it."""
+    async def agreed() -> HubProcess | None:
+        states: list[tuple[HubProcess, Any]] = []
+        for hub in (h for h in hubs if h.alive()):
+            _, body = await Api(http, hub.url).call("GET", "/readyz")
+            subs = body.get("subscriptions") if isinstance(body, dict) else None
+            states.append((hub, ((subs or {}).get(trigger) or {}).get("state")))
+        running = [h for h, state in states if state == "running"]
+        if len(running) != 1:
+            return None
+        holder_id = running[0].env["HUB_INSTANCE_ID"]
+        lease = await db.leases.find_one({"_id": f"stream:{trigger}"})
+        others_agree = all(state == f"held by {holder_id}" for h, state in states if h is not running[0])
+        return running[0] if others_agree and lease and lease["owner"] == holder_id else None
+
+    return await eventually(agreed, timeout=60, interval=0.3)  # type: ignore[no-any-return]
 
 
 async def _ran_by(db: Any, trigger: str, seqs: set[str]) -> Counter[str]:
@@ -93,6 +119,7 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
     await create_topic(servers["kafka"].bootstrap, topic, PARTITIONS)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
     producer = await start_producer(servers["kafka"].bootstrap)
+    witness = Witness()
     await asyncio.to_thread(proxy.start)
     try:
         for hub in hubs:
@@ -103,7 +130,7 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
         await eventually(lambda: _proxy_serves(http, proxy.url), timeout=30)
         api = Api(http, proxy.url)  # clients use the shared address too
         # a little work per event, so that a burst needs more than one instance's workers
-        await api.put_function("rec", seq_function(sleep_s=0.02), max_concurrency=4)
+        await api.put_function("rec", witness.function(sleep_s=0.02), max_concurrency=4, network=witness.network)
         await api.put_trigger("t-kafka", "rec", {"type": "kafka", "topic": topic})
         await api.put_trigger("t-mongo", "rec", {"type": "mongodb", "database": app_db,
                                                  "collection": "items", "operations": ["insert"]})
@@ -121,10 +148,10 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
         coll = client[app_db]["items"]
         counter = Counter[str]()
 
-        async def kafka_write(_: int) -> None:
+        async def kafka_write(_: int, partition: int | None = None) -> None:
             i = counter["k"]
             counter["k"] += 1
-            await produce_seq(producer, topic, f"k-{i:06d}", i % PARTITIONS)
+            await produce_seq(producer, topic, f"k-{i:06d}", i % PARTITIONS if partition is None else partition)
             ledger.add(f"k-{i:06d}")
 
         async def mongo_write(_: int) -> None:
@@ -152,10 +179,15 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
         await phase(6.0, 180, 30, 45)
         await wait_all_succeeded(db, ledger, timeout=120)
         first = set(ledger.written)
+        # nothing failed yet: the function ran each write exactly once, and each run has its record
+        verdict = await wait_judged_clean(db, witness, first, timeout=30)
+        twice = {s: len(witness.runs_of(s)) for s in first if len(witness.runs_of(s)) != 1}
+        assert not twice and not verdict.unrecorded, f"with no fault: runs per write {twice}; " \
+            f"runs with no record {verdict.unrecorded[:5]}"
         kafka_share = await _ran_by(db, "t-kafka", first)
         s3_share = await _ran_by(db, "t-s3", first)
         ids = [h.env["HUB_INSTANCE_ID"] for h in hubs]
-        print("while all ran -- kafka:", dict(kafka_share), "s3:", dict(s3_share))
+        print("while all ran -- kafka:", dict(kafka_share), "s3:", dict(s3_share), "|", verdict.summary())
         assert all(kafka_share[i] > 0 for i in ids), f"an instance ran no Kafka events: {kafka_share}"
         assert all(s3_share[i] > 0 for i in ids), f"an instance ran no S3 events: {s3_share}"
 
@@ -170,8 +202,10 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
 
         await eventually(whole_cursor, timeout=30)
 
-        # 2. one stops gracefully while events flow; 3. another is killed while events flow
-        stopping, killed, left = hubs
+        # 2. the stream's reader stops gracefully while events flow; 3. the instance that took the
+        # stream over is killed while events flow
+        stopping = await _stream_holder(http, db, hubs, "t-mongo")
+        print("stopping gracefully: the stream holder", stopping.env["HUB_INSTANCE_ID"])
 
         async def stop_gracefully() -> int | None:
             await asyncio.sleep(1.5)
@@ -183,20 +217,33 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
         assert results[1] == 0, f"a graceful stop exited with {results[1]}\n{stopping.tail()}"
 
         killed_at: list[float] = []
+        new_holder = await _stream_holder(http, db, hubs, "t-mongo")  # it took the stream over
+        killed = new_holder
+        left = next(h for h in hubs if h is not stopping and h is not killed)
 
         async def kill() -> None:
             await asyncio.sleep(1.5)
+            assert await _stream_holder(http, db, hubs, "t-mongo") is killed  # still, at the kill
             killed.kill9()
             killed_at.append(time.monotonic())
+            print("killed -9: the stream holder", killed.env["HUB_INSTANCE_ID"])
 
         await asyncio.gather(phase(5.0, 120, 20, 30), kill())
         after_kill = set(ledger.since(killed_at[0]))  # only the last instance can run these
+        # the end of each stream, written last: a marker per partition, one insert, one upload
+        markers = [f"k-{counter['k'] + p:06d}" for p in range(PARTITIONS)] + \
+            [f"m-{counter['m']:06d}", f"s-{counter['s']:06d}"]
+        for p in range(PARTITIONS):
+            await kafka_write(0, partition=p)
+        await mongo_write(0)
+        await s3_write(0)
         await wait_all_succeeded(db, ledger, timeout=180, interval=1.0)
-        # redeliveries in flight settle before duplicates are counted
-        await eventually(lambda: _inbox_empty(db), timeout=60, interval=0.5)
-        await asyncio.sleep(2)
+        # once every marker ran and the inbox is empty, nothing written before can be redelivered
+        await witness.wait_seen(markers, timeout=120)
+        await eventually(lambda: _inbox_empty(db), timeout=60, interval=0.2)
+        verdict = await wait_judged_clean(db, witness, ledger.written, timeout=30)
         out = await outcome(db)
-        print("outcome:", counts(ledger, out))
+        print("outcome:", counts(ledger, out), "|", verdict.summary())
         problems = summarize(ledger, out)
         assert not problems, "\n".join(problems)
         for trigger, prefix in (("t-kafka", "k"), ("t-mongo", "m"), ("t-s3", "s")):
@@ -204,6 +251,7 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
             ran = await _ran_by(db, trigger, late)
             assert late and {i for i, n in ran.items() if n} == {left.env["HUB_INSTANCE_ID"]}, (trigger, ran)
         assert left.alive()
+        assert await _stream_holder(http, db, hubs, "t-mongo") is left
     except BaseException:
         for hub in hubs:
             print(f"--- {hub.env['HUB_INSTANCE_ID']} log tail ({hub.log_path}) ---\n{hub.tail(40)}")
@@ -212,6 +260,7 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
         for hub in hubs:
             hub.cleanup()
         await asyncio.to_thread(proxy.stop)
+        witness.close()
         await producer.stop()
         await client.close()
         await _delete_s3_notification(servers["rgw"], bucket)

@@ -1,8 +1,10 @@
-"""Hub restarts: stop the hub, write while it is down, start a new one: every write runs, once."""
+"""Hub restarts: stop the hub, write while it is down, start a new one: every write runs, once --
+by the records and by the function's own reports of its runs (tests/witness.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,6 +19,9 @@ from hub.events import Event
 from hub.intake.inbox import Inbox
 from tests.hubfixtures import Api, eventually, make_settings
 from tests.test_sources import RECORD, produce
+from tests.witness import Witness, wait_judged_clean
+
+pytestmark = pytest.mark.integration
 
 
 async def _started(servers: dict[str, Any], data_dir: Path, db: str) -> Hub:
@@ -41,17 +46,19 @@ async def test_restart_resumes_where_it_stopped(
     source = ({"type": "kafka", "topic": topic} if source_type == "kafka"
               else {"type": "mongodb", "database": app_db, "collection": "items", "operations": ["insert"]})
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    witness = Witness()
+    seqs = [f"{source_type[0]}-{n:06d}" for n in range(9)]
 
     async def write(n: int) -> None:
-        if source_type == "kafka":
-            await produce(servers["kafka"].bootstrap, topic, [(None, f'{{"n": {n}}}'.encode())])
+        if source_type == "kafka":  # one partition: the stream is ordered
+            await produce(servers["kafka"].bootstrap, topic, [(None, json.dumps({"seq": seqs[n]}).encode())])
         else:
-            await mongo[app_db]["items"].insert_one({"n": n})
+            await mongo[app_db]["items"].insert_one({"seq": seqs[n]})
 
     try:
         first = await _started(servers, tmp_path, db)
         api = Api(http, first.url)
-        await api.put_function("rec", RECORD)
+        await api.put_function("rec", witness.function(), network=witness.network)
         await api.put_trigger("t", "rec", source)
         for n in range(3):
             await write(n)
@@ -64,11 +71,17 @@ async def test_restart_resumes_where_it_stopped(
         second = await _started(servers, tmp_path, db)
         try:
             api = Api(http, second.url)
-            invs = await api.wait_invocations(8, trigger="t")
-            _exactly_once(invs, 8)
+            await write(8)  # the marker, last: once it ran, nothing before it can come again
+            await witness.wait_seen(seqs[8:], timeout=60)
+            invs = await api.wait_invocations(9, trigger="t")
+            _exactly_once(invs, 9)
+            verdict = await wait_judged_clean(mongo[db], witness, seqs, timeout=30)
+            assert [len(witness.runs_of(s)) for s in seqs] == [1] * 9, witness.runs
+            assert not verdict.unrecorded, verdict.unrecorded
         finally:
             await second.stop()
     finally:
+        witness.close()
         await mongo.close()
 
 
@@ -76,7 +89,8 @@ async def test_restarted_hub_takes_back_its_own_stream_and_inbox_claims_at_once(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """A hub that dies holds a change-stream lease and inbox claims; restarted on the same data
-    dir it is the same instance (a stable id) and takes both back without waiting them out."""
+    dir it is the same instance (a stable id) and takes both back without waiting them out; the
+    function runs each once."""
     tag = uuid.uuid4().hex[:8]
     db, app_db = f"reclaim_{tag}", f"data_{tag}"
     # leases far longer than the test: only "it is my own" can explain a prompt restart
@@ -85,7 +99,8 @@ async def test_restarted_hub_takes_back_its_own_stream_and_inbox_claims_at_once(
     await first.start()
     instance = first.instance_id
     api = Api(http, first.url)
-    await api.put_function("rec", RECORD)
+    witness = Witness()
+    await api.put_function("rec", witness.function(), network=witness.network)
     await api.put_trigger("t", "rec", {"type": "mongodb", "database": app_db, "collection": "items",
                                        "operations": ["insert"]})
     await eventually(lambda: _is(first.sources.states().get("t"), "running"))
@@ -94,14 +109,14 @@ async def test_restarted_hub_takes_back_its_own_stream_and_inbox_claims_at_once(
     # invoke claimed mid-run, both held by this instance for another hour.
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     item = Inbox._item("invoke", Event(id="invoke:left-behind", source="invoke://rec", type="hub.invoke",
-                                       data={"n": 1}), function="rec", request_id=f"req-{tag}")
+                                       data={"seq": "a-000001"}), function="rec", request_id=f"req-{tag}")
     item.update(state="leased", owner=instance, lease_until=later, deliveries=1)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
     try:
         hub_db = mongo[db]
         await hub_db.leases.update_one({"_id": "stream:t"}, {"$set": {"owner": instance, "until": later}}, upsert=True)
         await hub_db.inbox.insert_one(item)
-        await mongo[app_db]["items"].insert_one({"n": 2})
+        await mongo[app_db]["items"].insert_one({"seq": "m-000002"})
         request_id = item["request_id"]
 
         second = Hub(make_settings(servers, tmp_path, db, lease_ttl_s=3600, inbox_lease_s=3600))
@@ -112,9 +127,12 @@ async def test_restarted_hub_takes_back_its_own_stream_and_inbox_claims_at_once(
             # both run long before any lease could run out
             await api.wait_invocations(1, trigger="t", timeout=30)
             await eventually(lambda: _invoked(api, request_id), timeout=30)
+            await wait_judged_clean(hub_db, witness, ["a-000001", "m-000002"], timeout=30)
+            assert [len(witness.runs_of(s)) for s in ("a-000001", "m-000002")] == [1, 1], witness.runs
         finally:
             await second.stop()
     finally:
+        witness.close()
         await mongo.close()
 
 

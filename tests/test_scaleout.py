@@ -1,5 +1,6 @@
-"""Two hub instances on one MongoDB: change streams have a single reader (lease) that fails over;
-a trigger made through one instance works for webhook events arriving at the other."""
+"""Two hub instances on one MongoDB: change streams have a single reader (lease) that fails over
+(when its holder stops, and when its holder is killed -9: counted by the function's own reports,
+tests/witness.py); a trigger made through one instance works for webhook events arriving at the other."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import datetime as dt
 import io
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,12 @@ from hub.settings import Settings
 from hub.events import Event
 from hub.intake.inbox import Inbox
 from hub.store import Store
+from tests.chaos import HubProcess, hub_env, paced
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings, watching_pair
 from tests.test_sources import RECORD, minio_client
+from tests.witness import Witness, wait_judged_clean
+
+pytestmark = pytest.mark.integration
 
 
 async def _hub(servers: dict[str, Any], data_dir: Path, db: str) -> Hub:
@@ -34,14 +38,17 @@ async def _hub(servers: dict[str, Any], data_dir: Path, db: str) -> Hub:
 async def test_change_stream_single_reader_and_failover(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
 ) -> None:
+    """One reader; its holder stops (gracefully) and the other takes over: the function ran each
+    insert exactly once, and every run has its record."""
     db = f"scale_{unique}"
     a = await _hub(servers, tmp_path / "a", db)
     b = await _hub(servers, tmp_path / "b", db)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    witness = Witness()
     hubs = [a, b]
     try:
         api = Api(http, a.url)
-        await api.put_function("rec", RECORD)
+        await api.put_function("rec", witness.function(), network=witness.network)
         await api.put_trigger("t", "rec", {"type": "mongodb", "database": f"app_{unique}", "collection": "c"})
 
         async def readers() -> list[Hub] | None:
@@ -50,27 +57,106 @@ async def test_change_stream_single_reader_and_failover(
 
         (holder,) = await eventually(readers)
         coll = mongo[f"app_{unique}"]["c"]
-        await coll.insert_many([{"n": n} for n in range(5)])
-        await api.wait_invocations(5, trigger="t")
+        seqs = [f"m-{n:06d}" for n in range(8)]
+        await coll.insert_many([{"seq": s} for s in seqs[:5]])
+        await witness.wait_seen(seqs[:5], timeout=60)
         await b.sources.reconcile()  # one more round: still only one reader
         assert [h for h in hubs if "t" in h.sources.states()] == [holder]
         other = next(h for h in hubs if h is not holder)
-        async with http.get(other.url + "/readyz") as r:
-            sub = (await r.json())["subscriptions"]["t"]
+        _, ready = await Api(http, other.url).call("GET", "/readyz")  # the detail needs a token
+        sub = ready["subscriptions"]["t"]
         assert sub["state"] == f"held by {holder.instance_id}", sub
 
         hubs.remove(holder)
         await holder.stop()
         (survivor,) = await eventually(readers)
         assert survivor is hubs[0]
-        await coll.insert_many([{"n": n} for n in range(5, 8)])
-        api = Api(http, survivor.url)
-        invs = await api.wait_invocations(8, trigger="t")
-        ran = Counter(i["result"]["data"]["fullDocument"]["n"] for i in invs if i["status"] == "succeeded")
-        assert ran == {n: 1 for n in range(8)}, ran
+        await coll.insert_many([{"seq": s} for s in seqs[5:]])
+        await witness.wait_seen(seqs, timeout=60)
+        verdict = await wait_judged_clean(mongo[db], witness, seqs, timeout=30)
+        assert {s: len(witness.runs_of(s)) for s in seqs} == dict.fromkeys(seqs, 1), witness.runs
+        assert not verdict.unrecorded, verdict.unrecorded
     finally:
         for h in hubs:
             await h.stop()
+        witness.close()
+        await mongo.close()
+
+
+async def test_change_stream_holder_killed_midstream(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str
+) -> None:
+    """Two hub processes; the one holding the change stream's lease (found through /readyz and the
+    lease, not assumed) is killed -9 while inserts flow. The other takes the stream over once the
+    lease runs out and resumes from the saved cursor: by the function's own reports every insert
+    ran, none ran again after its success (runs the kill cut off before their record may repeat),
+    and after the kill only the survivor ran anything. The stream ends with a marker insert."""
+    db, app_db = f"killholder_{unique}", f"app_{unique}"
+    hubs = []
+    for name in "ab":
+        port = free_port()
+        env = hub_env(servers, mongo_url=servers["mongo"].url, db=db, data_dir=tmp_path / name, port=port,
+                      instance_id=f"kh-{name}-{unique}", HUB_LEASE_TTL_S="2")
+        hubs.append(HubProcess(env, tmp_path / f"hub-{name}.log", port))
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url)
+    witness = Witness()
+    try:
+        for h in hubs:
+            h.start()
+        for h in hubs:
+            await h.wait_healthy(http)
+        api = Api(http, hubs[0].url)
+        await api.put_function("rec", witness.function(0.02), network=witness.network)
+        await api.put_trigger("t", "rec", {"type": "mongodb", "database": app_db, "collection": "c",
+                                           "operations": ["insert"]})
+
+        async def holder() -> HubProcess | None:
+            """The live instance whose /readyz says it runs the stream, the other's says "held
+            by" it, and the lease in MongoDB names it."""
+            states = {}
+            for h in (h for h in hubs if h.alive()):
+                _, body = await Api(http, h.url).call("GET", "/readyz")
+                states[h.env["HUB_INSTANCE_ID"]] = (h, (body.get("subscriptions") or {}).get("t", {}).get("state"))
+            running = [h for h, state in states.values() if state == "running"]
+            lease = await mongo[db].leases.find_one({"_id": "stream:t"})
+            if len(running) != 1 or not lease or lease["owner"] != running[0].env["HUB_INSTANCE_ID"]:
+                return None
+            agree = all(state == f"held by {lease['owner']}" for h, state in states.values() if h is not running[0])
+            return running[0] if agree else None
+
+        first: HubProcess = await eventually(holder, timeout=60, interval=0.2)
+        coll = mongo[app_db]["c"]
+        written: list[str] = []
+        killed_at: list[int] = []  # how many runs the witness had seen at the kill
+
+        async def insert(i: int) -> None:
+            await coll.insert_one({"seq": f"m-{i:06d}"})
+            written.append(f"m-{i:06d}")
+
+        async def kill() -> None:
+            await witness.wait_seen(["m-000010"], timeout=60)  # mid-stream: it is running events
+            assert await holder() is first
+            first.kill9()
+            killed_at.append(len(witness.runs))
+
+        await asyncio.gather(paced(60, 6.0, insert), kill())
+        survivor = await eventually(holder, timeout=60, interval=0.2)
+        assert survivor is not first and survivor.alive()
+        await insert(60)  # the marker, last
+        await witness.wait_seen(["m-000060"], timeout=90)
+        verdict = await wait_judged_clean(mongo[db], witness, written, timeout=30)
+        print(f"holder {first.env['HUB_INSTANCE_ID']} killed after {killed_at[0]} runs:", verdict.summary())
+        later = [r.run for r in witness.runs[killed_at[0]:]]
+        ran_by = await mongo[db].invocations.distinct("instance", {"result.run": {"$in": later}})
+        assert later and ran_by == [survivor.env["HUB_INSTANCE_ID"]], ran_by
+    except BaseException:
+        for h in hubs:
+            print(f"--- {h.env['HUB_INSTANCE_ID']} log tail ---\n{h.tail(40)}")
+        raise
+    finally:
+        for h in hubs:
+            h.cleanup()
+        witness.close()
         await mongo.close()
 
 
