@@ -1,7 +1,7 @@
 # The hub only: no database or broker binaries (compose.yaml runs those as their own services).
 FROM python:3.11-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bubblewrap \
+ && apt-get install -y --no-install-recommends bubblewrap passt nftables libseccomp2 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./

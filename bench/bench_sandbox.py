@@ -14,9 +14,15 @@ machine hurts both sides alike:
   plain cold start, a function with the same dependencies that does not import them (what the
   mechanism itself costs: the mount and ``site.addsitedir``), and the floor for that import:
   ``python -I -S -c "import sys; sys.path.insert(0, DEPSDIR); import requests"``.
+- cold start with network: the same no-op function with ``network: true`` (its own namespace,
+  pasta and the nftables rules, see ``hub.sandbox.network``; a namespace wired ahead of time when
+  one is ready, ``hub.sandbox.netns``), with an ``allow`` list of addresses (a spare whose rules
+  are replaced) and with one that forwards a loopback port (a namespace of its own, wired while the
+  worker starts), interleaved with the no-network function and the floor.
 
 Targets (from the issue): cold p50 <= 25 ms and p99 <= 60 ms; warm p50 <= 1.5x the pool round
-trip; <= 25 MB per warm worker (RSS summed over the worker's processes, bwrap included).
+trip; <= 25 MB per warm worker (RSS summed over the worker's processes, bwrap included); a
+network function's cold start at most 15 ms above the no-network one at p50.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog  # noqa: E402
 
 from hub.catalog.deps import Deps  # noqa: E402
-from hub.sandbox.base import FunctionRuntime, InvokeContext, Status  # noqa: E402
+from hub.sandbox.base import FunctionRuntime, InvokeContext, NetworkPolicy, Status  # noqa: E402
 from hub.sandbox.pool import SandboxPool  # noqa: E402
+from hub.spec.network import network_setting  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return None\n"
 REQUESTS = "import requests\n\ndef handler(event, context):\n    return requests.__version__\n"
@@ -86,10 +93,11 @@ def make_code(root: Path, source: str) -> Path:
     return d
 
 
-def fn_for(code: Path, name: str | None = None, deps_dir: Path | None = None) -> FunctionRuntime:
+def fn_for(code: Path, name: str | None = None, deps_dir: Path | None = None,
+           network: bool | NetworkPolicy = False) -> FunctionRuntime:
     return FunctionRuntime(name=name or f"bench-{uuid.uuid4().hex[:8]}", version=uuid.uuid4().hex[:12],
                            handler="main.handler", code_dir=code, timeout_s=10.0, memory_mb=256,
-                           deps_dir=deps_dir)
+                           deps_dir=deps_dir, network=network)
 
 
 def ctx() -> InvokeContext:
@@ -159,6 +167,34 @@ async def bench_cold_deps(pool: SandboxPool, root: Path, runs: int, deps_dir: Pa
             t = time.perf_counter()
             subprocess.run([python, "-I", "-S", "-c", code], check=True)
             times[key] = (time.perf_counter() - t) * 1000
+        if i >= 3:
+            for key, value in times.items():
+                out[key].append(value)
+    return out
+
+
+async def bench_cold_network(pool: SandboxPool, root: Path, runs: int) -> dict[str, list[float]]:
+    """No network, network, network with an allow list, and the floor, interleaved."""
+    allow = network_setting({"allow": ["127.0.0.1:18777", "10.0.0.5:5432", "10.1.0.0/16"]})
+    assert not isinstance(allow, bool)
+    addresses = network_setting({"allow": ["10.0.0.5:5432", "10.1.0.0/16"]})
+    assert not isinstance(addresses, bool)
+    kinds: tuple[tuple[str, bool | NetworkPolicy], ...] = (
+        ("plain", False), ("network", True), ("addresses", NetworkPolicy(addresses)),
+        ("allow", NetworkPolicy(allow)))
+    out: dict[str, list[float]] = {"plain": [], "network": [], "addresses": [], "allow": [], "floor": []}
+    for i in range(runs + 3):  # 3 warm-up rounds, not recorded
+        times = {}
+        for key, network in kinds:
+            fn = fn_for(make_code(root, NOOP), network=network)
+            t = time.perf_counter()
+            rep = await pool.invoke(fn, {}, ctx())
+            times[key] = (time.perf_counter() - t) * 1000
+            assert rep.status is Status.succeeded and rep.cold_start, rep
+            await pool.retire(fn.name)
+        t = time.perf_counter()
+        subprocess.run([pool.python, "-I", "-S", "-c", "pass"], check=True)
+        times["floor"] = (time.perf_counter() - t) * 1000
         if i >= 3:
             for key, value in times.items():
                 out[key].append(value)
@@ -235,6 +271,7 @@ async def main() -> int:
     ap.add_argument("--warm-calls", type=int, default=3000)
     ap.add_argument("--workers", type=int, default=20)
     ap.add_argument("--deps-runs", type=int, default=40, help="cold starts with a dependency (0: skip)")
+    ap.add_argument("--net-runs", type=int, default=60, help="cold starts with network (0: skip)")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
 
@@ -244,6 +281,9 @@ async def main() -> int:
     await pool.start()
     try:
         cold = await bench_cold(pool, root, args.cold_runs)
+        net_cold = None
+        if args.net_runs > 0 and pool.isolation == "bwrap":
+            net_cold = await bench_cold_network(pool, root, args.net_runs)
         deps_cold = None
         if args.deps_runs > 0:
             deps_dir = await build_requests(root)
@@ -302,7 +342,26 @@ async def main() -> int:
         print(f"| `import requests` at module level | {d['requests'][0]:.1f} / {d['requests'][1]:.1f} ms | "
               f"`python -I -S -c \"...; import requests\"` {d['floor_import'][0]:.1f} / {d['floor_import'][1]:.1f} ms"
               f" | {d['requests'][0] - d['plain'][0]:+.1f} ms | {imp50:+.1f} ms |")
-    ok = c50 <= 25 and c99 <= 60 and w50 <= 1.5 * base50 and mem["rss_mean"] <= 25
+    net_ok = True
+    if net_cold is not None:
+        n = {k: (pct(v, 50), pct(v, 99)) for k, v in net_cold.items()}
+        extra50 = n["network"][0] - n["plain"][0]
+        net_ok = extra50 <= 15
+        print(f"\nCold start with network ({len(net_cold['plain'])} runs, interleaved; p50 / p99):\n")
+        print("| function | cold start | above no network | target | met |")
+        print("|---|---|---|---|---|")
+        print(f"| floor `python -I -S -c pass` | {n['floor'][0]:.1f} / {n['floor'][1]:.1f} ms | | | |")
+        print(f"| no-op, no network | {n['plain'][0]:.1f} / {n['plain'][1]:.1f} ms | | | |")
+        print(f"| no-op, `network: true` | {n['network'][0]:.1f} / {n['network'][1]:.1f} ms | "
+              f"{extra50:+.1f} / {n['network'][1] - n['plain'][1]:+.1f} ms | <= +15 ms at p50 | "
+              f"{'yes' if net_ok else 'NO'} |")
+        print(f"| no-op, `network: {{allow: [address:port, network]}}` (spare, rules replaced) | "
+              f"{n['addresses'][0]:.1f} / {n['addresses'][1]:.1f} ms | "
+              f"{n['addresses'][0] - n['plain'][0]:+.1f} / {n['addresses'][1] - n['plain'][1]:+.1f} ms | | |")
+        print(f"| no-op, `network: {{allow: [loopback port, address, network]}}` (own namespace) | {n['allow'][0]:.1f} / "
+              f"{n['allow'][1]:.1f} ms | {n['allow'][0] - n['plain'][0]:+.1f} / "
+              f"{n['allow'][1] - n['plain'][1]:+.1f} ms | | |")
+    ok = c50 <= 25 and c99 <= 60 and w50 <= 1.5 * base50 and mem["rss_mean"] <= 25 and net_ok
     print(f"\nall targets met: {'yes' if ok else 'NO'}")
     return 0 if ok else 1
 

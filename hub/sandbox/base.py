@@ -9,7 +9,41 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
+
+
+class Destination(Protocol):
+    """One ``network.allow`` entry, already checked (``hub.spec.network.AllowEntry``): ``host`` is
+    an IP address, a CIDR network or a DNS name; no ports means every port."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port_min(self) -> int | None: ...
+    @property
+    def port_max(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """A function with network: public egress, plus exactly the destinations in ``allow``
+    (see ``hub.sandbox.network`` for what public means and how it is enforced)."""
+
+    allow: tuple[Destination, ...] = ()
+
+    @classmethod
+    def from_setting(cls, setting: bool | Iterable[Destination]) -> bool | NetworkPolicy:
+        """``False`` (no network), ``True`` or a policy, from ``hub.spec.network.network_setting``."""
+        if isinstance(setting, bool):
+            return setting
+        return cls(tuple(setting))
+
+
+def network_policy(fn_network: bool | NetworkPolicy) -> NetworkPolicy | None:
+    """None: no network at all; otherwise what the function may reach."""
+    if isinstance(fn_network, NetworkPolicy):
+        return fn_network
+    return NetworkPolicy() if fn_network else None
 
 
 @dataclass(frozen=True)
@@ -24,7 +58,7 @@ class FunctionRuntime:
     memory_mb: int = 256
     max_concurrency: int = 4
     env: dict[str, str] = field(default_factory=dict)
-    network: bool = False
+    network: bool | NetworkPolicy = False  # False: no network; True: public egress only
     # Installed dependencies (hub.deps), shared by every version with the same resolved set;
     # mounted read-only at /opt/python and put on sys.path after the code. None: no dependencies.
     deps_dir: Path | None = None

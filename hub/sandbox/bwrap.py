@@ -20,6 +20,10 @@ Everything outside the sandbox is invisible except what is bound here: the syste
 function's code at ``/var/task`` (read-only), its dependencies at ``/opt/python`` (read-only, when
 it has any; see ``hub.deps``) and the runtime at ``/var/runtime``. ``/tmp`` and
 ``/dev/shm`` are private size-limited tmpfs mounts; the root is remounted read-only.
+
+Every worker runs under the seccomp filter of :mod:`hub.sandbox.seccomp` (``--seccomp FD``); a
+worker of a function with network gets its namespace wired up by :mod:`hub.sandbox.network`
+(``--info-fd`` tells the hub which namespace) and a ``resolv.conf`` naming pasta's DNS forwarder.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hub.sandbox.base import FunctionRuntime
+from hub.sandbox import seccomp
+from hub.sandbox.base import FunctionRuntime, network_policy
+from hub.sandbox.netns import Attachment, Spares, enter_netns
+from hub.sandbox.network import NetworkConfig, NetworkUnavailable
 
 TASK_DIR = "/var/task"  # where the code is mounted (Lambda's path)
 DEPS_DIR = "/opt/python"  # where the function's dependencies are mounted (Lambda layers' path)
@@ -159,17 +166,27 @@ class BwrapCommand:
         return a
 
     def argv(self, fn: FunctionRuntime, *, limits: SandboxLimits, uid: int | None,
-             config: dict[str, Any]) -> tuple[list[str], list[str]]:
-        """(options, command): options go through ``--args FD`` so the env stays off ``ps``."""
+             config: dict[str, Any], seccomp_fd: int | None = None, info_fd: int | None = None,
+             resolv_conf: Path | None = None, unshare_net: bool = True) -> tuple[list[str], list[str]]:
+        """(options, command): options go through ``--args FD`` so the env stays off ``ps``.
+
+        Every worker gets a network namespace of its own: a fresh one (``--unshare-net``; with
+        network, ``info_fd`` receives bwrap's child pid so the hub can wire it), or, with
+        ``unshare_net=False``, the spare namespace bwrap was started in (hub.sandbox.netns)."""
         a: list[str] = []
         if self.userns_fd is not None:
             a += ["--userns", str(self.userns_fd)]
         else:
             # No nested user namespaces (they would grant mount/tmpfs powers inside).
             a += ["--unshare-user", "--disable-userns"]
+        # Never the host's network namespace: with network, pasta gives this one its egress.
         a += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        if not fn.network:
+        if unshare_net:
             a += ["--unshare-net"]
+        if info_fd is not None:
+            a += ["--info-fd", str(info_fd)]
+        if seccomp_fd is not None:
+            a += ["--seccomp", str(seccomp_fd)]
         a += ["--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         if uid is not None:
             a += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
@@ -181,6 +198,8 @@ class BwrapCommand:
         a += ["--ro-bind", code_dir, TASK_DIR]
         if fn.deps_dir is not None:
             a += ["--perms", "0755", "--dir", "/opt", "--ro-bind", os.path.abspath(fn.deps_dir), DEPS_DIR]
+        if resolv_conf is not None:  # over the host's: pasta's forwarder, not the host's resolver
+            a += ["--ro-bind", str(resolv_conf), "/etc/resolv.conf"]
         a += ["--remount-ro", "/", "--chdir", TASK_DIR]
         a += ["--clearenv"]
         for k, v in clean_env(fn).items():
@@ -229,6 +248,10 @@ class SpawnConfig:
     userns: UserNamespace | None = None
     scratch_dir: Path | None = None  # process mode: parent of per-worker HOME/TMPDIR
     output_limit: int = 64 * 1024
+    seccomp: bool = False  # install hub.sandbox.seccomp's filter in every worker
+    network: NetworkConfig | None = None  # None: functions with network cannot start (bwrap)
+    spares: Spares | None = None  # namespaces wired ahead of time (hub running as root)
+    network_problem: str = "the pool has no network support"  # why, for their init error
 
 
 @dataclass
@@ -238,6 +261,8 @@ class WorkerCommand:
     cwd: str
     pass_fds: list[int]
     close_after: list[int]  # ours to close once the child has been spawned
+    attachment: Attachment | None = None  # network: to attach once bwrap has made the namespace
+    preexec: Callable[[], None] | None = None  # seccomp (process mode) or the spare netns (bwrap)
 
 
 def worker_command(fn: FunctionRuntime, cfg: SpawnConfig, config: dict[str, Any], *,
@@ -249,16 +274,46 @@ def worker_command(fn: FunctionRuntime, cfg: SpawnConfig, config: dict[str, Any]
     """
     if cfg.isolation == "bwrap":
         assert cfg.bwrap is not None and cfg.bwrap_path is not None
-        uid = uid_of()
-        pass_fds = [cfg.userns.fd] if cfg.userns is not None else []
+        policy = network_policy(fn.network)
+        if policy is not None and cfg.network is None:
+            raise NetworkUnavailable(f"this function has network, which cannot be set up here: "
+                                     f"{cfg.network_problem}")
         config["code_dir"] = TASK_DIR
         if fn.deps_dir is not None:
             config["deps_dir"] = DEPS_DIR
-        opts, cmd = cfg.bwrap.argv(fn, limits=cfg.limits, uid=uid, config=config)
-        memfd = args_memfd(opts)
+        fds: list[int] = []
+        attachment: Attachment | None = None
+        try:
+            seccomp_fd = seccomp.program_fd() if cfg.seccomp else None
+            if seccomp_fd is not None:
+                fds.append(seccomp_fd)
+            if policy is not None and cfg.network is not None:
+                attachment = Attachment(cfg.network, policy, cfg.spares)
+                if attachment.info_w >= 0:
+                    fds.append(attachment.info_w)
+                # the runtime waits for the hub before importing, unless all is wired already
+                config["net_gate"] = attachment.gate
+            uid = uid_of()
+            opts, cmd = cfg.bwrap.argv(
+                fn, limits=cfg.limits, uid=uid, config=config, seccomp_fd=seccomp_fd,
+                info_fd=attachment.info_w if attachment and attachment.info_w >= 0 else None,
+                resolv_conf=cfg.network.resolv_conf if attachment and cfg.network else None,
+                unshare_net=attachment is None or attachment.ns_fd < 0)
+            fds.append(args_memfd(opts))
+        except BaseException:
+            for fd in fds:
+                if attachment is None or fd != attachment.info_w:
+                    os.close(fd)
+            if attachment is not None:
+                attachment.close()
+            raise
+        pass_fds = [cfg.userns.fd] if cfg.userns is not None else []
+        close_after = [fd for fd in fds if attachment is None or fd != attachment.info_w]
         # bwrap's own environ is readable in the sandbox as /proc/1/environ: give it nothing.
-        return WorkerCommand([cfg.bwrap_path, "--args", str(memfd), "--", *cmd], {}, "/",
-                             pass_fds + [memfd], [memfd])
+        return WorkerCommand([cfg.bwrap_path, "--args", str(fds[-1]), "--", *cmd], {}, "/",
+                             pass_fds + fds, close_after, attachment=attachment,
+                             preexec=enter_netns(attachment.ns_fd) if attachment and attachment.ns_fd >= 0
+                             else None)
     cwd = os.path.abspath(fn.code_dir)
     config["code_dir"] = cwd
     if fn.deps_dir is not None:
@@ -270,7 +325,8 @@ def worker_command(fn: FunctionRuntime, cfg: SpawnConfig, config: dict[str, Any]
             if key not in fn.env:
                 env[key] = str(home)
     argv = [cfg.python, "-I", "-S", "-B", str(cfg.runtime_file), _config_json(config)]
-    return WorkerCommand(argv, env, cwd, [], [])
+    return WorkerCommand(argv, env, cwd, [], [],
+                         preexec=seccomp.preexec_installer() if cfg.seccomp else None)
 
 
 class UserNamespace:
@@ -343,18 +399,49 @@ class UserNamespace:
             self.fd = -1
 
 
+NOT_ISOLATED = "functions are NOT isolated"  # what every start log and /readyz say in process mode
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap cannot run here and the operator did not ask for unisolated processes."""
+
+
+def refuse_message(reason: str) -> str:
+    return (f"bubblewrap cannot run here: {reason}. The hub refuses to run functions without "
+            "isolation unless told to. Fix: install bubblewrap (Debian: apt-get install bubblewrap "
+            "passt nftables); allow user namespaces (sysctl kernel.unprivileged_userns_clone=1 and "
+            "user.max_user_namespaces > 0; in a container, a seccomp/AppArmor profile that permits "
+            "unshare(CLONE_NEWUSER)); or set HUB_SANDBOX=process to run functions as plain "
+            f"processes ({NOT_ISOLATED}: only for code you trust).")
+
+
+def make_undumpable() -> bool:
+    """PR_SET_DUMPABLE 0 for the hub process: its /proc files become root's, no ptrace by uid."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        return bool(prctl(4, 0, 0, 0, 0) == 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
+
+
 @dataclass(frozen=True)
 class Probe:
     ok: bool
     reason: str
 
 
-async def probe(python: str, runtime_file: Path, userns: UserNamespace | None) -> Probe:
-    """Run a throwaway sandbox with the real flags; bwrap "installed" is not bwrap "works"."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return Probe(False, "bwrap not found on PATH")
-    a: list[str] = []
+async def probe(python: str, runtime_file: Path, userns: UserNamespace | None,
+                bwrap: str) -> Probe:
+    """Run a throwaway sandbox with the real flags (seccomp filter included); bwrap "installed"
+    is not bwrap "works"."""
+    try:
+        seccomp_fd = seccomp.program_fd()
+    except seccomp.SeccompUnavailable as exc:
+        return Probe(False, str(exc))
+    a: list[str] = ["--seccomp", str(seccomp_fd)]
     if userns is not None:
         a += ["--userns", str(userns.fd)]
     else:
@@ -369,7 +456,7 @@ async def probe(python: str, runtime_file: Path, userns: UserNamespace | None) -
         a += [cmd.setpriv, "--reuid", str(SANDBOX_NS_UID_FIRST), "--regid",
               str(SANDBOX_NS_UID_FIRST), "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
     a += [python, "-I", "-S", "-c", "import os; print(os.getuid())"]
-    pass_fds = (userns.fd,) if userns is not None else ()
+    pass_fds = (userns.fd, seccomp_fd) if userns is not None else (seccomp_fd,)
     try:
         proc = await asyncio.create_subprocess_exec(
             bwrap, *a, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -377,6 +464,8 @@ async def probe(python: str, runtime_file: Path, userns: UserNamespace | None) -
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     except (OSError, asyncio.TimeoutError) as exc:
         return Probe(False, f"bwrap probe failed: {exc!r}")
+    finally:
+        os.close(seccomp_fd)
     if proc.returncode != 0:
         return Probe(False, f"bwrap probe exited {proc.returncode}: {err.decode(errors='replace').strip()}")
     return Probe(True, "ok")

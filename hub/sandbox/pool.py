@@ -18,7 +18,15 @@ per worker, no polling). A worker that timed out, crashed, ran out of memory or 
 is never reused.
 
 Isolation is decided once at :meth:`SandboxPool.start`: ``bwrap`` (see :mod:`hub.sandbox.bwrap`),
-or ``process`` (rlimited plain processes: no filesystem, network or /proc isolation).
+or ``process`` (rlimited plain processes: no filesystem, network or /proc isolation). ``auto``
+means bwrap: when bubblewrap cannot run, ``start`` raises :class:`SandboxUnavailable` saying what
+failed and how to fix it; nothing falls back to unisolated processes unless the operator asked for
+``process`` by name. Every worker runs under the seccomp filter of :mod:`hub.sandbox.seccomp`;
+functions with network get their namespace from :mod:`hub.sandbox.network`, which refuses the hub's
+own servers (``deny_addresses``) besides every private range. At start the hub process makes itself
+non-dumpable (``PR_SET_DUMPABLE`` 0): a process of the same uid (a plain-process worker) can then
+no longer read ``/proc/<hub>/environ`` or ptrace it. Children are unaffected: ``execve`` makes a
+process dumpable again, so bwrap, pasta and the workers start as before.
 """
 
 from __future__ import annotations
@@ -34,12 +42,21 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import structlog
 
 from hub.sandbox import bwrap as bw
+from hub.sandbox import seccomp
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
+from hub.sandbox.bwrap import (
+    NOT_ISOLATED,
+    SandboxUnavailable,
+    make_undumpable,
+    refuse_message,
+)
+from hub.sandbox.netns import Spares
+from hub.sandbox.network import NetworkConfig, NetworkUnavailable
 from hub.sandbox.outcome import (
     Kind,
     init_failure_report,
@@ -103,11 +120,21 @@ class SandboxPool:
         python: str | None = None,
         init_timeout_s: float = 10.0,
         output_limit: int = 64 * 1024,
+        deny_addresses: Sequence[str] = (),
+        bwrap_path: str | None = None,
+        network_spares: int = 1,
     ) -> None:
+        """``deny_addresses``: the hub's own servers as connection strings (``mongodb://...``,
+        ``host:9092,host2:9092``, ``http://host:9000``), refused to functions with network even
+        when public. ``bwrap_path``: the bubblewrap binary (default: ``bwrap`` on PATH).
+        ``network_spares``: network namespaces kept wired ahead of time (hub.sandbox.netns)."""
         if isolation not in ("auto", "bwrap", "process"):
             raise ValueError(f"isolation must be auto, bwrap or process, not {isolation!r}")
         self.requested = isolation
-        self.isolation = isolation if isolation != "auto" else "process"
+        self.isolation = "process" if isolation == "process" else "bwrap"
+        self.deny_addresses = tuple(a for a in deny_addresses if a)
+        self.bwrap_path = bwrap_path
+        self.network_spares = network_spares
         self.data_dir = Path(data_dir).absolute()
         self.idle_ttl_s = idle_ttl_s
         self.max_queue = max_queue
@@ -137,36 +164,61 @@ class SandboxPool:
                                  runtime_file=runtime_file, limits=self.limits,
                                  output_limit=self.output_limit,
                                  scratch_dir=self.data_dir / "sandbox" / "scratch")
+            # Before any worker exists: a same-uid worker must never read our environ.
+            undumpable = make_undumpable()
             if self.requested in ("auto", "bwrap"):
                 reason = await self._setup_bwrap(cfg)
                 if reason:
-                    if self.requested == "bwrap":
-                        raise RuntimeError(f"HUB_SANDBOX=bwrap but bubblewrap does not work: {reason}")
-                    log.warning(
-                        "bubblewrap unavailable: functions run as rlimited plain processes "
-                        "WITHOUT filesystem, network or /proc isolation", reason=reason)
                     self.isolation_reason = reason
+                    log.error("bubblewrap cannot run: refusing to start", reason=reason,
+                              requested=self.requested)
+                    raise SandboxUnavailable(refuse_message(reason))
+                cfg.seccomp = True  # the probe ran under the same filter
+                try:
+                    cfg.network = await NetworkConfig.create(
+                        self.data_dir / "sandbox" / "net", self.deny_addresses,
+                        as_root=self._userns is not None)
+                    if self._userns is not None and self.network_spares > 0:  # made on first use
+                        cfg.spares = Spares(cfg.network, self.network_spares)
+                except NetworkUnavailable as exc:
+                    cfg.network_problem = str(exc)
+                    log.warning("functions with network cannot start", reason=str(exc))
+            else:
+                self.isolation_reason = "HUB_SANDBOX=process"
+                try:
+                    seccomp.program()
+                    cfg.seccomp = True
+                except seccomp.SeccompUnavailable as exc:
+                    log.warning("plain-process workers run without a seccomp filter", reason=str(exc))
             self.isolation = cfg.isolation
             self._cfg = cfg
             self._started = True
             users = "-" if self.isolation != "bwrap" else (
                 "one uid per worker (shared root-owned userns)" if self._userns
                 else "per-worker userns")
-            log.info("worker pool started", isolation=self.isolation, users=users,
-                     python=self.python)
+            if self.isolation == "process":
+                log.warning(f"worker pool started: {NOT_ISOLATED}: they run as plain processes of "
+                            "the hub's user, with the host's files, network and processes in view "
+                            "(HUB_SANDBOX=process)", isolation=self.isolation, seccomp=cfg.seccomp,
+                            undumpable=undumpable, python=self.python)
+            else:
+                log.info("worker pool started", isolation=self.isolation, users=users,
+                         seccomp=cfg.seccomp, network=cfg.network is not None,
+                         denied_servers=len(cfg.network.deny) if cfg.network else 0,
+                         undumpable=undumpable, python=self.python)
 
     async def _setup_bwrap(self, cfg: bw.SpawnConfig) -> str:
         """Configure ``cfg`` for bwrap; returns why not ("" on success)."""
-        bwrap_path = shutil.which("bwrap")
+        bwrap_path = shutil.which(self.bwrap_path or "bwrap")
         if bwrap_path is None:
-            return "bwrap not found on PATH"
+            return f"{self.bwrap_path or 'bwrap'} not found" + ("" if self.bwrap_path else " on PATH")
         userns: bw.UserNamespace | None = None
         if os.geteuid() == 0:
             try:
                 userns = await asyncio.to_thread(bw.UserNamespace.create, self.python)
             except OSError as exc:
                 return f"cannot create a user namespace: {exc}"
-        result = await bw.probe(self.python, cfg.runtime_file, userns)
+        result = await bw.probe(self.python, cfg.runtime_file, userns, bwrap_path)
         if not result.ok:
             if userns is not None:
                 userns.close()
@@ -214,6 +266,8 @@ class SandboxPool:
         if self._userns is not None:
             self._userns.close()
             self._userns = None
+        if self._cfg is not None and self._cfg.spares is not None:
+            await self._cfg.spares.close()
 
     async def retire(self, name: str) -> None:
         """Stop every worker of a function, every version; busy ones stop as soon as their

@@ -562,6 +562,12 @@ def main(argv: list[str] | None = None) -> None:
         "message": "memory limit of %s MB exceeded" % cfg.get("memory_mb"),
         "traceback": "",
     }}
+    if cfg.get("net_gate"):
+        # The hub wires this namespace's network up from outside while the interpreter starts;
+        # no code of the function (nor a .pth file of its dependencies) runs before it is done.
+        gate = _recv()
+        if not isinstance(gate, dict) or gate.get("op") != "network" or gate.get("ok") is not True:
+            os._exit(0)
     code_dir = cfg.get("code_dir") or os.getcwd()
     sys.path.insert(0, code_dir)
     sys.argv = [cfg.get("handler", "")]

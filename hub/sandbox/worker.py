@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 from hub.sandbox.base import FunctionRuntime
 from hub.sandbox.bwrap import SandboxConfigError, SpawnConfig, worker_command
+from hub.sandbox.netns import Attachment
+from hub.sandbox.network import NetworkUnavailable
 from hub.sandbox.outcome import (
     Kind,
     Outcome,
@@ -75,6 +77,14 @@ def _die_with_parent() -> None:
     _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        second()
+
+    return run
+
+
 class Worker:
     """A single worker process for one version of one function. One invocation at a time."""
 
@@ -115,6 +125,7 @@ class Worker:
         self._mem_peak = 0
         self._oom_killed = False
         self._chain: list[int] | None = None  # the worker's own processes below pid, in order
+        self._net: Attachment | None = None  # pasta and the rules of a worker with network
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,12 +139,13 @@ class Worker:
         self._expecting = True
         try:
             self._spawn()
-        except SandboxConfigError as exc:  # e.g. a NUL in env: the function's fault, not ours
+        except (SandboxConfigError, NetworkUnavailable) as exc:  # e.g. a NUL in env
             if not self._exited.done():
                 self._exited.set_result(-1)
             self._cleanup()
+            kind = "NetworkUnavailable" if isinstance(exc, NetworkUnavailable) else "InvalidConfiguration"
             return Outcome(Kind.init_error, frame={"error": {
-                "type": "InvalidConfiguration", "message": f"refused to start the worker: {exc}",
+                "type": kind, "message": f"refused to start the worker: {exc}",
                 "traceback": ""}}, message=str(exc))
         except Exception as exc:  # bwrap/python missing, fd exhaustion, ...
             if not self._exited.done():
@@ -141,8 +153,22 @@ class Worker:
             self._cleanup()
             return Outcome(Kind.exited, message=f"could not start the worker: {exc!r}",
                            exit_code=None)
+        if self._net is not None and self._net.gate:
+            problem = await self._attach_network(init_timeout_s)
+            if problem:
+                self.kill()
+                await self._wait_exit(5.0)
+                self.init_ms = (time.perf_counter() - t0) * 1000.0
+                out = Outcome(Kind.init_error, frame={"error": {
+                    "type": "NetworkUnavailable", "message": problem, "traceback": ""}},
+                    message=problem)
+                out.stdout, out.stderr, out.truncated = self.take_output()
+                return out
+            init_timeout_s -= time.perf_counter() - t0
         out = await self._next(init_timeout_s, t0)
         self.init_ms = (time.perf_counter() - t0) * 1000.0
+        if self._net is not None:
+            self._net.started()
         if out.kind is Kind.result:
             # The runtime's first frame must be ready/init_error.
             op = out.frame.get("op")
@@ -156,6 +182,32 @@ class Worker:
         if out.kind is not Kind.ready:
             out.stdout, out.stderr, out.truncated = self.take_output()
         return out
+
+    async def _attach_network(self, timeout_s: float) -> str:
+        """Wire the worker's namespace up (hub.sandbox.network), then let the runtime import the
+        function. Returns why not ("" when the network is up)."""
+        assert self._net is not None and self._sock is not None
+        attach = asyncio.ensure_future(self._net.attach())
+        try:
+            done, _ = await asyncio.wait(  # type: ignore[type-var]
+                {attach, asyncio.shield(self._exited)}, timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not attach.done():
+                attach.cancel()
+        if attach not in done:
+            if self._exited.done():
+                return "the sandbox ended while its network was being set up"
+            return f"the network was not ready within {timeout_s:.2f} seconds"
+        exc = attach.exception()
+        if exc is not None:
+            return f"cannot set up the function's network: {exc}"
+        gate = b'{"op":"network","ok":true}'
+        try:
+            self._sock.send(len(gate).to_bytes(4, "big") + gate)  # 30 bytes into an empty socket
+        except OSError as err:
+            return f"the worker did not take its network: {err}"
+        return ""
 
     def _spawn(self) -> None:
         cfg = self.cfg
@@ -183,8 +235,12 @@ class Worker:
             os.close(out_w)
             os.close(err_w)
             raise
-        # bwrap has --die-with-parent; a plain process gets SIGKILL when the hub dies.
-        preexec = _die_with_parent if cfg.isolation != "bwrap" and _PRCTL is not None else None
+        # bwrap has --die-with-parent; a plain process gets SIGKILL when the hub dies (and the
+        # seccomp filter, which bwrap installs itself for its own workers).
+        preexec = cmd.preexec  # bwrap: enter a spare network namespace (hub.sandbox.netns)
+        if cfg.isolation != "bwrap" and _PRCTL is not None:
+            preexec = _die_with_parent if cmd.preexec is None else _both(_die_with_parent, cmd.preexec)
+        self._net = cmd.attachment
         try:
             self._proc = subprocess.Popen(
                 cmd.argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
@@ -194,6 +250,8 @@ class Worker:
             child.close()
             for fd in (out_w, err_w, *cmd.close_after):
                 os.close(fd)
+            if self._net is not None:
+                self._net.close_child_end()
         self.pid = self._proc.pid
         loop = self._loop
         for i, fd in enumerate(self._out_fds):
@@ -231,6 +289,8 @@ class Worker:
         if self.pid is None or self._exited.done():
             self._cleanup()
             return
+        if self._net is not None:
+            self._net.close()  # pasta goes with its worker
         self._drain_all()  # what it printed so far is ours before anything dies (the rest: after)
         victims = descendants(self.pid) if self.cfg.isolation != "bwrap" else []
         try:
@@ -544,6 +604,8 @@ class Worker:
             self._on_exit()
 
     def _cleanup(self) -> None:
+        if self._net is not None:
+            self._net.close()
         if self._sock is not None:
             try:
                 self._loop.remove_reader(self._sock.fileno())

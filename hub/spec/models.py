@@ -12,8 +12,9 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Discriminator, Tag  # the network setting's two shapes
 
-from hub.spec import filters
+from hub.spec import filters, network
 from hub.spec.requirements import MAX_REQUIREMENT_CHARS, MAX_REQUIREMENTS, check_requirement
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -103,6 +104,26 @@ class CodeSpec(_Strict):
         return self
 
 
+def _network_kind(value: Any) -> str | None:
+    """Which shape a ``network`` value has, so an error names only the shape that was meant."""
+    if isinstance(value, bool):
+        return "bool"
+    return "allow" if isinstance(value, (dict, BaseModel)) else None
+
+
+class NetworkAllow(_Strict):
+    """``network: {"allow": [...]}``: destinations opened on top of public egress (hub.spec.network)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"allow": ["10.0.0.5:5432", "db.internal:5432",
+                                                                         "10.1.0.0/16", "127.0.0.1:9999"]}]})
+    allow: list[Annotated[str, Field(min_length=1, max_length=network.ENTRY_MAX),
+                          AfterValidator(network.check_allow_entry)]] = Field(
+        max_length=network.ALLOW_MAX,
+        description="HOST[:PORT], IP[:PORT], CIDR[:PORT] or [IPv6]:PORT (PORT: N or N-M; none: every "
+                    "port). Loopback entries (127.0.0.1, ::1, localhost) need a port.",
+    )
+
+
 class FunctionSpec(_Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "handler": "main.handler", "timeout_s": 10, "memory_mb": 128,
@@ -126,7 +147,17 @@ class FunctionSpec(_Strict):
             "propertyNames": {"pattern": ENV_NAME_RE, "maxLength": ENV_TOTAL_MAX},
         },
     )
-    network: bool = False
+    network: Annotated[
+        Annotated[bool, Tag("bool")] | Annotated[NetworkAllow, Tag("allow")],
+        Discriminator(_network_kind, custom_error_type="network_type",
+                      custom_error_message='network must be false, true or {"allow": [...]}, e.g. '
+                                           '{"allow": ["10.0.0.5:5432", "db.internal:5432"]}'),
+    ] = Field(
+        default=False,
+        description="false: no network at all; true: public egress only (never the host's loopback, "
+                    "private or link-local ranges, nor the hub's own servers); "
+                    '{"allow": [...]}: public egress plus exactly those destinations.',
+    )
     description: Description = ""
     # Dependencies (hub.catalog.deps): checked here, resolved and built at PUT.
     requirements: list[Annotated[str, Field(min_length=1, max_length=MAX_REQUIREMENT_CHARS)]] | None = Field(
