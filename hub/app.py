@@ -27,6 +27,7 @@ from hub.catalog.tokens import Tokens
 from hub.catalog.triggers import TriggerService
 from hub.catalog.watch import ConfigWatcher
 from hub.delivery.dispatch import Dispatcher
+from hub.spec.aws_events import AwsEnvironment
 from hub.delivery.records import Completions, RecordWriter
 from hub.delivery.usage import Usage
 from hub.driver import shielded
@@ -128,7 +129,9 @@ class Hub:
         # secrets (decrypted into workers' env) and scoped API tokens: hub.catalog.secrets, .tokens
         self.secrets = Secrets(self.store.db, lambda: load_key(settings.secrets_key, settings.data_dir))
         self.tokens = Tokens(self.store.db)
-        self.registry = Registry(self.store, settings.data_dir, self.secrets)
+        # event_format "aws" (hub.spec.aws_events): where Lambda's events and ARNs say they run
+        aws = AwsEnvironment(settings.aws_region, settings.aws_account, settings.kafka_bootstrap)
+        self.registry = Registry(self.store, settings.data_dir, self.secrets, aws=aws)
         self.pool = pool or make_pool(settings)
         track_slots(self.metrics, lambda: pool_slots(self.pool))  # read at scrape time
         self.secrets.on_change(self.pool.retire)  # a rotated secret: the next worker gets the new value

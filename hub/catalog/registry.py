@@ -32,6 +32,7 @@ from hub.catalog.code import CodeError, CodeUnavailable, check_code, unpack_code
 from hub.catalog.code import write_tree as _write_tree
 from hub.catalog.deps import Deps, requirements_of
 from hub.catalog.secrets import Secrets, SecretUnavailable, refs
+from hub.spec.aws_events import AwsEnvironment, lambda_env
 from hub.spec.models import LATEST, NAME_RE, VERSION_RE, FunctionSpec
 from hub.spec.network import network_setting
 from hub.driver import shielded
@@ -125,6 +126,8 @@ def version_of(spec: FunctionSpec, files: dict[str, bytes]) -> str:
     h = hashlib.sha256()
     # exclude_none: an unset optional field (e.g. requirements) leaves older versions' hashes alone
     config = spec.model_dump(exclude={"code", "description"}, exclude_none=True)
+    if config.get("event_format") == "cloudevents":  # the default: older versions' hashes stay
+        del config["event_format"]
     h.update(json.dumps(config, sort_keys=True).encode())
     for path in sorted(files):
         h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
@@ -142,8 +145,10 @@ class Registry:
     every entry of a function the moment any instance changes its head or its aliases (one
     document); without that watch every call reads MongoDB."""
 
-    def __init__(self, store: Store, data_dir: Path, secrets: Secrets | None = None) -> None:
+    def __init__(self, store: Store, data_dir: Path, secrets: Secrets | None = None,
+                 aws: AwsEnvironment | None = None) -> None:
         self.store = store
+        self.aws = aws or AwsEnvironment()  # event_format "aws": the Lambda variables' region
         # env values from secrets are decrypted when a runtime is built, never stored with it;
         # a changed secret drops the cached runtimes (hub.catalog.secrets)
         self.secrets = secrets
@@ -273,6 +278,8 @@ class Registry:
             if self.secrets is None:
                 raise SecretUnavailable("this hub has no secrets store")
             env, secret_values = await shielded(self.secrets.resolve(config.get("env")))
+        if config.get("event_format") == "aws":
+            env = {**env, **lambda_env(name, version, config["memory_mb"], self.aws)}
         return VersionRuntime(
             name=name,
             version=version,
@@ -285,6 +292,7 @@ class Registry:
             # checked again: it came back from MongoDB
             network=NetworkPolicy.from_setting(network_setting(config.get("network"))),
             deps_dir=deps_dir,
+            event_format=config.get("event_format") or "cloudevents",
             qualifier=qualifier,
             live_versions=live_versions(head),
             secret_values=secret_values,

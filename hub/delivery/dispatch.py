@@ -19,8 +19,9 @@ import datetime as dt
 import os
 import random
 import itertools
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -28,6 +29,7 @@ from pymongo import ReplaceOne
 
 from connectors.base import Unfinished
 from hub.delivery import batches
+from hub.spec import aws_events
 from hub.catalog.code import CodeUnavailable
 from hub.catalog.secrets import SecretUnavailable, mask
 from hub.events import Event
@@ -309,9 +311,13 @@ class Dispatcher:
             return {}, None
         is_batch = target.batch_size > 1
         failed_ids: set[str] = set()
-        if report.status is Status.succeeded and is_batch:
+        # event_format "aws": Lambda's identifiers too, and read for single events as well (Lambda
+        # reads a stream source's batchItemFailures whatever the batch size)
+        aws = fn is not None and fn.event_format == "aws"
+        if report.status is Status.succeeded and (is_batch or aws):
             try:
-                failed_ids = batches.reported_failures(report.result, [e.id for e in events])
+                failed_ids = batches.reported_failures(report.result, [e.id for e in events],
+                                                       aws_events.identifiers(events) if aws else None)
             except batches.BadItemFailures as exc:
                 report.status = Status.failed
                 report.error = {"type": "InvalidBatchItemFailures", "message": str(exc), "traceback": ""}
@@ -351,12 +357,22 @@ class Dispatcher:
                        f"(or does not exist)")
             return InvocationReport(status=Status.failed, error={
                 "type": "FunctionNotFound", "message": missing}), None
-        payload = (batches.envelope(events, target.source, target.trigger) if target.batch_size > 1
-                   else events[0].to_cloudevent())
+        aws = fn.event_format == "aws"
+        if aws:  # Lambda's own shapes (hub.spec.aws_events); the events' ids stay the hub's
+            payload: Any = aws_events.render(events, self.registry.aws, target.trigger,
+                                             batch=target.batch_size > 1)
+        else:
+            payload = (batches.envelope(events, target.source, target.trigger) if target.batch_size > 1
+                       else events[0].to_cloudevent())
         ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt)
         with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function_name,
                                                      trigger=target.trigger):
-            return await self.pool.invoke(fn, payload, ctx), fn
+            if not aws:
+                return await self.pool.invoke(fn, payload, ctx), fn
+            arn = self.registry.aws.function_arn(target.function_name, target.qualifier)
+            report = await self.pool.invoke(fn, payload, replace(ctx, function_arn=arn))
+            report.handed = payload  # recorded with the invocation: what the handler got
+            return report, fn
 
     def _record(self, target: Target, events: list[Event], report: InvocationReport, fn: FunctionRuntime | None,
                 request_id: str, attempt: int, outcome: batches.Split, is_batch: bool) -> dict[str, Any]:
@@ -388,6 +404,8 @@ class Dispatcher:
             # the success markers: see hub.delivery.records
             "done": [completion_key(target.key, e.id) for e in outcome.succeeded],
         }
+        if fn is not None and fn.event_format == "aws":
+            _lambda_view(record, report)
         if is_batch:
             failed = {e.id for e in outcome.failed}
             skipped = {e.id for e in outcome.not_processed}
@@ -482,6 +500,23 @@ def _mask_report(report: InvocationReport, values: tuple[str, ...]) -> None:
         report.error = mask(report.error, values)
     if report.result is not None:
         report.result = mask(report.result, values)
+
+
+AWS_EVENT_RECORD_MAX = 256 * 1024  # bytes of a handed Lambda event kept in the record (16 MB BSON cap)
+
+
+def _lambda_view(record: dict[str, Any], report: InvocationReport) -> None:
+    """event_format "aws": the record keeps what the handler got (bounded: a 10,000-record batch
+    would not fit a record) and the error also in Lambda's form (errorMessage, errorType,
+    stackTrace), beside the hub's type, message and traceback."""
+    record["event_format"] = "aws"
+    try:
+        size = len(json.dumps(report.handed, separators=(",", ":"), default=str))
+    except (TypeError, ValueError):
+        size = AWS_EVENT_RECORD_MAX + 1
+    record["aws_event"] = report.handed if size <= AWS_EVENT_RECORD_MAX else {"omitted": True, "bytes": size}
+    if isinstance(record.get("error"), dict):
+        record["error"] = {**record["error"], **aws_events.lambda_error(record["error"])}
 
 
 def _crash_unless_failed(fut: asyncio.Future[Any]) -> None:

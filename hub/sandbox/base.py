@@ -62,6 +62,8 @@ class FunctionRuntime:
     # Installed dependencies (hub.deps), shared by every version with the same resolved set;
     # mounted read-only at /opt/python and put on sys.path after the code. None: no dependencies.
     deps_dir: Path | None = None
+    # "aws": Lambda's event shapes (rendered by the dispatcher) and a Lambda context in the worker
+    event_format: str = "cloudevents"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class InvokeContext:
     invocation_id: str
     trigger: str | None
     attempt: int = 1
+    # event_format "aws": the ARN the caller invoked (context.invoked_function_arn)
+    function_arn: str | None = None
 
 
 class Status(str, enum.Enum):
@@ -97,6 +101,8 @@ class InvocationReport:
     output_truncated: bool = False
     exit_code: int | None = None
     signal: int | None = None
+    # event_format "aws": the Lambda event the handler was handed (the dispatcher records it)
+    handed: Any = field(default=None, repr=False)
 
     def to_doc(self) -> dict[str, Any]:
         return {

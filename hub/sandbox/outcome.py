@@ -168,11 +168,15 @@ def clean_error(err: Any) -> dict[str, Any]:
     """Errors come from the worker (untrusted): keep the three string fields, bounded."""
     if not isinstance(err, dict):
         return {"type": "Error", "message": str(err)[:4096], "traceback": ""}
-    return {
+    doc: dict[str, Any] = {
         "type": str(err.get("type") or "Error")[:200],
         "message": str(err.get("message") or "")[:8192],
         "traceback": str(err.get("traceback") or "")[:65536],
     }
+    stack = err.get("stackTrace")  # event_format "aws": Lambda's frame lines, bounded too
+    if isinstance(stack, list):
+        doc["stackTrace"] = [str(line)[:4096] for line in stack[-100:]]
+    return doc
 
 
 def pool_closed_report() -> InvocationReport:

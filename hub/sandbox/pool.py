@@ -413,6 +413,7 @@ class SandboxPool:
             "id": ctx.invocation_id,
             "trigger": ctx.trigger,
             "attempt": ctx.attempt,
+            "arn": ctx.function_arn,  # event_format "aws" only; else None
             "deadline": time.time() + fn.timeout_s,
             "event": event,
         }

@@ -95,6 +95,7 @@ _current_id = ""
 _loop: Any = None
 _logger: Any = None
 _function_name = ""
+_aws = False  # event_format "aws": a Lambda context, Lambda's environment and error documents
 
 
 # ---------------------------------------------------------------------------- framing
@@ -298,7 +299,12 @@ def _error_doc(exc: BaseException) -> Doc:
         message = str(exc)
     except Exception:
         message = "<unprintable %s>" % type(exc).__name__
-    return {"type": type(exc).__name__, "message": message, "traceback": text}
+    doc: Doc = {"type": type(exc).__name__, "message": message, "traceback": text}
+    if _aws and text:  # Lambda's stackTrace: one "  File ..., line N, in f\n    code\n" entry per frame
+        import traceback
+
+        doc["stackTrace"] = traceback.format_list(traceback.extract_tb(_user_traceback(exc.__traceback__)))
+    return doc
 
 
 # ---------------------------------------------------------------------------- context
@@ -366,6 +372,35 @@ class Context:
     def __repr__(self) -> str:
         return "Context(invocation_id=%r, function_name=%r, function_version=%r)" % (
             self.invocation_id, self.function_name, self.function_version)
+
+
+class LambdaContext(Context):
+    """``event_format: "aws"``: the context Lambda's Python runtime hands a handler, same names and
+    types (``memory_limit_in_mb`` is a string there too; ``identity`` has Cognito's two ids, None)."""
+
+    __slots__ = ("invoked_function_arn", "identity", "client_context")
+
+    def __init__(self, *args: Any) -> None:
+        Context.__init__(self, *args)
+        import types
+
+        self.invoked_function_arn = ""
+        self.identity = types.SimpleNamespace(cognito_identity_id=None, cognito_identity_pool_id=None)
+        self.client_context = None
+
+    memory_limit_in_mb = property(lambda self: os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ""))
+    log_group_name = property(lambda self: os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", ""))
+    log_stream_name = property(lambda self: os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", ""))
+
+
+def _lambda_environment(cfg: Doc) -> None:
+    """What Lambda's runtime sets and the hub cannot know before the worker starts (the code's
+    path in the sandbox, a log stream per worker as Lambda's per execution environment); the rest
+    comes with the function's env (hub.spec.aws_events.lambda_env)."""
+    os.environ.update(LAMBDA_TASK_ROOT=cfg.get("code_dir") or os.getcwd(), _HANDLER=cfg.get("handler", ""),
+                      AWS_EXECUTION_ENV="AWS_Lambda_python%d.%d" % sys.version_info[:2],
+                      AWS_LAMBDA_LOG_STREAM_NAME="%s/[%s]%s" % (time.strftime("%Y/%m/%d", time.gmtime()),
+                                                                cfg.get("version", ""), os.urandom(16).hex()))
 
 
 # ---------------------------------------------------------------------------- main loop
@@ -452,8 +487,11 @@ def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleTyp
             oom_frame: Doc) -> str | Doc:
     global _current_id
     _current_id = req.get("id", "")
-    ctx = Context(_current_id, cfg.get("name", ""), cfg.get("version", ""), req.get("trigger"),
-                  req.get("attempt", 1), req.get("deadline", 0.0), cfg.get("memory_mb"))
+    ctx = (LambdaContext if _aws else Context)(
+        _current_id, cfg.get("name", ""), cfg.get("version", ""), req.get("trigger"),
+        req.get("attempt", 1), req.get("deadline", 0.0), cfg.get("memory_mb"))
+    if _aws:
+        ctx.invoked_function_arn = req.get("arn") or ""  # type: ignore[attr-defined]
     _reset_peak()
     _arm_cpu(resource, cfg.get("timeout_s", 30))
     try:
@@ -545,7 +583,7 @@ def _meter(resource: ModuleType) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global _fd, _function_name
+    global _fd, _function_name, _aws
     argv = sys.argv if argv is None else argv
     cfg = _loads(argv[1])
     _fd = int(cfg["fd"])
@@ -555,6 +593,9 @@ def main(argv: list[str] | None = None) -> None:
     os.closerange(_fd + 1, 65536)
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _function_name = cfg.get("name", "")
+    if cfg.get("event_format") == "aws":
+        _aws = True
+        _lambda_environment(cfg)
     _line_buffered()
     resource = _apply_limits(cfg.get("limits") or {})
     oom_frame = {"op": "result", "ok": False, "oom": True, "error": {

@@ -224,6 +224,7 @@ class Worker:
             "version": self.fn.version,
             "memory_mb": self.fn.memory_mb,
             "timeout_s": self.fn.timeout_s,
+            "event_format": self.fn.event_format,  # "aws": a Lambda context (hub.sandbox.runtime)
             "pidns": cfg.isolation == "bwrap",
             "limits": cfg.limits.rlimits_for(self.fn, sandboxed=cfg.isolation == "bwrap"),
         }

@@ -358,3 +358,17 @@ def lambda_error(error: Mapping[str, Any] | None) -> dict[str, Any]:
         stack = [line + "\n" for line in lines[1:-1]] if len(lines) > 2 else []
     return {"errorMessage": str(error.get("message") or ""), "errorType": str(error.get("type") or "Error"),
             "stackTrace": stack}
+
+
+def lambda_env(name: str, version: str, memory_mb: int, env: AwsEnvironment) -> dict[str, str]:
+    """The Lambda variables a worker of an ``aws`` function starts with (its own ``env`` cannot
+    override them, as Lambda reserves them). The runtime adds ``LAMBDA_TASK_ROOT``, ``_HANDLER``,
+    ``AWS_EXECUTION_ENV`` and the log stream (hub.sandbox.runtime)."""
+    return {
+        "AWS_LAMBDA_FUNCTION_NAME": name,
+        "AWS_LAMBDA_FUNCTION_VERSION": version,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+        "AWS_REGION": env.region,
+        "AWS_DEFAULT_REGION": env.region,
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+    }

@@ -159,6 +159,13 @@ class FunctionSpec(_Strict):
                     '{"allow": [...]}: public egress plus exactly those destinations.',
     )
     description: Description = ""
+    # What the handler is handed (hub.spec.aws_events): the hub's CloudEvents, or Lambda's own shapes.
+    event_format: Literal["cloudevents", "aws"] = Field(
+        default="cloudevents",
+        description='"cloudevents": the CloudEvents 1.0 envelope (and hub.batch); "aws": what Lambda hands a '
+                    "handler for the source (S3 Records, self-managed Kafka records, DocumentDB events, "
+                    "EventBridge scheduled event, function URL 2.0, the invoke body) and a Lambda context.",
+    )
     # Dependencies (hub.catalog.deps): checked here, resolved and built at PUT.
     requirements: list[Annotated[str, Field(min_length=1, max_length=MAX_REQUIREMENT_CHARS)]] | None = Field(
         default=None, max_length=MAX_REQUIREMENTS,
