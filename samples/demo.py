@@ -24,8 +24,8 @@ HUB = Client()
 FN = Client(url={**dev_env(), **os.environ}.get("HUB_FN_URL") or "http://127.0.0.1:8081", token="")
 
 
-def call(method: str, path: str) -> Any:
-    return HUB.call(method, path)
+def call(method: str, path: str, query: dict[str, Any] | None = None) -> Any:
+    return HUB.call(method, path, query=query)
 
 
 async def upload() -> str:
@@ -63,7 +63,7 @@ async def produce_clicks() -> None:
 def wait_for(trigger: str, since: float, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     deadline = time.time() + timeout
     while True:
-        invs = call("GET", f"/v1/invocations?trigger={trigger}&limit=20")["invocations"]
+        invs = call("GET", "/v1/invocations", {"trigger": trigger, "limit": 20})["invocations"]
         fresh = [i for i in invs if _ts(i["started_at"]) >= since]
         if len(fresh) >= count or time.time() > deadline:
             return fresh

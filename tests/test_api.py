@@ -117,7 +117,7 @@ async def test_trigger_validation_errors(api: Api, unique: str) -> None:
     await api.put_function(f"fn-{unique}", ECHO)
     cases: list[tuple[Any, int, str]] = [
         ({"function": "missing-fn", "source": {"type": "kafka", "topic": "t"}}, 400, "unknown function"),
-        ({"function": f"fn-{unique}", "source": {"type": "ftp"}}, 400, "does not match any of the expected tags"),
+        ({"function": f"fn-{unique}", "source": {"type": "ftp"}}, 400, "'ftp' is not a source type; the types are s3"),
         ({"function": f"fn-{unique}", "source": {"type": "kafka"}}, 400, "source.kafka.topic"),
         ({"function": f"fn-{unique}", "source": {"type": "kafka", "topic": "t"}, "filter": {"data": "x"}},
          400, "filter"),

@@ -41,6 +41,21 @@ def dev_env(start: Path | None = None) -> dict[str, str]:
     return {}
 
 
+def request_target(path: str, query: dict[str, Any] | None = None) -> str:
+    """``path`` (which may carry its own ``?query``) and ``query`` as a request target.
+
+    Only the path is percent-quoted, a segment at a time (so a name with a space or a ``?``
+    reaches the hub as that name, for the hub to refuse): quoting the whole string turned the
+    ``?``, ``&`` and ``=`` of ``/v1/invocations?trigger=x`` into part of the path, a 404. The query,
+    from the path and from ``query`` (``None`` values left out), goes through ``urlencode``.
+    """
+    bare, sep, inline = path.partition("?")
+    target = "/".join(urllib.parse.quote(segment, safe=":@") for segment in bare.split("/"))
+    params: list[tuple[str, Any]] = urllib.parse.parse_qsl(inline, keep_blank_values=True) if sep else []
+    params += [(k, v) for k, v in (query or {}).items() if v is not None]
+    return target + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120.0) -> None:
         env = {**dev_env(), **os.environ}
@@ -65,9 +80,7 @@ class Client:
 
     def _open(self, method: str, path: str, body: Any, query: dict[str, Any] | None, raw: bytes | None,
               timeout: float | None) -> Any:
-        url = self.url + urllib.parse.quote(path, safe="/:@")  # a name with a space is the hub's to refuse
-        if query:
-            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        url = self.url + request_target(path, query)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = {"Authorization": f"Bearer {self.token}"}
         if data is not None:

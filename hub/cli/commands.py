@@ -7,8 +7,10 @@
     trigger-hub functions|triggers|versions|invocations|dead-letters ...
     trigger-hub aliases NAME | alias set NAME ALIAS VERSION | alias delete NAME ALIAS
     trigger-hub version code NAME VERSION [-o FILE] | version delete NAME VERSION
+    trigger-hub doctor                          check the setup end to end; say what to fix
 
-Tables for people, ``--json`` for scripts. Exit codes: 0 done; 1 the function failed (invoke) or
+Tables for people, ``--json`` for scripts (``--json``, ``--url`` and ``--token`` go before or after
+the command: hub.cli.options). Exit codes: 0 done; 1 the function failed (invoke) or
 what was asked for is not there; 2 bad usage or input the hub refused (4xx); 3 the hub could not
 be reached or failed (5xx). The hub and its token come from --url/--token, HUB_URL/HUB_API_TOKEN,
 or the .hub/dev.env that ./scripts/run writes.
@@ -28,24 +30,13 @@ from typing import Any, NoReturn
 
 import click
 
-from hub.cli.client import ApiError, Client
+from hub.cli.client import ApiError
+from hub.cli.options import SEGMENT, Ctx, HubGroup
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 
 # -- plumbing -------------------------------------------------------------------------------
-class Ctx:
-    def __init__(self, url: str | None, token: str | None, as_json: bool) -> None:
-        self.client = Client(url, token)
-        self.as_json = as_json
-
-    def out(self, data: Any, human: Callable[[], None]) -> None:
-        if self.as_json:
-            click.echo(json.dumps(data, indent=2, default=str))
-        else:
-            human()
-
-
 def fail(message: str, code: int) -> NoReturn:
     click.secho(message, fg="red", err=True)
     sys.exit(code)
@@ -85,7 +76,7 @@ def _cell(value: Any) -> str:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group()
+@click.group(cls=HubGroup, globals_here=False)
 @click.option("--url", envvar="HUB_URL", help="the hub (default: HUB_URL or .hub/dev.env)")
 @click.option("--token", envvar="HUB_API_TOKEN", help="the admin API token (HUB_API_TOKEN)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -175,7 +166,7 @@ def deploy(c: Ctx, directory: Path, dry_run: bool) -> None:
 
 # -- invoke ---------------------------------------------------------------------------------
 @main.command()
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @click.option("--data", "-d", default=None, help="the event: JSON, or @FILE")
 @click.option("--async", "is_async", is_flag=True, help="queue it and print the invocation id")
 @click.option("--version", "version", default=None, help="run this version")
@@ -256,21 +247,26 @@ def _print_record(c: Ctx, rec: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @click.option("--follow", "-f", is_flag=True, help="keep printing new invocations as they finish")
 @click.option("--since", default=None, help="only newer than this: 10m, 2h, 1d or an ISO time")
 @click.option("--status", default=None, help="only this status (succeeded, failed, timeout, ...; "
                                              "several with commas)")
 @click.option("--limit", default=50, show_default=True, help="at most this many to start with")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="with --follow: stop following after this many seconds (exit 0)")
 @pass_ctx
-def logs(c: Ctx, name: str, follow: bool, since: str | None, status: str | None, limit: int) -> None:
+def logs(c: Ctx, name: str, follow: bool, since: str | None, status: str | None, limit: int,
+         timeout_s: float | None) -> None:
     """A function's invocations with their output, newest last; --follow for new ones."""
     after = _since(since)
     start = after.isoformat() if after else None
     limit = max(1, limit)
+    if timeout_s is not None and not follow:
+        fail("--timeout bounds --follow; give both (or neither)", EXIT_USAGE)
     if follow:
         try:
-            _follow_logs(c, name, start, status, limit)
+            _follow_logs(c, name, start, status, limit, timeout_s)
         except KeyboardInterrupt:
             sys.exit(130)
         return
@@ -290,18 +286,25 @@ def logs(c: Ctx, name: str, follow: bool, since: str | None, status: str | None,
         _print_record(c, rec)
 
 
-def _follow_logs(c: Ctx, name: str, start: str | None, status: str | None, limit: int) -> None:
+def _follow_logs(c: Ctx, name: str, start: str | None, status: str | None, limit: int,
+                 timeout_s: float | None = None) -> None:
     """Read GET /v1/functions/NAME/logs?follow=true; when the stream ends (the hub restarted),
     reconnect from the last invocation printed (one that started before it and finished while
-    disconnected is missed)."""
+    disconnected is missed). With ``timeout_s`` the hub ends the stream then (its ``max_s``) and
+    this returns: a script or a pasted README block goes on to its next line."""
     import http.client
     from collections import OrderedDict
 
     seen: OrderedDict[str, None] = OrderedDict()
     delay = 1.0
     first = True
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
     while True:
-        query = {"follow": "true", "since": start, "status": status, "limit": limit if first else 1000}
+        left = deadline - time.monotonic() if deadline is not None else None
+        if left is not None and left <= 0:
+            return
+        query = {"follow": "true", "since": start, "status": status, "limit": limit if first else 1000,
+                 "max_s": f"{left:.3f}" if left is not None else None}
         try:
             for line in c.client.stream(f"/v1/functions/{name}/logs", query):
                 if not line.strip():
@@ -325,14 +328,35 @@ def _follow_logs(c: Ctx, name: str, start: str | None, status: str | None, limit
         except (OSError, http.client.HTTPException, ValueError) as exc:
             click.secho(f"(log stream interrupted: {type(exc).__name__}; reconnecting)", fg="yellow", err=True)
         else:
+            if deadline is not None and time.monotonic() >= deadline - 0.05:
+                return  # the hub ended it at max_s, as asked
             click.secho("(log stream ended; reconnecting)", fg="yellow", err=True)
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
 
 
+# -- doctor ---------------------------------------------------------------------------------
+@main.command()
+@click.option("--keep", is_flag=True, help="keep the throwaway test function (to look at its record)")
+@pass_ctx
+def doctor(c: Ctx, keep: bool) -> None:
+    """Check a setup end to end in a few seconds and say what to fix.
+
+    The hub answers, the token is accepted, MongoDB, Kafka and S3 are reachable from the hub
+    (/readyz), its subscriptions run, functions are sandboxed, and a throwaway function deploys,
+    runs and is deleted. Exit 0 when nothing failed, 1 when a check failed, 3 when the hub cannot
+    be reached at all.
+    """
+    from hub.cli import doctor as checks
+
+    checks.run(c, keep)
+
+
 # -- listing --------------------------------------------------------------------------------
 @main.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, type=SEGMENT)
 @pass_ctx
 def functions(c: Ctx, name: str | None) -> None:
     """List functions, or show one."""
@@ -346,7 +370,7 @@ def functions(c: Ctx, name: str | None) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @pass_ctx
 def versions(c: Ctx, name: str) -> None:
     """A function's versions, newest first."""
@@ -358,7 +382,7 @@ def versions(c: Ctx, name: str) -> None:
 
 # -- versions and aliases -------------------------------------------------------------------
 @main.command()
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @pass_ctx
 def aliases(c: Ctx, name: str) -> None:
     """A function's aliases (and its current version, which NAME and NAME:latest run)."""
@@ -377,8 +401,8 @@ def alias() -> None:
 
 
 @alias.command("set")
-@click.argument("name")
-@click.argument("alias_name", metavar="ALIAS")
+@click.argument("name", type=SEGMENT)
+@click.argument("alias_name", metavar="ALIAS", type=SEGMENT)
 @click.argument("version")
 @click.option("--description", default="", help="what the alias is for")
 @pass_ctx
@@ -395,8 +419,8 @@ def alias_set(c: Ctx, name: str, alias_name: str, version: str, description: str
 
 
 @alias.command("delete")
-@click.argument("name")
-@click.argument("alias_name", metavar="ALIAS")
+@click.argument("name", type=SEGMENT)
+@click.argument("alias_name", metavar="ALIAS", type=SEGMENT)
 @pass_ctx
 def alias_delete(c: Ctx, name: str, alias_name: str) -> None:
     """Delete an alias (refused while a trigger uses it)."""
@@ -410,8 +434,8 @@ def version() -> None:
 
 
 @version.command("code")
-@click.argument("name")
-@click.argument("version_id", metavar="VERSION")
+@click.argument("name", type=SEGMENT)
+@click.argument("version_id", metavar="VERSION", type=SEGMENT)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the zip here (default: NAME-VERSION.zip)")
 @pass_ctx
@@ -424,8 +448,8 @@ def version_code(c: Ctx, name: str, version_id: str, output: Path | None) -> Non
 
 
 @version.command("delete")
-@click.argument("name")
-@click.argument("version_id", metavar="VERSION")
+@click.argument("name", type=SEGMENT)
+@click.argument("version_id", metavar="VERSION", type=SEGMENT)
 @pass_ctx
 def version_delete(c: Ctx, name: str, version_id: str) -> None:
     """Delete a version (refused while it is the current one, or an alias or trigger uses it)."""
@@ -446,7 +470,7 @@ def triggers(ctx: click.Context) -> None:
 
 
 @triggers.command("show")
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @pass_ctx
 def triggers_show(c: Ctx, name: str) -> None:
     """One trigger, with its state (and next fire time for a schedule)."""
@@ -473,7 +497,7 @@ def _set_enabled(c: Ctx, name: str, enabled: bool) -> None:
 
 
 @triggers.command("enable")
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @pass_ctx
 def triggers_enable(c: Ctx, name: str) -> None:
     """Start a trigger again."""
@@ -481,7 +505,7 @@ def triggers_enable(c: Ctx, name: str) -> None:
 
 
 @triggers.command("disable")
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @pass_ctx
 def triggers_disable(c: Ctx, name: str) -> None:
     """Stop a trigger without deleting it (its position is kept)."""
@@ -489,7 +513,7 @@ def triggers_disable(c: Ctx, name: str) -> None:
 
 
 @triggers.command("rotate-token")
-@click.argument("name")
+@click.argument("name", type=SEGMENT)
 @pass_ctx
 def triggers_rotate(c: Ctx, name: str) -> None:
     """A new token for an http trigger (auth token); the old one stops working."""
@@ -532,7 +556,7 @@ def dead_letters(ctx: click.Context, trigger: str | None, function: str | None) 
 
 
 @dead_letters.command("show")
-@click.argument("dead_letter_id")
+@click.argument("dead_letter_id", type=SEGMENT)
 @pass_ctx
 def dead_letters_show(c: Ctx, dead_letter_id: str) -> None:
     """One dead letter: its event and every attempt's error."""
@@ -546,7 +570,7 @@ def _dead_letters(c: Ctx, trigger: str | None, function: str | None) -> list[dic
 
 
 @dead_letters.command("replay")
-@click.argument("dead_letter_id", required=False)
+@click.argument("dead_letter_id", required=False, type=SEGMENT)
 @click.option("--all", "replay_all", is_flag=True, help="every dead letter of --trigger / --function")
 @click.option("--trigger", default=None)
 @click.option("--function", "function", default=None)

@@ -123,7 +123,13 @@ def plan(client: Client, directory: Path) -> Plan:
     if current is None:
         p.changes.append(f"function {p.name}: create (version {p.version})")
     elif current["version"] != p.version:
-        p.changes.append(f"function {p.name}: new version {p.version} (was {current['version']})")
+        stored = {v.get("version"): v for v in current.get("versions") or [] if isinstance(v, dict)}
+        if p.version in stored:  # old code again: the head moves back to a version that exists
+            when = stored[p.version].get("created_at")
+            p.changes.append(f"function {p.name}: back to existing version {p.version}"
+                             f"{f' (made {when})' if when else ''}, was {current['version']}")
+        else:
+            p.changes.append(f"function {p.name}: new version {p.version} (was {current['version']})")
     for tname, body in p.triggers.items():
         try:
             wanted = TriggerSpec.model_validate(body).model_dump()
@@ -142,6 +148,9 @@ def plan(client: Client, directory: Path) -> Plan:
 def apply(client: Client, p: Plan) -> dict[str, Any]:
     """Send the plan: the function first (a new version if anything changed), then its triggers."""
     head = client.call("PUT", f"/v1/functions/{p.name}", p.function)
+    if head.get("new_version") is False and p.version and any(f"new version {p.version}" in c for c in p.changes):
+        # stored meanwhile (another deploy of the same code): say what the hub did
+        p.changes = [c.replace(f"new version {p.version}", f"existing version {p.version}") for c in p.changes]
     shown: dict[str, Any] = {"function": p.name, "version": head["version"], "new_version": head.get("new_version"),
                              "previous_version": p.current_version, "triggers": {}, "changes": p.changes}
     for tname, body in p.triggers.items():
@@ -161,5 +170,7 @@ def _norm(value: Any) -> Any:
 
 
 def _first_errors(exc: Any) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-                     for e in exc.errors(include_url=False)[:5])
+    """The hub's own wording for what is wrong (the API's 400s say the same)."""
+    from hub.spec.models import error_field, error_message
+
+    return "; ".join(f"{error_field(e['loc'])}: {error_message(e)}" for e in exc.errors(include_url=False)[:5])

@@ -44,6 +44,10 @@ S3_EVENTS_MAX = 32
 MONGO_DB_MAX = 63  # bytes (MongoDB: fewer than 64)
 MONGO_NAMESPACE_MAX = 255  # bytes of "database.collection" (MongoDB 4.4+, unsharded)
 TIMEOUT_MIN_S = 0.1  # below this not even a warm worker can answer; Lambda's minimum is 1 s
+HANDLER_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+BUCKET_RE = r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$"
+TOPIC_RE = r"^[A-Za-z0-9._-]+$"
+RATE_RE = r"^[1-9][0-9]{0,8} (second|seconds|minute|minutes|hour|hours|day|days)$"
 
 
 def _utf8(text: str) -> str:
@@ -131,7 +135,7 @@ class FunctionSpec(_Strict):
     }]})
 
     handler: str = Field(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$", max_length=HANDLER_MAX,
+        pattern=HANDLER_RE, max_length=HANDLER_MAX,
         description="module.function, e.g. main.handler",
     )
     code: CodeSpec
@@ -286,7 +290,7 @@ S3KeyPart = Annotated[str, Field(max_length=S3_KEY_MAX), AfterValidator(_s3_key_
 
 class S3Source(_Strict):
     type: Literal["s3"]
-    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    bucket: str = Field(min_length=3, max_length=63, pattern=BUCKET_RE)
     events: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=lambda: ["s3:ObjectCreated:*"], min_length=1, max_length=S3_EVENTS_MAX
     )
@@ -359,7 +363,7 @@ class MongoSource(_Strict):
 
 class KafkaSource(_Strict):
     type: Literal["kafka"]
-    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    topic: str = Field(min_length=1, max_length=249, pattern=TOPIC_RE)
     start: Literal["latest", "earliest"] = "latest"
 
     @field_validator("topic")
@@ -408,7 +412,7 @@ class HttpSource(_Strict):
         return "/" + "/".join(segments)
 
 
-Rate = Annotated[str, Field(max_length=32, pattern=r"^[1-9][0-9]{0,8} (second|seconds|minute|minutes|hour|hours|day|days)$",
+Rate = Annotated[str, Field(max_length=32, pattern=RATE_RE,
                             description='e.g. "30 seconds", "5 minutes", "1 hour", "2 days"; at least 1 second')]
 
 
@@ -436,6 +440,7 @@ class ScheduleSource(_Strict):
 
 
 Source = Annotated[S3Source | MongoSource | KafkaSource | HttpSource | ScheduleSource, Field(discriminator="type")]
+SOURCE_TYPES = ("s3", "mongodb", "kafka", "http", "schedule")
 
 
 class TriggerSpec(_Strict):
@@ -481,3 +486,67 @@ class TriggerSpec(_Strict):
             raise ValueError(f"ordering 'key' is only for kafka sources ({self.source.type} events have no "
                              f"message key); use 'partition'")
         return self
+
+
+# -- messages a person reads ------------------------------------------------------------------
+# pydantic's own wording names regular expressions ("String should match pattern '^[A-Za-z_]...'")
+# and its internals ("Input tag 'ftp' found using 'type'"); hub.web.wire.validate and the CLI's
+# deploy say instead what was wrong, what is allowed and a value that would do. The patterns stay
+# in the schema (GET /v1/openapi.json) for programs.
+_HTTP_PATH_HELP = ("a path under /fn made of segments separated by '/': literal segments of letters, digits and "
+                   "-._~!$&'()*,;=:@, or parameters {name} (one segment) and {name+} (the rest, last segment "
+                   "only), e.g. \"/orders/{id}\" or \"/files/{path+}\"")
+PATTERN_HELP: dict[str, str] = {
+    NAME_RE: f"a name is 1 to {NAME_MAX} letters, digits, '_', '-' or '.', starting with a letter or digit, "
+             "e.g. \"resize-images\"",
+    FUNCTION_REF_RE: "a function is NAME, NAME:ALIAS or NAME:VERSION (names: letters, digits, '_', '-', '.'), "
+                     "e.g. \"hello\", \"hello:prod\" or \"hello:3f2a9c0d1b4e5f60\"",
+    VERSION_RE: "a version is 16 lower-case hex digits, e.g. \"3f2a9c0d1b4e5f60\" "
+                "(GET /v1/functions/NAME lists them)",
+    HANDLER_RE: "a handler is module.function (Python names joined by '.'), e.g. \"main.handler\" for "
+                "def handler in main.py",
+    BUCKET_RE: "an S3 bucket name is 3 to 63 lower-case letters, digits, '.' or '-', starting and ending "
+               "with a letter or digit, e.g. \"uploads\"",
+    TOPIC_RE: "a Kafka topic is letters, digits, '.', '_' or '-', e.g. \"clicks\"",
+    RATE_RE: "a rate is a whole number from 1 and a unit: second(s), minute(s), hour(s) or day(s), "
+             "e.g. \"30 seconds\", \"5 minutes\" or \"1 day\"",
+    _HTTP_PATH_RE: _HTTP_PATH_HELP,
+}
+SOURCE_EXAMPLE = '{"type": "kafka", "topic": "clicks"}'
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text if len(text) <= 80 else text[:80] + "...")
+
+
+def error_field(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A pydantic location as a dotted path; inside a source it names the source's type
+    (``source.schedule.rate``: the rate of a schedule source), which clients already match on."""
+    return ".".join(str(p) for p in loc) or "(body)"
+
+
+def error_message(err: Any) -> str:
+    """What one pydantic error means, in words (``err`` is an item of ``ValidationError.errors()``,
+    taken with its input)."""
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    given = err.get("input")
+    if kind == "string_pattern_mismatch":
+        help_text = PATTERN_HELP.get(str(ctx.get("pattern")))
+        if help_text:
+            return f"{_shown(given)} is not valid: {help_text}"
+        return f"{_shown(given)} is not valid here (GET /v1/openapi.json has the allowed form)"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        allowed = ", ".join(SOURCE_TYPES)
+        if kind == "union_tag_invalid":
+            return (f"{_shown(ctx.get('tag', given))} is not a source type; the types are {allowed}, "
+                    f"e.g. {SOURCE_EXAMPLE}")
+        return f"a source needs a \"type\": one of {allowed}, e.g. {SOURCE_EXAMPLE}"
+    if kind == "extra_forbidden":
+        return "is not a field here (a typo? GET /v1/openapi.json lists the fields)"
+    msg = str(err.get("msg", ""))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hub.web.logstream")
 
 HEARTBEAT_S = 15.0
+# ``max_s``: a following stream ends cleanly after this many seconds, so a script, a pasted
+# README block or an API fuzzer that reads a stream to its end is not held for ever (the OpenAPI
+# document marks the stream with x-hub-stream and names this parameter).
+MAX_S_LIMIT = 86400.0
 MAX_AWAIT_MS = 1000  # how often a following stream's reader looks at the stop flag and the client
 WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long is treated as gone
 MAX_FOLLOWERS = 32  # each following stream keeps a MongoDB connection busy in its getMore
@@ -125,6 +129,21 @@ def parse_include(text: str) -> set[str]:
     return parts
 
 
+def parse_max_s(text: str | None) -> float | None:
+    """``max_s``: seconds, more than 0 and at most a day (None when not given)."""
+    if text is None:
+        return None
+    shown = text if len(text) <= 20 else text[:20] + "..."
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_S_LIMIT:  # NaN fails this too
+        raise LogQueryError(f"max_s must be a number of seconds above 0 and at most {MAX_S_LIMIT:.0f} "
+                            f"(e.g. max_s=30), not {shown!r}")
+    return value
+
+
 def parse_statuses(text: str) -> list[str]:
     """``failed`` or ``failed,timeout,crashed``."""
     return [s for s in (p.strip() for p in text.split(",")) if s]
@@ -184,7 +203,12 @@ class LogStreams:
     async def serve(self, request: web.Request, store: Store, function: str, *, render: Render,
                     since: dt.datetime | None, statuses: list[str] | None, limit: int,
                     follow: bool) -> web.StreamResponse:
-        """Answer ``request`` with the function's records (and, following, the new ones)."""
+        """Answer ``request`` with the function's records (and, following, the new ones, until
+        the client leaves, the hub stops or the request's ``max_s`` seconds have passed)."""
+        try:
+            max_s = parse_max_s(request.query.get("max_s"))
+        except LogQueryError as exc:
+            raise StreamRefused(400, str(exc)) from None
         if self._stopping:
             raise StreamRefused(503, "the hub is stopping; reconnect to another instance")
         if follow and self.following >= self.max_followers:
@@ -193,7 +217,7 @@ class LogStreams:
         if follow:
             self.following += 1  # here, not in the task: a burst of requests cannot pass the limit
         task = asyncio.ensure_future(self._serve(request, store, function, render, since, statuses,
-                                                 limit, follow))
+                                                 limit, follow, max_s))
         self._tasks[task] = request
         task.add_done_callback(self._done)
         # Shielded: if aiohttp cancels the handler (its own shutdown timeout), the stream still
@@ -220,8 +244,9 @@ class LogStreams:
 
     async def _serve(self, request: web.Request, store: Store, function: str, render: Render,
                      since: dt.datetime | None, statuses: list[str] | None, limit: int,
-                     follow: bool) -> web.StreamResponse:
+                     follow: bool, max_s: float | None = None) -> web.StreamResponse:
         self.live += 1
+        ends_at = asyncio.get_running_loop().time() + max_s if max_s is not None else None
         stream: Any = None
         response: web.StreamResponse | None = None
         try:
@@ -241,7 +266,7 @@ class LogStreams:
                 sent.add(doc["_id"])
                 await self._write(response, render(doc))
             if stream is not None:
-                await self._follow(request, response, stream, render, sent)
+                await self._follow(request, response, stream, render, sent, ends_at)
             await response.write_eof()
         except _ClientGone:
             pass
@@ -269,10 +294,11 @@ class LogStreams:
         return response
 
     async def _follow(self, request: web.Request, response: web.StreamResponse, stream: Any,
-                      render: Render, sent: set[str]) -> None:
+                      render: Render, sent: set[str], ends_at: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         last_write = loop.time()
-        while not self._stopping:
+        # max_s is looked at between reads: a stream ends within max_await_ms of it
+        while not self._stopping and (ends_at is None or loop.time() < ends_at):
             if request.transport is None or request.transport.is_closing():
                 raise _ClientGone()
             change = await stream.try_next()  # returns within max_await_ms when nothing comes

@@ -369,7 +369,14 @@ _LOGS_PARAMS = [
     _STATUS,
     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": 100},
            "at most this many of the existing invocations (the newest), sent oldest first"),
+    _param("max_s", "query", {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+           "with follow=true: end the stream cleanly after this many seconds (within about a second); "
+           "without it a following stream runs until the client disconnects or the hub stops"),
 ]
+# The follow stream never ends by itself: marked for clients and fuzzers that read answers to
+# their end (hub.web.logstream), with the query parameter that bounds it.
+_LOGS_STREAM = {"x-hub-stream": {"endless_when": {"follow": True}, "bounded_by": "max_s",
+                                 "heartbeat_s": 15, "media_type": "application/x-ndjson"}}
 _LOGS_RESPONSES = {
     "200": {"description": "JSON lines (chunked): one Invocation (#/components/schemas/Invocation, stdout and "
                            "stderr included) per line, oldest first; a blank line every 15 s while following "
@@ -555,8 +562,10 @@ def _build() -> dict[str, Any]:
             },
             "/v1/functions/{name}/logs": {
                 "parameters": _LOGS_PARAMS,
-                "get": _with_responses(_op("A function's invocations with their output as JSON lines; "
-                                           "follow=true streams new ones", {}, "400 404 503"), _LOGS_RESPONSES),
+                "get": {**_with_responses(_op("A function's invocations with their output as JSON lines; "
+                                              "follow=true streams new ones until the client leaves (or "
+                                              "max_s passes)", {}, "400 404 503"), _LOGS_RESPONSES),
+                        **_LOGS_STREAM},
             },
             "/v1/invocations/{id}": {
                 "parameters": [_ID],

@@ -30,7 +30,7 @@ from hub.catalog.code import CodeError, CodeTooLarge, CodeUnavailable
 from hub.catalog.registry import Conflict, NotFound
 from hub.catalog.triggers import TriggerError
 from hub.catalog.registry import is_version
-from hub.spec.models import NAME_RE
+from hub.spec.models import NAME_RE, error_field, error_message
 from hub.web import limits
 from hub.web.limits import BodyBudget
 from hub.web.services import SERVICES
@@ -155,9 +155,10 @@ def validate(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
+        # in words, never a regular expression or pydantic's wording (hub.spec.models.error_message)
         details = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)[:MAX_ERROR_DETAILS]
+            {"field": error_field(e["loc"]), "message": error_message(e)}
+            for e in exc.errors(include_url=False)[:MAX_ERROR_DETAILS]
         ]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         more = exc.error_count() - len(details)

@@ -85,17 +85,17 @@ export function badge(text, kind = text) {
 
 export const NA = () => h("span", { class: "na", title: "not available from this hub" }, "n/a");
 
+/** Times are shown in UTC, whatever the browser's zone: the hub's records, usage days and the
+ * invocation filters (invocations.js) are all UTC, so what a table shows can be typed back. */
 export function fmtTime(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return d.toISOString().slice(0, 19).replace("T", " ");
 }
 
 export function time(iso) {
-  return h("time", { datetime: iso || null, title: iso || null }, fmtTime(iso));
+  return h("time", { datetime: iso || null, title: iso ? `${iso} (UTC)` : null }, fmtTime(iso));
 }
 
 export function fmtMs(ms) {

@@ -28,18 +28,24 @@ export function invocationRows(records, { showFunction = true, empty = "No invoc
   ].filter(Boolean), records, { empty, rowAttrs: (r) => ({ "data-invocation-id": r.invocation_id, "data-status": r.status }) });
 }
 
-/** datetime-local inputs hold local time without a zone; the API wants ISO 8601 (naive = UTC). */
-function toApiTime(local) {
-  if (!local) return "";
-  const d = new Date(local);
-  return Number.isNaN(d.getTime()) ? local : d.toISOString();
+/** The From/To filters are UTC, like every time the console shows (dom.js fmtTime) and the
+ * API's own naive times: "2025-05-01 12:00:00", "2025-05-01T12:00", "2025-05-01". A browser's
+ * datetime-local input would show and read local time in the locale's own format instead. */
+const UTC_INPUT = /^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?(?:Z|UTC| UTC)?$/i;
+
+function toApiTime(text) {
+  if (!text) return "";
+  const m = UTC_INPUT.exec(text.trim());
+  if (!m) return text; // passed on as typed: the API answers a 400 that says what it takes
+  const [, y, mo, d, hh = "00", mi = "00", ss = "00"] = m;
+  return `${y}-${mo}-${d}T${hh}:${mi}:${ss}Z`;
 }
 
-function toLocalInput(iso) {
+function toUtcInput(iso) {
   if (!iso) return "";
   const d = new Date(iso);
-  if (Number.isNaN(d.getTime())) return "";
-  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return d.toISOString().slice(0, 19).replace("T", " ");
 }
 
 function filterForm(query) {
@@ -47,13 +53,14 @@ function filterForm(query) {
   const text = (name, placeholder) => h("input", { name, value: query[name] || "", placeholder, size: 16 });
   const status = h("select", { name: "status" }, STATUSES.map((s) =>
     h("option", { value: s, selected: (query.status || "") === s }, s || "any")));
-  const when = (name) => h("input", { name, type: "datetime-local", step: 1, value: toLocalInput(query[name]) });
+  const when = (name) => h("input", { name, value: toUtcInput(query[name]), size: 19,
+    placeholder: "YYYY-MM-DD HH:MM:SS", title: "UTC, e.g. 2025-05-01 12:00:00 (or just 2025-05-01)" });
   const form = h("form", { class: "inline", id: "invocation-filters", role: "search" },
     field("function", "Function", text("function", "any")),
     field("trigger", "Trigger", text("trigger", "any")),
     field("status", "Status", status),
-    field("from", "From", when("from")),
-    field("to", "To", when("to")),
+    field("from", "From (UTC)", when("from")),
+    field("to", "To (UTC)", when("to")),
     query.event_id ? field("event_id", "Event id", text("event_id", "")) : null,
     h("button", { type: "submit" }, "Filter"),
     h("a", { href: "#/invocations" }, "clear"));
