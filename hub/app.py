@@ -67,6 +67,8 @@ def make_pool(settings: Settings) -> WorkerPool:
         data_dir=settings.data_dir,
         idle_ttl_s=settings.worker_idle_ttl_s,
         max_queue=settings.max_queue_per_function,
+        # a function with network must not reach the hub's own servers, even on public addresses
+        deny_addresses=(settings.mongo_url, settings.kafka_bootstrap, settings.s3_endpoint),
     )
 
 
@@ -209,9 +211,9 @@ class Hub:
         self.usage.start()
         self.writer.start()
         self.watcher.start()
-        await self.pool.start()
+        await self.pool.start()  # SandboxUnavailable (bwrap cannot run, not HUB_SANDBOX=process) stops here
         if self.pool.isolation != "bwrap":
-            log.warning("functions are NOT sandboxed with bubblewrap; only rlimits contain them",
+            log.warning("functions are NOT isolated (HUB_SANDBOX=process): only rlimits contain them",
                         isolation=self.pool.isolation)
         await self.trigger_sync.sync()
         self.sources.start()

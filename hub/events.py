@@ -2,6 +2,10 @@
 
 Handlers receive ``Event.to_cloudevent()``. ``id`` is stable across redeliveries of the same
 change, so the dispatcher can recognise an event it has already run to success.
+
+``traceparent``/``tracestate`` are the CloudEvents Distributed Tracing extension: set when the
+hub traces (``hub.tracing``), they travel with the event through the inbox, dead letters and
+replays, so its later spans continue the same trace wherever they run.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ class Event:
     subject: str | None = None
     time: str = field(default_factory=utc_now_iso)
     datacontenttype: str = "application/json"
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def to_cloudevent(self) -> dict[str, Any]:
-        return {
+        doc = {
             "specversion": "1.0",
             "id": self.id,
             "source": self.source,
@@ -36,6 +42,11 @@ class Event:
             "datacontenttype": self.datacontenttype,
             "data": self.data,
         }
+        if self.traceparent:
+            doc["traceparent"] = self.traceparent
+            if self.tracestate:
+                doc["tracestate"] = self.tracestate
+        return doc
 
     @classmethod
     def from_cloudevent(cls, doc: dict[str, Any]) -> Event:
@@ -47,4 +58,10 @@ class Event:
             subject=doc.get("subject"),
             time=str(doc.get("time") or utc_now_iso()),
             datacontenttype=str(doc.get("datacontenttype") or "application/json"),
+            traceparent=_text(doc.get("traceparent")),
+            tracestate=_text(doc.get("tracestate")),
         )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

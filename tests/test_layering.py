@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "connectors": 2,
     "hub.sandbox": 1,
     "hub.spec": 1,
+    "hub.tracing": 1,  # OpenTelemetry: above the events it decorates, below everything that traces
     "hub.events": 0,
     "hub.driver": 0,
     "hub.settings": 0,

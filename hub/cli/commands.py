@@ -100,6 +100,7 @@ def serve() -> None:
 
 async def _serve(settings: Any) -> None:
     from hub.app import Hub
+    from hub.sandbox.bwrap import SandboxUnavailable
 
     try:
         hub = Hub(settings)
@@ -111,7 +112,12 @@ async def _serve(settings: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
-    await hub.start()
+    try:
+        await hub.start()
+    except SandboxUnavailable as exc:  # bwrap cannot run and HUB_SANDBOX=process was not chosen
+        click.secho(f"trigger-hub serve: {exc}", fg="red", err=True)
+        await hub.stop()
+        raise SystemExit(EXIT_UNAVAILABLE) from None
     try:
         await stop.wait()
     finally:

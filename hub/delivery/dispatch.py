@@ -39,6 +39,7 @@ from hub.delivery.records import Completions, RecordWriter, completion_key, dead
 from hub.driver import shielded
 from hub.catalog.registry import Registry
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status, WorkerPool
+from hub.tracing import Tracing, finish_attempt, trace_id_of, traceparent_of
 from hub.store import Store, now, storable
 
 log = structlog.get_logger("hub.delivery.dispatch")
@@ -127,8 +128,9 @@ class Chunk:
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, pool: WorkerPool, metrics: Metrics,
                  writer: RecordWriter, completions: Completions, crash_point: str = "",
-                 instance: str = "") -> None:
+                 instance: str = "", tracing: Tracing | None = None) -> None:
         self.store = store
+        self.tracing = tracing or Tracing()  # OpenTelemetry (hub.tracing); disabled unless configured
         self.instance = instance  # written on every record: which instance ran it
         # A test seam (HUB_TEST_CRASH_POINT): die at once, as kill -9 would, right after an
         # outcome is durable and before the source is acked -- "after_record" (a success's
@@ -306,7 +308,16 @@ class Dispatcher:
 
     async def _attempt(self, target: Target, chunk: Chunk, events: list[Event], request_id: str,
                        attempt: int, throttled: int) -> tuple[dict[str, Any], batches.Split | None]:
-        report, fn = await self._invoke(target, events, request_id, attempt)
+        if not self.tracing.enabled:
+            return await self._attempt_traced(target, chunk, events, request_id, attempt, None)
+        with self.tracing.attempt(events, function=target.function_name, trigger=target.trigger,
+                                  invocation_id=request_id, attempt=attempt,
+                                  wait_s=self._age_s(events[0])) as span:
+            return await self._attempt_traced(target, chunk, events, request_id, attempt, span)
+
+    async def _attempt_traced(self, target: Target, chunk: Chunk, events: list[Event], request_id: str,
+                              attempt: int, span: Any) -> tuple[dict[str, Any], batches.Split | None]:
+        report, fn = await self._invoke(target, events, request_id, attempt, span)
         if report.status is Status.throttled:
             return {}, None
         is_batch = target.batch_size > 1
@@ -325,7 +336,7 @@ class Dispatcher:
             failed_ids = {e.id for e in events}
         outcome = batches.split(events, failed_ids, target.ordered)
         record = self._record(target, events, report, fn, request_id, attempt, outcome, is_batch)
-        durable = self.writer.submit(record)
+        durable = self._submit(record, report, span, last=attempt >= target.retry.max_attempts)
         if outcome.succeeded and self.crash_point == "after_record":
             durable.add_done_callback(_crash_unless_failed)
         if outcome.succeeded:
@@ -339,8 +350,25 @@ class Dispatcher:
         self._observe(target, record, report)
         return record, outcome
 
+    def _submit(self, record: dict[str, Any], report: InvocationReport, span: Any,
+                last: bool = True) -> asyncio.Future[Any]:
+        """Hand the record to the group-commit writer; with a traced attempt, the record keeps the
+        trace id, the attempt span says how it went, and a span covers the write until durable."""
+        if span is None:
+            return self.writer.submit(record)
+        record["trace_id"] = trace_id_of(span)
+        span.set_attribute("faas.invocation_id", record["_id"])  # the record's id (GET /v1/invocations/ID)
+        finish_attempt(span, status=record["status"], error=report.error, cold=report.cold_start,
+                       billed_ms=report.billed_ms,
+                       dead_lettered=last and record["status"] not in ("succeeded", "throttled"))
+        write = self.tracing.record_write(span)
+        durable = self.writer.submit(record)
+        if write is not None:
+            durable.add_done_callback(lambda _: write.end())
+        return durable
+
     async def _invoke(self, target: Target, events: list[Event], invocation_id: str,
-                      attempt: int) -> tuple[InvocationReport, FunctionRuntime | None]:
+                      attempt: int, span: Any = None) -> tuple[InvocationReport, FunctionRuntime | None]:
         try:
             # the version the reference resolves to now (a moved alias counts from its next event)
             fn = await self.registry.runtime(target.function)
@@ -364,9 +392,12 @@ class Dispatcher:
         else:
             payload = (batches.envelope(events, target.source, target.trigger) if target.batch_size > 1
                        else events[0].to_cloudevent())
-        ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt)
+        traceparent = traceparent_of(span)
+        ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt,
+                            traceparent=traceparent)
+        trace_ids = {"trace_id": traceparent.split("-")[1], "span_id": traceparent.split("-")[2]} if traceparent else {}
         with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function_name,
-                                                     trigger=target.trigger):
+                                                     trigger=target.trigger, **trace_ids):
             if not aws:
                 return await self.pool.invoke(fn, payload, ctx), fn
             arn = self.registry.aws.function_arn(target.function_name, target.qualifier)
@@ -474,11 +505,13 @@ class Dispatcher:
         """One attempt at one event (sync invoke, http triggers: no retries, the caller sees the
         error). With ``durable`` it returns once the record is in MongoDB; without, the record
         follows in the next group commit (an http answer does not wait for it)."""
-        report, fn = await self._invoke(target, [event], invocation_id, attempt)
-        outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
-        record = self._record(target, [event], report, fn, request_id, attempt, outcome, False)
-        record["_id"] = invocation_id
-        written = self.writer.submit(record)
+        with self.tracing.attempt([event], function=target.function_name, trigger=target.trigger,
+                                  invocation_id=invocation_id, attempt=attempt) as span:
+            report, fn = await self._invoke(target, [event], invocation_id, attempt, span)
+            outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
+            record = self._record(target, [event], report, fn, request_id, attempt, outcome, False)
+            record["_id"] = invocation_id
+            written = self._submit(record, report, span)
         if durable:
             await asyncio.shield(written)
         self._observe(target, record, report)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from opentelemetry.trace import SpanKind
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from hub.spec import schedule_times
@@ -28,6 +29,7 @@ from hub.intake.inbox import Inbox
 from hub.driver import DUPLICATE_KEY, shielded
 from hub.intake.router import Router, Trigger
 from hub.store import Store, now
+from hub.tracing import Tracing
 from hub.catalog.triggers import source_state_key
 
 log = structlog.get_logger("hub.intake.scheduler")
@@ -58,7 +60,8 @@ class _Plan:
 
 
 class Scheduler:
-    def __init__(self, store: Store, router: Router, inbox: Inbox) -> None:
+    def __init__(self, store: Store, router: Router, inbox: Inbox, tracing: Tracing | None = None) -> None:
+        self.tracing = tracing or Tracing()
         self.store = store
         self.router = router
         self.inbox = inbox
@@ -196,6 +199,8 @@ class Scheduler:
             data.update(catch_up=True, missed=missed, first_missed=_iso(first_missed or tick))
         event = Event(id=ident, source=f"schedule://{t.name}", type="hub.schedule", subject=_iso(tick),
                       time=_iso(tick), data=data)
+        if self.tracing.enabled:  # each tick is a trace of its own, kept in the queued item
+            event = self.tracing.received(event, trigger=t.name, kind=SpanKind.PRODUCER)
         item = Inbox._item("schedule", event, trigger=t.name, function=t.function)
         item["_id"] = ident
         try:

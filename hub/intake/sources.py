@@ -26,6 +26,7 @@ from connectors.mongodb import ChangeStreamSubscription
 from hub.delivery.dispatch import Chunk, Dispatcher, Target
 from hub.events import Event
 from hub.metrics import Metrics
+from hub.tracing import Tracing
 from hub.driver import shielded
 from hub.intake.router import Router, Trigger
 from hub.settings import Settings
@@ -42,10 +43,12 @@ class DispatchSink:
     dispatcher; the connector gets back the wait for the outcomes to be durable (its ack), as
     ``connectors.base`` describes. Source-agnostic: the trigger and its filter say everything."""
 
-    def __init__(self, router: Router, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(self, router: Router, dispatcher: Dispatcher, metrics: Metrics,
+                 tracing: Tracing | None = None) -> None:
         self.router = router
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
 
     async def __call__(self, trigger_name: str, events: list[Event]) -> Awaitable[None] | None:
         if not events:
@@ -59,7 +62,10 @@ class DispatchSink:
         if not wanted:
             return None
         target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
-        chunk = await self.dispatcher.run(target, [events[i] for i in wanted])
+        run = [events[i] for i in wanted]
+        if self.tracing.enabled:  # a receive span per event, the child of its producer's context
+            run = [self.tracing.received_from_source(e, trigger.name, trigger.source) for e in run]
+        chunk = await self.dispatcher.run(target, run)
         return self._settled(chunk, wanted)
 
     async def _settled(self, chunk: Chunk, wanted: list[int]) -> None:

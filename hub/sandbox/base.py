@@ -73,6 +73,7 @@ class InvokeContext:
     attempt: int = 1
     # event_format "aws": the ARN the caller invoked (context.invoked_function_arn)
     function_arn: str | None = None
+    traceparent: str | None = None  # the invocation span's W3C context (TRACEPARENT in the worker)
 
 
 class Status(str, enum.Enum):

@@ -414,6 +414,7 @@ class SandboxPool:
             "trigger": ctx.trigger,
             "attempt": ctx.attempt,
             "arn": ctx.function_arn,  # event_format "aws" only; else None
+            "traceparent": ctx.traceparent,  # hub.tracing: the invocation span's, or None
             "deadline": time.time() + fn.timeout_s,
             "event": event,
         }

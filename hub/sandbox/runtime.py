@@ -345,6 +345,8 @@ class Context:
         "attempt",
         "deadline",
         "memory_limit_mb",
+        "traceparent",
+        "trace_id",
     )
 
     def __init__(self, invocation_id: str, function_name: str, function_version: str,
@@ -357,6 +359,10 @@ class Context:
         self.attempt = attempt
         self.deadline = deadline
         self.memory_limit_mb = memory_limit_mb
+        # W3C trace context of this invocation's span (None when the hub does not trace); the
+        # same value is in os.environ["TRACEPARENT"] for the length of the call
+        self.traceparent = None  # type: str | None
+        self.trace_id = None  # type: str | None
 
     @property
     def aws_request_id(self) -> str:
@@ -476,6 +482,18 @@ def _event_loop() -> Any:
     return _loop
 
 
+def _set_trace(ctx: Context, traceparent: Any) -> None:
+    """TRACEPARENT for this call only (the environment-variable carrier convention): a function's
+    OpenTelemetry SDK or plain HTTP client continues the invocation's trace; the next call that is
+    not traced must not inherit it."""
+    if isinstance(traceparent, str) and traceparent.count("-") == 3:
+        ctx.traceparent = traceparent
+        ctx.trace_id = traceparent.split("-")[1]
+        os.environ["TRACEPARENT"] = traceparent
+    else:
+        os.environ.pop("TRACEPARENT", None)
+
+
 def _run(handler: Callable[..., Any], event: Any, ctx: Context) -> Any:
     result = handler(event, ctx)
     if hasattr(result, "__await__"):
@@ -492,6 +510,7 @@ def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleTyp
         req.get("attempt", 1), req.get("deadline", 0.0), cfg.get("memory_mb"))
     if _aws:
         ctx.invoked_function_arn = req.get("arn") or ""  # type: ignore[attr-defined]
+    _set_trace(ctx, req.get("traceparent"))
     _reset_peak()
     _arm_cpu(resource, cfg.get("timeout_s", 30))
     try:

@@ -297,6 +297,8 @@ class S3Source(_Strict):
     prefix: S3KeyPart = ""
     suffix: S3KeyPart = ""
     transport: Literal["webhook", "listen"] = "webhook"
+    # tracing: continue the uploader's trace from the object's x-amz-meta-traceparent
+    trace_metadata: bool = False
 
     @field_validator("events")
     @classmethod
@@ -351,6 +353,8 @@ class MongoSource(_Strict):
                           AfterValidator(_mongo_collection)]
     operations: list[MongoOp] = Field(default_factory=lambda: list(ALL_MONGO_OPS), min_length=1, max_length=4)
     full_document: Literal["default", "updateLookup", "whenAvailable", "required"] = "default"
+    # tracing: a document field holding the writer's W3C traceparent (read from fullDocument)
+    trace_field: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _namespace_length(self) -> MongoSource:

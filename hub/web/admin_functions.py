@@ -9,10 +9,12 @@ from __future__ import annotations
 import uuid
 
 import structlog
+from opentelemetry.trace import SpanKind
 from aiohttp import web
 
 from hub.delivery.dispatch import Target
 from hub.events import Event
+from hub.tracing import http_context
 from hub.spec.models import LATEST, AliasSpec, FunctionSpec, RetryPolicy, alias_name_problem
 from hub.catalog.registry import public_function
 from hub.catalog.secrets import SecretUnavailable, refs
@@ -96,6 +98,9 @@ async def invoke_function(request: web.Request) -> web.Response:
     raw = await read_body(request, limit)
     payload = parse_json(raw, MAX_PAYLOAD_DEPTH) if raw.strip() else None
     event = Event(id=f"invoke:{uuid.uuid4().hex}", source=f"invoke://{name}", type="hub.invoke", data=payload)
+    if svc.tracing.enabled:  # the caller's traceparent (header, or a CloudEvent body's extension)
+        parent, state = http_context(request.headers, payload)
+        event = svc.tracing.received(event, trigger=None, parent=parent, tracestate=state, kind=SpanKind.SERVER)
     if mode == "async":
         problem = unstorable_reason({"data": payload})
         if problem:

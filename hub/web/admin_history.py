@@ -44,7 +44,7 @@ LOG_STREAMS: web.AppKey[LogStreams] = web.AppKey("log_streams", LogStreams)
 
 
 # -- invocations ----------------------------------------------------------------------------
-INVOCATION_FILTERS = ("function", "trigger", "status", "event_id", "request_id")
+INVOCATION_FILTERS = ("function", "trigger", "status", "event_id", "request_id", "trace_id")
 DEAD_LETTER_FILTERS = ("trigger", "function")
 
 

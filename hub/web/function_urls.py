@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import structlog
+from opentelemetry.trace import SpanKind
 from aiohttp import web
 from multidict import CIMultiDict
 from pymongo.errors import ConnectionFailure
@@ -49,6 +50,7 @@ from hub.intake.router import Router, Trigger
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
 from hub.store import Store
+from hub.tracing import Tracing, http_context
 from hub.web.limits import BodyBudget, BodyTimeout, OverBudget, read_body
 
 log = structlog.get_logger("hub.web.function_urls")
@@ -412,7 +414,9 @@ class FunctionUrls:
     """The ``/fn/`` request handler of one hub instance."""
 
     def __init__(self, router: Router, dispatcher: Dispatcher, store: Store, metrics: Metrics, *,
-                 body_timeout_s: float = 30.0, body_budget: BodyBudget | None = None) -> None:
+                 body_timeout_s: float = 30.0, body_budget: BodyBudget | None = None,
+                 tracing: Tracing | None = None) -> None:
+        self.tracing = tracing or Tracing()
         self.body_timeout_s = body_timeout_s
         self.body_budget = body_budget
         self.router = router
@@ -512,6 +516,10 @@ class FunctionUrls:
                                         drop_authorization=route.auth != "none"))
         if trigger.filter and not self.router.passes_filter(trigger, event):
             return _with(error_response(404, request_id), extra)
+        if self.tracing.enabled:  # the caller's traceparent, or a new trace
+            parent, state = http_context(request.headers)
+            event = self.tracing.received(event, trigger=trigger.name, parent=parent, tracestate=state,
+                                          kind=SpanKind.SERVER)
         record = await self.dispatcher.run_once(route.target, event, request_id, request_id, 1, durable=False)
         status = record["status"]
         if status != "succeeded":

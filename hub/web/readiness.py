@@ -73,13 +73,20 @@ class Readiness:
             "checks": checks,
             "subscriptions": subs,
             "inbox": self.inbox.stats(),
-            "sandbox": {"isolation": self.pool.isolation, "sandboxed": self.pool.isolation == "bwrap"},
+            "sandbox": self._sandbox(),
             "pool": self.pool.stats(),
             "s3_reconcile": self.s3_reconciler.status(),
         }
         if self.scheduler.status():
             report["schedules"] = self.scheduler.status()
         return report
+
+    def _sandbox(self) -> dict[str, Any]:
+        sandboxed = self.pool.isolation == "bwrap"
+        out: dict[str, Any] = {"isolation": self.pool.isolation, "sandboxed": sandboxed}
+        if not sandboxed:  # the operator chose HUB_SANDBOX=process: say it where it is looked at
+            out["warning"] = "functions are NOT isolated (HUB_SANDBOX=process)"
+        return out
 
     async def _mongodb(self) -> str:
         ping = asyncio.ensure_future(shielded(self.store.ping(DRIVER_TIMEOUT_S)))

@@ -21,7 +21,8 @@ from connectors.s3_records import (
     is_aws_sns_url,
     parse_notification,
 )
-from hub.web.services import SERVICES
+from hub.events import Event
+from hub.web.services import SERVICES, Services
 from hub.web.wire import ApiError, MAX_PAYLOAD_DEPTH, MAX_STORED_EVENT_DEPTH, MAX_WEBHOOK_BODY, bearer, json_depth_exceeds, parse_json, read_body, reply, token_ok
 
 log = structlog.get_logger("hub.web.s3_webhook")
@@ -53,10 +54,21 @@ async def s3_webhook(request: web.Request) -> web.Response:
         # The trigger may be new and made through another instance: look again before dropping.
         await svc.trigger_sync.reload()
         wanted = [e for e in events if svc.router.match_s3(e)]
+    if svc.tracing.enabled:  # before the inbox: the stored event carries its trace to every attempt
+        wanted = [_traced(svc, e) for e in wanted]
     # S3 reconcile (hub/intake/s3_reconcile.py): claim ObjectCreated changes, queue, confirm; drop those
     # the bucket scan (or an earlier copy of this notification) already queued.
     queued, duplicates = await svc.s3_reconciler.admit(wanted, svc.inbox.put_events)
     return reply({"received": len(events), "queued": queued, "duplicates": duplicates})
+
+
+def _traced(svc: Services, event: Event) -> Event:
+    """The receive span of a notification: the child of the uploader's ``x-amz-meta-traceparent``
+    when a matching trigger asks for it (``trace_metadata``), else a new trace."""
+    triggers = svc.router.match_s3(event)
+    asking = next((t for t in triggers if t.source.get("trace_metadata")), None)
+    source = asking.source if asking is not None else None
+    return svc.tracing.received_from_source(event, ",".join(t.name for t in triggers) or None, source)
 
 
 async def _confirm_sns(confirm: SubscriptionConfirmation) -> dict[str, Any]:

@@ -8,7 +8,7 @@ way, from the web layer down to the parts, and a handler's needs are visible in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -29,6 +29,7 @@ from hub.metrics import Metrics
 from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
 from hub.store import Store
+from hub.tracing import Tracing
 from hub.web.limits import BodyBudget
 from hub.web.readiness import Readiness
 
@@ -55,6 +56,7 @@ class Services:
     public_body_budget: BodyBudget  # shared by the public routes' bodies (webhook, function URLs)
     secrets: Secrets
     tokens: Tokens
+    tracing: Tracing = field(default_factory=Tracing)  # OpenTelemetry; disabled unless configured
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
