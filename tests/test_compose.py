@@ -21,8 +21,13 @@ def _compose() -> dict[str, Any]:
 
 def test_services_are_the_real_servers_pinned() -> None:
     services = _compose()["services"]
-    assert set(services) == {"minio", "mongodb", "kafka", "hub", "proxy"}
-    for name in ("minio", "mongodb", "kafka", "proxy"):
+    always = {name for name, s in services.items() if not s.get("profiles")}
+    assert always == {"minio", "mongodb", "kafka", "hub", "proxy"}
+    # the tracing profile (optional): a collector and Jaeger, pinned, the UI on loopback only
+    assert {name for name, s in services.items() if "tracing" in s.get("profiles", [])} == {"otel-collector", "jaeger"}
+    assert services["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    assert services["hub"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+    for name in ("minio", "mongodb", "kafka", "proxy", "otel-collector", "jaeger"):
         image = services[name]["image"]
         tag = image.rsplit(":", 1)[-1]
         assert ":" in image and tag != "latest", f"{name} image must be pinned: {image}"

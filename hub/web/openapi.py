@@ -554,6 +554,7 @@ def _build() -> dict[str, Any]:
                     _STATUS,
                     _text("event_id", "the invocations of one event (all attempts)"),
                     _text("request_id", "the invocations of one request (an async invoke's invocation_id)"),
+                    _text("trace_id", "the invocations of one OpenTelemetry trace (32 hex digits)"),
                     _LIMIT,
                     *_INVOCATION_PAGING,
                 ],
