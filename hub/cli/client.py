@@ -26,10 +26,21 @@ class ApiError(Exception):
         self.body = body
 
 
+def project_root(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` that holds a project (``.git`` or ``pyproject.toml``)."""
+    for d in (start, *start.parents):
+        if (d / ".git").exists() or (d / "pyproject.toml").is_file():
+            return d
+    return None
+
+
 def dev_env(start: Path | None = None) -> dict[str, str]:
-    """KEY=VALUE lines of the nearest ``.hub/dev.env`` (empty if there is none)."""
+    """KEY=VALUE lines of ``.hub/dev.env`` in the current directory, else in the root of the
+    project the CLI was started in; never of some other parent directory (a stray ``.hub`` higher
+    up could point the CLI, and its token, at another host). Empty if there is none."""
     here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
+    root = project_root(here)
+    for d in (here,) if root is None or root == here else (here, root):
         path = d / ".hub" / "dev.env"
         if path.is_file():
             out: dict[str, str] = {}
@@ -54,6 +65,18 @@ def request_target(path: str, query: dict[str, Any] | None = None) -> str:
     params: list[tuple[str, Any]] = urllib.parse.parse_qsl(inline, keep_blank_values=True) if sep else []
     params += [(k, v) for k, v in (query or {}).items() if v is not None]
     return target + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The hub never redirects: a 3xx is not followed, so the token is never sent to another host."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} not followed (the CLI "
+                                     f"never sends its token elsewhere)", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class Client:
@@ -87,8 +110,10 @@ class Client:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, method=method, data=data, headers=headers)
         try:
-            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+            return _OPENER.open(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:  # refused by _NoRedirect: say where it wanted to go
+                raise ApiError(exc.code, f"{method} {path}: {exc.code} {exc.msg}") from None
             text = exc.read().decode(errors="replace")
             try:
                 parsed = json.loads(text)

@@ -52,6 +52,16 @@ def api_call(fn: Callable[[], Any]) -> Any:
         fail(exc.message, EXIT_FAILED if exc.status == 404 else EXIT_USAGE)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
+_CONTROL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})  # C1 controls (CSI, OSC...)
+
+
+def printable(text: str) -> str:
+    """A function's output as a terminal may show it: control characters (an escape sequence can
+    rewrite the screen, set the window title or worse) shown as \\xNN; tabs and newlines kept."""
+    return text.translate(_CONTROL)
+
+
 def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
     rows = [{c: _cell(r.get(c)) for c in columns} for r in rows]
     if not rows:
@@ -202,14 +212,15 @@ def invoke(c: Ctx, name: str, data: str | None, is_async: bool, version: str | N
     def human() -> None:
         for stream in ("stdout", "stderr"):
             if rec.get(stream):
-                click.echo(rec[stream].rstrip("\n"), err=stream == "stderr")
+                click.echo(printable(rec[stream].rstrip("\n")), err=stream == "stderr")
         if rec["status"] == "succeeded":
             click.echo(json.dumps(rec.get("result"), indent=2))
         else:
             err = rec.get("error") or {}
-            click.secho(f"{rec['status']}: {err.get('type', '')}: {err.get('message', '')}", fg="red", err=True)
+            click.secho(printable(f"{rec['status']}: {err.get('type', '')}: {err.get('message', '')}"), fg="red",
+                        err=True)
             if err.get("traceback"):
-                click.echo(err["traceback"].rstrip("\n"), err=True)
+                click.echo(printable(err["traceback"].rstrip("\n")), err=True)
 
     c.out(rec, human)
     if rec["status"] != "succeeded":
@@ -247,9 +258,9 @@ def _print_record(c: Ctx, rec: dict[str, Any]) -> None:
     click.secho(_log_line(rec), fg=None if rec.get("status") == "succeeded" else "red")
     for stream in ("stdout", "stderr"):
         for line in (rec.get(stream) or "").splitlines():
-            click.echo(f"    {line}")
+            click.echo(f"    {printable(line)}")
     if rec.get("error"):
-        click.echo(f"    {rec['error'].get('type')}: {rec['error'].get('message')}")
+        click.echo(printable(f"    {rec['error'].get('type')}: {rec['error'].get('message')}"))
 
 
 @main.command()

@@ -86,11 +86,17 @@ def load(directory: Path) -> Plan:
 
 
 def _files(directory: Path) -> dict[str, bytes]:
+    """The files to deploy. A symlink that leads outside the directory is refused: deploying must
+    never upload what the directory only points at (~/.ssh, /etc, another project's secrets)."""
     out: dict[str, bytes] = {}
+    root = directory.resolve()
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory)
         if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts):
             continue
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise DeployError(f"{rel.as_posix()} is a symlink to a place outside {directory}: not deployed "
+                              f"(copy the file in, or remove the link)")
         if path.is_file() and rel.as_posix() != MANIFEST and path.suffix not in (".pyc", ".pyo"):
             out[rel.as_posix()] = path.read_bytes()
     return out
