@@ -57,7 +57,7 @@ class FunctionRuntime:
     timeout_s: float = 30.0
     memory_mb: int = 256
     max_concurrency: int = 4
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # may hold secret values: never in a repr
     network: bool | NetworkPolicy = False  # False: no network; True: public egress only
     # Installed dependencies (hub.deps), shared by every version with the same resolved set;
     # mounted read-only at /opt/python and put on sys.path after the code. None: no dependencies.
