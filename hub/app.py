@@ -143,7 +143,8 @@ class Hub:
         self.writer = RecordWriter(self.store.db, on_written=self.usage.add)
         self.dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.writer,
                                      Completions(self.store.db), crash_point=settings.test_crash_point,
-                                     instance=self.instance_id, tracing=self.tracing)
+                                     instance=self.instance_id, tracing=self.tracing,
+                                     log_successes=settings.log_invocations == "all")
         self.inbox = Inbox(
             self.store, self.router, self.dispatcher, self.metrics,
             owner=self.instance_id, concurrency=settings.inbox_concurrency,

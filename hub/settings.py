@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     sandbox: Literal["auto", "bwrap", "process"] = "auto"
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
+    # "failures": a failed, timed-out or dead-lettered invocation is a log line, a success is only
+    # its record (GET /v1/invocations); "all": every success is an info line too (like Lambda's
+    # REPORT), at a log line's CPU per invocation.
+    log_invocations: Literal["failures", "all"] = "failures"
     data_dir: Path = Path(".hub/data")
     # Worker pool
     worker_idle_ttl_s: float = 60.0

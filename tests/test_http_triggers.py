@@ -499,7 +499,7 @@ async def test_fuzz_public_routes(api: Api, unique: str) -> None:
                        auth="none", cors={"allow_origins": ["https://ok.example"]})
     token = (await http_trigger(api, f"zs-{unique}", f"echo-{unique}", p + "/secret/{id}"))["token"]
     await http_trigger(api, f"zf-{unique}", f"shapes-{unique}", p + "/shape/{case}", auth="none")
-    host, port = api.base.removeprefix("http://").split(":")
+    host, port = api.fn_base.removeprefix("http://").split(":")
     cases = ["created", "nobody", "list", "raise", "badstatus", "crlf", "teapot", "nope"]
     statuses: Counter[int] = Counter()
 

@@ -128,8 +128,11 @@ class Chunk:
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, pool: WorkerPool, metrics: Metrics,
                  writer: RecordWriter, completions: Completions, crash_point: str = "",
-                 instance: str = "", tracing: Tracing | None = None) -> None:
+                 instance: str = "", tracing: Tracing | None = None, log_successes: bool = False) -> None:
         self.store = store
+        # A success is in its record; a log line for it (HUB_LOG_INVOCATIONS=all, a REPORT line's
+        # worth of CPU) only when the operator asks. Failures are always logged.
+        self.log_successes = log_successes
         self.tracing = tracing or Tracing()  # OpenTelemetry (hub.tracing); disabled unless configured
         self.instance = instance  # written on every record: which instance ran it
         # A test seam (HUB_TEST_CRASH_POINT): die at once, as kill -9 would, right after an
@@ -456,8 +459,8 @@ class Dispatcher:
         if histogram is None:
             histogram = self._histograms[name] = self.metrics.duration.labels(name)
         histogram.observe(report.duration_ms / 1000)
-        if record["status"] == "succeeded" and not log.is_enabled_for(logging.INFO):
-            return  # the record is the log; the line is only for who asked for info
+        if record["status"] == "succeeded" and not (self.log_successes and log.is_enabled_for(logging.INFO)):
+            return  # the record is the log; the line is only for who asked for it
         fields = dict(invocation_id=record["_id"], function=name, version=record["version"], trigger=target.trigger,
                       status=record["status"], attempt=record["attempt"],
                       duration_ms=round(report.duration_ms, 2), billed_ms=report.billed_ms,
