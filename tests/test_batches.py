@@ -6,11 +6,14 @@ import json
 from collections import Counter
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from tests.hubfixtures import Api, eventually
 from tests.test_kafka_connector import create_topic
+
+pytestmark = pytest.mark.integration
 
 # Returns what it saw and when, so the tests can check batch shapes, order and overlap.
 SEEN = """

@@ -11,6 +11,8 @@ from typing import Any
 
 from dataclasses import dataclass
 
+import pytest
+
 from hub.app import Hub
 from tests.hubfixtures import API_TOKEN, Api, eventually
 from tests.test_sources import produce
@@ -48,6 +50,7 @@ def write_function(directory: Path, code: str, manifest: str = "") -> Path:
 ECHO = "def handler(event, context):\n    print('got', event['data'])\n    return {'echo': event['data']}\n"
 
 
+@pytest.mark.integration
 async def test_deploy_plans_then_applies_then_is_idempotent(hub: Hub, api: Api, tmp_path: Path, unique: str) -> None:
     topic = f"cli-{unique}"
     d = write_function(tmp_path / f"fn-{unique}", ECHO, f'''
@@ -80,6 +83,7 @@ retry = {{ max_attempts = 2 }}
     assert inv["result"]["echo"]["value"] == {"n": 1}
 
 
+@pytest.mark.integration
 async def test_deploy_without_manifest_uses_the_directory_name(hub: Hub, api: Api, tmp_path: Path, unique: str) -> None:
     d = write_function(tmp_path / f"plain-{unique}", ECHO)
     (d / "helper.bin").write_bytes(bytes(range(256)))  # binary files travel too
@@ -91,6 +95,7 @@ async def test_deploy_without_manifest_uses_the_directory_name(hub: Hub, api: Ap
     assert fn["handler"] == "main.handler"
 
 
+@pytest.mark.integration
 async def test_invoke_prints_the_result_or_the_error(hub: Hub, api: Api, tmp_path: Path, unique: str) -> None:
     await api.put_function(f"echo-{unique}", ECHO)
     ok = await cli(hub, "invoke", f"echo-{unique}", "--data", '{"x": 1}')
@@ -115,6 +120,7 @@ async def test_invoke_prints_the_result_or_the_error(hub: Hub, api: Api, tmp_pat
     assert spaced.exit_code == 2 and "bad name" in spaced.output, spaced.output
 
 
+@pytest.mark.integration
 async def test_logs_show_runs_and_follow_new_ones(hub: Hub, api: Api, tmp_path: Path, unique: str) -> None:
     await api.put_function(f"log-{unique}", ECHO)
     await api.ok("POST", f"/v1/functions/log-{unique}/invoke", {"first": 1})
@@ -136,6 +142,7 @@ async def test_logs_show_runs_and_follow_new_ones(hub: Hub, api: Api, tmp_path: 
         await proc.wait()
 
 
+@pytest.mark.integration
 async def test_lists_and_dead_letter_replay(hub: Hub, api: Api, servers: dict[str, Any], unique: str) -> None:
     topic = f"dlq-{unique}"
     await api.put_function(f"flaky-{unique}", "def handler(e, c):\n    raise RuntimeError('not yet')\n")
@@ -184,8 +191,9 @@ async def test_unreachable_hub_exits_3(tmp_path: Path) -> None:
     assert proc.returncode == 3 and b"cannot reach the hub" in err
 
 
+@pytest.mark.integration
 async def test_deploy_a_directory_with_a_dependency_and_roll_back_through_an_alias(
-    hub: Hub, api: Api, tmp_path: Path, unique: str
+    hub: Hub, api: Api, tmp_path: Path, unique: str, local_wheels: Path
 ) -> None:
     """The workflow end to end: a directory with requirements.txt and a trigger, an alias on the
     first version, a second deploy, and a rollback by moving the alias."""

@@ -100,6 +100,7 @@ async def login(page: Page, token: str = API_TOKEN) -> None:
     await page.get_by_role("button", name="Log in").click()
 
 
+@pytest.mark.integration
 async def test_console_flow(hub: Hub, api: Api, page: Page, tmp_path: Path, unique: str) -> None:
     screens = Screens(page, tmp_path)
     bootstrap = hub.settings.kafka_bootstrap
@@ -240,6 +241,7 @@ async def test_console_flow(hub: Hub, api: Api, page: Page, tmp_path: Path, uniq
     print("screenshots:", *screens.taken, sep="\n  ")
 
 
+@pytest.mark.integration
 async def test_console_replays_all_of_a_trigger_and_purges(hub: Hub, api: Api, page: Page, tmp_path: Path,
                                                           unique: str) -> None:
     screens = Screens(page, tmp_path)
@@ -272,6 +274,7 @@ async def test_console_replays_all_of_a_trigger_and_purges(hub: Hub, api: Api, p
     await screens.shot("purged")
 
 
+@pytest.mark.integration
 async def test_console_shows_na_without_usage_or_cursor(hub: Hub, api: Api, page: Page, tmp_path: Path,
                                                         unique: str) -> None:
     """A hub without usage metering (404) or trigger cursors: "n/a", and the rest works."""
@@ -299,6 +302,7 @@ async def test_console_shows_na_without_usage_or_cursor(hub: Hub, api: Api, page
     await Screens(page, tmp_path).shot("usage-na")
 
 
+@pytest.mark.integration
 async def test_console_sends_a_refused_token_back_to_the_login(hub: Hub, page: Page) -> None:
     await login(page)
     await expect(page.get_by_role("heading", name="Functions")).to_be_visible()
@@ -308,6 +312,7 @@ async def test_console_sends_a_refused_token_back_to_the_login(hub: Hub, page: P
     await expect(page.get_by_label("API token")).to_be_visible()
 
 
+@pytest.mark.integration
 async def test_console_files_are_public_and_nothing_else_is(hub: Hub, http: aiohttp.ClientSession) -> None:
     async with http.get(hub.url + "/") as r:
         assert r.status == 200 and r.content_type == "text/html"
@@ -329,7 +334,7 @@ async def test_console_files_are_public_and_nothing_else_is(hub: Hub, http: aioh
 
 async def test_console_scripts_stay_small_and_never_parse_html() -> None:
     """Readable files, and data only ever rendered as text (no innerHTML / insertAdjacentHTML)."""
-    directory = Path(__file__).parent.parent / "hub" / "console"
+    directory = Path(__file__).parent.parent / "hub" / "web" / "console"
     for path in directory.iterdir():
         text = path.read_text()
         assert len(text.splitlines()) < 500, path

@@ -103,6 +103,7 @@ async def _one(d: Dispatcher, target: Target, event: Event, **kw: Any) -> str:
     return (await d.deliver(target, [event], **kw))[event.id]
 
 
+@pytest.mark.integration
 async def test_throttled_runs_do_not_use_up_attempts(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     pool = ScriptedPool([Status.throttled, Status.throttled, Status.failed, Status.throttled, Status.succeeded])
     d = await _dispatcher(store, tmp_path, pool, writer)
@@ -110,6 +111,7 @@ async def test_throttled_runs_do_not_use_up_attempts(store: Store, tmp_path: Pat
     assert [c.attempt for c in pool.calls] == [1, 1, 1, 2, 2]
 
 
+@pytest.mark.integration
 async def test_old_events_are_not_retried_past_max_age(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     pool = ScriptedPool([Status.failed] * 5)
     d = await _dispatcher(store, tmp_path, pool, writer)
@@ -121,6 +123,7 @@ async def test_old_events_are_not_retried_past_max_age(store: Store, tmp_path: P
     assert [a["status"] for a in dl["attempts"]] == ["failed", "expired"]
 
 
+@pytest.mark.integration
 async def test_concurrent_duplicates_run_once(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     hold = asyncio.Event()
     pool = ScriptedPool([], hold)
@@ -138,6 +141,7 @@ async def test_concurrent_duplicates_run_once(store: Store, tmp_path: Path, writ
     assert await _one(d, Target("fn", "t", FAST), event) == "duplicate"
 
 
+@pytest.mark.integration
 async def test_dead_letter_keeps_every_attempt_and_replay_never_forgets_success(
     store: Store, tmp_path: Path, writer: RecordWriter
 ) -> None:
@@ -155,6 +159,7 @@ async def test_dead_letter_keeps_every_attempt_and_replay_never_forgets_success(
     assert len(pool.calls) == 4
 
 
+@pytest.mark.integration
 async def test_a_chunk_runs_once_per_event_with_one_duplicate_check(
     store: Store, tmp_path: Path, writer: RecordWriter
 ) -> None:
@@ -186,6 +191,7 @@ def _batch_script(fail: Callable[[list[str]], list[str] | Exception]) -> Script:
     return script
 
 
+@pytest.mark.integration
 async def test_batches_hold_batch_size_records_in_order(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     pool = ScriptedPool([], script=_batch_script(lambda ids: []))
     d = await _dispatcher(store, tmp_path, pool, writer)
@@ -201,6 +207,7 @@ async def test_batches_hold_batch_size_records_in_order(store: Store, tmp_path: 
     assert [r["event_ids"] for r in found] == [[e.id for e in events[3:6]]]
 
 
+@pytest.mark.integration
 async def test_partial_failure_ordered_retries_from_the_first_failed_record(
     store: Store, tmp_path: Path, writer: RecordWriter
 ) -> None:
@@ -223,6 +230,7 @@ async def test_partial_failure_ordered_retries_from_the_first_failed_record(
     assert [i["status"] for i in first["items"]] == ["succeeded", "succeeded", "failed", "not_processed", "not_processed"]
 
 
+@pytest.mark.integration
 async def test_partial_failure_unordered_retries_only_the_failed(
     store: Store, tmp_path: Path, writer: RecordWriter
 ) -> None:
@@ -243,6 +251,7 @@ async def test_partial_failure_unordered_retries_only_the_failed(
     assert set(outcomes.values()) == {"succeeded"}
 
 
+@pytest.mark.integration
 async def test_bisect_isolates_the_poison_record(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     events = [_event() for _ in range(8)]
     poison = events[5].id
@@ -259,6 +268,7 @@ async def test_bisect_isolates_the_poison_record(store: Store, tmp_path: Path, w
     assert dl["event"]["id"] == poison and dl["last_error"]["type"] == "Boom"
 
 
+@pytest.mark.integration
 async def test_bad_batch_item_failures_fail_the_whole_batch(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     events = [_event() for _ in range(2)]
     answers = iter([["not-an-id"], []])
@@ -287,6 +297,7 @@ class BrokenWriter(RecordWriter):
         return fut
 
 
+@pytest.mark.integration
 async def test_only_a_durable_prefix_counts_as_finished(store: Store, tmp_path: Path) -> None:
     writer = BrokenWriter(store, ok=3)
     writer.start()
@@ -335,6 +346,7 @@ async def slow_writer(store: Store) -> AsyncIterator[SlowWriter]:
     await writer.close()
 
 
+@pytest.mark.integration
 async def test_a_duplicate_during_the_record_write_waits_and_is_skipped(
     store: Store, tmp_path: Path, slow_writer: SlowWriter
 ) -> None:
@@ -354,6 +366,7 @@ async def test_a_duplicate_during_the_record_write_waits_and_is_skipped(
     assert len(pool.calls) == 1 and d._inflight == {}
 
 
+@pytest.mark.integration
 async def test_attempts_are_counted_per_record(store: Store, tmp_path: Path, writer: RecordWriter) -> None:
     """A record that fails for the first time on the batch's third call is not dead-lettered
     because another record used up the batch's earlier calls."""
@@ -379,6 +392,7 @@ async def test_attempts_are_counted_per_record(store: Store, tmp_path: Path, wri
     assert await store.list_dead_letters({"trigger": "t"}, 10) == []
 
 
+@pytest.mark.integration
 async def test_a_cancelled_wait_keeps_the_claim_until_the_record_lands(
     store: Store, tmp_path: Path, slow_writer: SlowWriter
 ) -> None:

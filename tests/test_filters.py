@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -161,11 +160,13 @@ def test_wildcard(wildcard: str, value: str, expected: bool) -> None:
     assert check({"v": [{"wildcard": wildcard}]}, {"v": value}) is expected
 
 
+@pytest.mark.timeout(30)
 def test_wildcard_has_no_catastrophic_backtracking() -> None:
+    # A backtracking matcher needs on the order of 20000^10 steps here: it would not finish in any lifetime, so the
+    # per-test timeout is the judge (a hang detector, not a measurement); a linear one answers at once.
     pattern = {"v": [{"wildcard": "a*a*a*a*a*a*a*a*a*a*a*b"}]}
-    started = time.perf_counter()
     assert not check(pattern, {"v": "a" * 20000})
-    assert time.perf_counter() - started < 1.0
+    assert check(pattern, {"v": "a" * 20000 + "b"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,28 @@ def handler(event, context):
 """
 
 
+@pytest.fixture(scope="module")
+def hub_secret_in_env() -> Iterator[None]:
+    """The hub's environment holds a secret while this module's pools run (and only then)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HUB_API_TOKEN_FOR_TEST", HUB_SECRET)
+        yield
+
+
 async def _pool(tmp: Path, isolation: str) -> SandboxPool:
-    os.environ["HUB_API_TOKEN_FOR_TEST"] = HUB_SECRET  # the hub's environment holds a secret
     return await make_pool(tmp, isolation, idle_ttl_s=30.0)
 
 
 @pytest.fixture(scope="module")
-async def bwrap_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SandboxPool]:
+async def bwrap_pool(tmp_path_factory: pytest.TempPathFactory, hub_secret_in_env: None) -> AsyncIterator[SandboxPool]:
     p = await _pool(tmp_path_factory.mktemp("hostile-bwrap"), "bwrap")
     yield p
     await p.close()
 
 
 @pytest.fixture(scope="module")
-async def process_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SandboxPool]:
+async def process_pool(tmp_path_factory: pytest.TempPathFactory,
+                       hub_secret_in_env: None) -> AsyncIterator[SandboxPool]:
     p = await _pool(tmp_path_factory.mktemp("hostile-process"), "process")
     yield p
     await p.close()
@@ -637,6 +645,47 @@ async def test_forged_protocol_frames(pool: SandboxPool, good: FunctionRuntime,
     await until(lambda: pool.stats()["functions"][fn.name]["warm"] == 0
                 and pool.stats()["functions"][fn.name]["busy"] == 0)
     await still_serving(pool, good)
+
+
+FORGE_THEN_WORK = """
+    import os, time, __main__
+    def handler(event, context):
+        if event.get("forge"):
+            body = b'{"op":"result","ok":true,"result":"FORGED"}'
+            os.write(__main__._fd, len(body).to_bytes(4, "big") + body)
+        time.sleep(event.get("work_s", 0))  # the real work goes on after the forged answer
+        return event["tag"]
+"""
+
+# The pool takes the first frame after a request as its response (hub/sandbox/worker.py:
+# _expecting) and the frames carry no request id: a handler that writes a result frame and then
+# keeps working is reported succeeded with the forged result, billed up to the forged frame,
+# and its worker is parked as idle while the handler still runs; the handler's real frame then
+# answers the *next* request, and every later result on that worker is one invocation behind.
+FORGED_FRAME_HOLE = ("hub/sandbox: a result frame written by the handler is taken as the invocation's "
+                     "response (no request id in frames, no check that the handler returned)")
+
+
+@pytest.mark.xfail(strict=True, reason=FORGED_FRAME_HOLE)
+async def test_a_forged_result_frame_is_never_a_success(pool: SandboxPool, good: FunctionRuntime,
+                                                        tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, FORGE_THEN_WORK, timeout_s=10.0)
+    rep = await pool.invoke(fn, {"forge": True, "work_s": 0.5, "tag": "real"}, ctx())
+    assert not (rep.status is Status.succeeded and rep.result == "FORGED"), rep
+    if rep.status is Status.succeeded:  # the handler's own answer, billed for its work
+        assert rep.result == "real" and rep.billed_ms >= 500, rep
+    else:
+        assert rep.status is Status.crashed and (rep.error or {})["type"] == "ProtocolError", rep
+    await still_serving(pool, good)
+
+
+@pytest.mark.xfail(strict=True, reason=FORGED_FRAME_HOLE)
+async def test_a_forged_frame_never_answers_a_later_invocation(pool: SandboxPool, tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, FORGE_THEN_WORK, timeout_s=10.0)
+    await pool.invoke(fn, {"forge": True, "work_s": 0.5, "tag": "one"}, ctx())
+    for tag in ("two", "three"):  # plain invocations: each gets its own answer or fails, never another's
+        rep = await pool.invoke(fn, {"tag": tag}, ctx())
+        assert rep.status is not Status.succeeded or rep.result == tag, (tag, rep)
 
 
 # --------------------------------------------------------------------------- broken code

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from hub.app import Hub
 from hub.events import Event
@@ -18,6 +19,8 @@ from hub.intake.inbox import MAX_DELIVERIES, Inbox
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
 from tests.test_sources import RECORD, minio_client
 from tests.test_webhook import DATA
+
+pytestmark = pytest.mark.integration
 
 
 async def test_item_the_hub_cannot_process_is_dead_lettered_after_its_deliveries(

@@ -134,6 +134,7 @@ async def test_output_kept_on_init_timeout(tmp_path_factory: pytest.TempPathFact
         await pool.close()
 
 
+@pytest.mark.integration
 async def test_timeout_record_has_the_output(api: Api, unique: str) -> None:
     name = f"slow-{unique}"
     await api.put_function(name, "import time\ndef handler(event, context):\n"
@@ -163,6 +164,7 @@ def _key(rec: dict[str, Any]) -> tuple[str, str]:
     return rec["started_at"], rec["invocation_id"]
 
 
+@pytest.mark.integration
 async def test_paging_25_by_10(api: Api, unique: str) -> None:
     name = f"page-{unique}"
     await api.put_function(name, PRINTER)
@@ -188,6 +190,7 @@ async def test_paging_25_by_10(api: Api, unique: str) -> None:
     assert len(one["invocations"]) == 25 and one["next_cursor"] is None
 
 
+@pytest.mark.integration
 async def test_paging_breaks_ties_on_the_same_start_time(hub: Hub, api: Api, unique: str) -> None:
     """Records that started in the same millisecond are neither repeated nor skipped at a page edge."""
     name = f"ties-{unique}"
@@ -209,6 +212,7 @@ async def test_paging_breaks_ties_on_the_same_start_time(hub: Hub, api: Api, uni
     assert seen == [f"{unique}-{i:02d}" for i in reversed(range(7))] + [f"{unique}-older"]
 
 
+@pytest.mark.integration
 async def test_time_range_and_include_output(hub: Hub, api: Api, unique: str) -> None:
     name = f"range-{unique}"
     base = dt.datetime(2024, 5, 1, 0, 0, tzinfo=dt.timezone.utc)
@@ -247,6 +251,7 @@ async def test_time_range_and_include_output(hub: Hub, api: Api, unique: str) ->
     assert all("stdout" not in r and "stderr" not in r for r in plain["invocations"])
 
 
+@pytest.mark.integration
 async def test_include_output_of_real_invocations(api: Api, unique: str) -> None:
     name = f"out-{unique}"
     await api.put_function(name, PRINTER)
@@ -269,6 +274,7 @@ async def test_include_output_of_real_invocations(api: Api, unique: str) -> None
     ({"limit": "0"}, "limit must be an integer between 1 and 1000"),
     ({"limit": "1001"}, "limit must be an integer between 1 and 1000"),
 ])
+@pytest.mark.integration
 async def test_bad_paging_input_is_a_400(api: Api, params: dict[str, str], message: str) -> None:
     status, body = await api.call("GET", "/v1/invocations", params=params)
     assert status == 400 and message in body["error"], body
@@ -302,6 +308,7 @@ async def _open(api: Api, name: str, **params: str) -> aiohttp.ClientResponse:
     return response
 
 
+@pytest.mark.integration
 async def test_logs_without_follow_return_what_exists_and_end(api: Api, unique: str) -> None:
     name = f"tail-{unique}"
     await api.put_function(name, PRINTER)
@@ -317,6 +324,7 @@ async def test_logs_without_follow_return_what_exists_and_end(api: Api, unique: 
         assert response.status == 200 and (await response.read()).strip() == b""
 
 
+@pytest.mark.integration
 async def test_follow_streams_new_invocations_then_ends_when_the_client_leaves(
         hub: Hub, api: Api, unique: str) -> None:
     name = f"follow-{unique}"
@@ -348,6 +356,7 @@ async def _async(value: Any) -> Any:
     return value
 
 
+@pytest.mark.integration
 async def test_follow_filters_by_status_and_sends_heartbeats(hub: Hub, api: Api, unique: str) -> None:
     name = f"hb-{unique}"
     streams = hub.web[LOG_STREAMS]
@@ -377,6 +386,7 @@ async def test_follow_filters_by_status_and_sends_heartbeats(hub: Hub, api: Api,
         response.close()
 
 
+@pytest.mark.integration
 async def test_logs_errors(api: Api, unique: str) -> None:
     status, body = await api.call("GET", f"/v1/functions/nope-{unique}/logs", params={"follow": "true"})
     assert status == 404 and "no function" in body["error"]
@@ -388,6 +398,7 @@ async def test_logs_errors(api: Api, unique: str) -> None:
         assert status == 400 and message in body["error"], body
 
 
+@pytest.mark.integration
 async def test_hub_stop_ends_follow_streams_quickly(servers: dict[str, Any], tmp_path: Path) -> None:
     hub = Hub(make_settings(servers, tmp_path / "data", f"logs_stop_{uuid.uuid4().hex[:8]}"))
     await hub.start()
@@ -398,11 +409,11 @@ async def test_hub_stop_ends_follow_streams_quickly(servers: dict[str, Any], tmp
             await api.put_function("stopper", PRINTER)
             responses = [await _open(api, "stopper", follow="true") for _ in range(3)]
             await eventually(lambda: _async(hub.web[LOG_STREAMS].live == 3), timeout=10)
-            started = time.monotonic()
             await hub.stop()
             stopped = True
-            assert time.monotonic() - started < 8, "hub.stop() waited on the log streams"
             assert hub.web[LOG_STREAMS].live == 0
+            # Ended by the hub, not cut off: a stop that waited on the streams would end them only
+            # when the runner's shutdown wait ran out and cancelled them, mid-body.
             for response in responses:  # each stream ended cleanly (the chunked body is complete)
                 assert (await asyncio.wait_for(response.read(), 5)).strip() == b""
                 response.close()
@@ -414,6 +425,7 @@ async def test_hub_stop_ends_follow_streams_quickly(servers: dict[str, Any], tmp
 # --------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.integration
 async def test_cli_logs_follow_prints_new_invocations(hub: Hub, api: Api, unique: str) -> None:
     name = f"clilog-{unique}"
     await api.put_function(name, "import time\ndef handler(event, context):\n"
@@ -445,6 +457,7 @@ async def test_cli_logs_follow_prints_new_invocations(hub: Hub, api: Api, unique
         await proc.wait()
 
 
+@pytest.mark.integration
 async def test_cli_logs_json_and_paging(hub: Hub, api: Api, unique: str) -> None:
     name = f"clijson-{unique}"
     await api.put_function(name, PRINTER)

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from devstack import MongoServer
 from hub.app import Hub
 from tests.hubfixtures import WEBHOOK_TOKEN, Api, eventually, make_settings
 from tests.test_sources import RECORD, produce
+
+pytestmark = pytest.mark.integration
 
 
 async def test_mongodb_outage_loses_no_kafka_event(

@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from hub.app import Hub
 from hub.events import Event
 from hub.delivery.records import dead_letter_id
 from tests.hubfixtures import Api, eventually
 from tests.test_sources import produce
+
+pytestmark = pytest.mark.integration
 
 FLAKY = """
 def handler(event, context):

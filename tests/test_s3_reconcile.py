@@ -105,6 +105,7 @@ def metric(hub: Hub, name: str, labels: dict[str, str] | None = None) -> float:
     return hub.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
+@pytest.mark.integration
 async def test_uploads_while_hub_down_and_notifications_lost_run_once_via_scan(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, hubs: list[Hub]
 ) -> None:
@@ -172,6 +173,7 @@ async def listed_time(servers: dict[str, Any], bucket: str, key: str) -> dt.date
     return await asyncio.to_thread(find)
 
 
+@pytest.mark.integration
 async def test_notification_and_scan_both_deliver_each_upload_runs_once(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, hubs: list[Hub]
 ) -> None:
@@ -215,6 +217,7 @@ async def test_notification_and_scan_both_deliver_each_upload_runs_once(
     print(f"\n{by_scan} uploads were taken by the scan, {by_notification} by their notification")
 
 
+@pytest.mark.integration
 async def test_same_content_uploaded_twice_runs_twice(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, hubs: list[Hub]
 ) -> None:
@@ -250,6 +253,7 @@ async def test_same_content_uploaded_twice_runs_twice(
     assert first[0]["status"] == "succeeded"
 
 
+@pytest.mark.integration
 async def test_claims_are_atomic_and_pending_claims_are_recovered(servers: dict[str, Any], unique: str) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers["mongo"].url, tz_aware=True)
     try:
@@ -297,6 +301,7 @@ async def test_claims_are_atomic_and_pending_claims_are_recovered(servers: dict[
         await client.close()
 
 
+@pytest.mark.integration
 async def test_bounded_passes_get_through_a_bucket(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, hubs: list[Hub]
 ) -> None:
@@ -325,6 +330,7 @@ async def test_bounded_passes_get_through_a_bucket(
     assert doc is not None and doc["watermark"] is not None
 
 
+@pytest.mark.integration
 async def test_s3_outage_during_scan_is_reported_not_fatal(
     servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, hubs: list[Hub]
 ) -> None:
@@ -354,6 +360,7 @@ async def test_s3_outage_during_scan_is_reported_not_fatal(
     assert good.s3_reconciler.status()["buckets"][bucket]["errors"] == 0
 
 
+@pytest.mark.integration
 async def test_bounded_listing_walks_only_the_triggers_prefixes(servers: dict[str, Any], unique: str) -> None:
     rgw, bucket = servers["rgw"], f"walk-{unique}"
     await asyncio.to_thread(make_bucket, servers, bucket)

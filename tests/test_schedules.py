@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from pymongo import AsyncMongoClient
 
 from hub.app import Hub
 from tests.hubfixtures import Api, eventually, make_settings
+
+pytestmark = pytest.mark.integration
 
 TICK = "def handler(event, context):\n    return event['data']\n"
 

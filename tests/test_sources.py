@@ -11,12 +11,15 @@ import io
 import json
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from minio import Minio
 from pymongo import AsyncMongoClient
 
 from hub.app import Hub
 from tests.hubfixtures import Api
+
+pytestmark = pytest.mark.integration
 
 RECORD = "def handler(event, context):\n    return {'id': event['id'], 'type': event['type'], 'subject': event['subject'], 'data': event['data'], 'source': event['source'], 'specversion': event['specversion']}\n"
 
@@ -136,7 +139,7 @@ async def test_s3_end_to_end_prefix_suffix(api: Api, servers: dict[str, Any], un
 async def test_hub_metrics_count_invocations(api: Api, hub: Hub, unique: str) -> None:
     await api.put_function(f"m-{unique}", "def handler(e, c):\n    return 1\n")
     await api.ok("POST", f"/v1/functions/m-{unique}/invoke", {})
-    async with api.session.get(api.base + "/metrics") as r:
+    async with api.session.get(api.base + "/metrics", headers=api.headers) as r:
         text = await r.text()
     assert f'hub_invocations_total{{function="m-{unique}",status="succeeded"}} 1.0' in text
 

@@ -22,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
+import pytest
+
 from hub.app import Hub
 from hub.intake.cursors import position_time, token_time
 from hub.metrics import Metrics
@@ -78,7 +80,7 @@ def _assert_figures(got: dict[str, Any], records: list[dict[str, Any]]) -> None:
 
 
 async def _metrics(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with api.session.get(api.base + "/metrics") as r:
+    async with api.session.get(api.base + "/metrics", headers=api.headers) as r:
         assert r.status == 200
         text = await r.text()
     out = {}
@@ -89,6 +91,7 @@ async def _metrics(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 # -- usage --------------------------------------------------------------------------------------
+@pytest.mark.integration
 async def test_usage_equals_the_records_per_hour_day_and_total_and_outlives_them(
     api: Api, hub: Hub, unique: str
 ) -> None:
@@ -162,6 +165,7 @@ async def test_usage_equals_the_records_per_hour_day_and_total_and_outlives_them
     assert again["totals"] == hourly["totals"] and again["buckets"] == hourly["buckets"]
 
 
+@pytest.mark.integration
 async def test_usage_default_period_and_bad_queries(api: Api, unique: str) -> None:
     body = await api.ok("GET", "/v1/usage", params={"function": f"nothing-{unique}"})
     assert len(body["buckets"]) == 25  # the last 24 hours, floored to the hour: 25 hour buckets
@@ -189,6 +193,7 @@ async def test_usage_default_period_and_bad_queries(api: Api, unique: str) -> No
     assert status == 401
 
 
+@pytest.mark.integration
 async def test_a_failed_usage_write_is_retried_and_counted_once(api: Api, hub: Hub, unique: str) -> None:
     """The usage store fails twice: first after applying the write (an ambiguous failure: the
     reply was lost), then before it. Records are not held up; the retry lands and the usage
@@ -275,6 +280,7 @@ def test_resume_token_times() -> None:
     assert position_time({}) is None
 
 
+@pytest.mark.integration
 async def test_a_changed_record_retention_is_applied_to_the_ttl_index(servers: dict[str, Any], unique: str) -> None:
     db = f"ttl_{unique}"
     for seconds in (3600, 7200):
@@ -290,6 +296,7 @@ async def test_a_changed_record_retention_is_applied_to_the_ttl_index(servers: d
 
 
 # -- cursors ------------------------------------------------------------------------------------
+@pytest.mark.integration
 async def test_kafka_cursor_lag_while_a_backlog_runs_then_zero(
     api: Api, hub: Hub, servers: dict[str, Any], unique: str
 ) -> None:
@@ -340,6 +347,7 @@ async def test_kafka_cursor_lag_while_a_backlog_runs_then_zero(
     assert m[("hub_trigger_lag", (("trigger", trigger),))] == 0
 
 
+@pytest.mark.integration
 async def test_mongodb_cursor_shows_its_resume_time_and_a_small_age(
     api: Api, servers: dict[str, Any], unique: str
 ) -> None:
@@ -367,6 +375,7 @@ async def test_mongodb_cursor_shows_its_resume_time_and_a_small_age(
     assert 0 <= m[("hub_trigger_cursor_age_seconds", (("trigger", trigger),))] < 60
 
 
+@pytest.mark.integration
 async def test_s3_cursor_shows_the_inbox_depth(api: Api, servers: dict[str, Any], unique: str) -> None:
     bucket, trigger = f"depth-{unique}", f"depth-{unique}"
     await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
@@ -397,6 +406,7 @@ async def test_s3_cursor_shows_the_inbox_depth(api: Api, servers: dict[str, Any]
 
 
 # -- metrics ------------------------------------------------------------------------------------
+@pytest.mark.integration
 async def test_metrics_billed_ms_and_gb_seconds_per_function(api: Api, unique: str) -> None:
     fn = f"bill-{unique}"
     await api.put_function(fn, WORKLOAD, memory_mb=256)
@@ -414,6 +424,45 @@ async def test_metrics_billed_ms_and_gb_seconds_per_function(api: Api, unique: s
     assert m[("hub_invocations_total", (("function", fn), ("status", "failed")))] == 1
     assert ("hub_inbox_depth", ()) in m
     assert any(name == "hub_workers" for name, _ in m)
+
+
+# A known sleep at a known memory size: the expected figures come from these numbers and the
+# billing rule, not from the hub's records. The rule (hub/sandbox/outcome.py): billed_ms =
+# max(1, ceil(duration_ms)), the duration measured by the pool around the whole call, so never
+# shorter than the sleep; GB-s = memory_mb / 1024 x billed_ms / 1000 (hub/delivery/usage.py).
+KNOWN_SLEEP_S = 1.0
+KNOWN_MEMORY_MB = 512
+KNOWN_RUNS = 3
+OVERSHOOT_MS = 250  # what a sleep and the frame's way back may add on a loaded machine; never less
+
+
+@pytest.mark.integration
+async def test_gb_seconds_of_a_known_sleep_in_usage_and_metrics(api: Api, unique: str) -> None:
+    fn = f"gbs-{unique}"
+    await api.put_function(fn, SLOW % KNOWN_SLEEP_S, memory_mb=KNOWN_MEMORY_MB, timeout_s=10)
+    for _ in range(KNOWN_RUNS):
+        out = await api.ok("POST", f"/v1/functions/{fn}/invoke", {})
+        assert out["status"] == "succeeded", out
+    least_ms = KNOWN_RUNS * math.ceil(KNOWN_SLEEP_S * 1000)  # 3000 ms
+    most_ms = least_ms + KNOWN_RUNS * OVERSHOOT_MS
+    gb = KNOWN_MEMORY_MB / 1024  # 0.5 GB
+    least_gbs, most_gbs = gb * least_ms / 1000, gb * most_ms / 1000  # 1.5 .. 1.875 GB-s
+
+    async def landed() -> Any:
+        body = await api.ok("GET", "/v1/usage", params={"function": fn})
+        return body["totals"] if body["totals"]["invocations"] == KNOWN_RUNS else None
+
+    totals = await eventually(landed)
+    assert least_ms <= totals["billed_ms"] <= most_ms, totals
+    assert least_gbs <= totals["gb_seconds"] <= most_gbs, totals
+    # whatever the overshoot was, GB-s is exactly the billed seconds at half a GB
+    assert math.isclose(totals["gb_seconds"], totals["billed_ms"] / 1000 * gb, rel_tol=1e-12)
+
+    label = (("function", fn),)
+    m = await _metrics(api)
+    assert m[("hub_billed_ms_total", label)] == totals["billed_ms"]
+    assert least_gbs <= m[("hub_gb_seconds_total", label)] <= most_gbs, m[("hub_gb_seconds_total", label)]
+    assert math.isclose(m[("hub_gb_seconds_total", label)], totals["gb_seconds"], rel_tol=1e-9)
 
 
 def test_the_grafana_dashboard_uses_only_metrics_the_hub_exports() -> None:
@@ -437,6 +486,7 @@ def test_the_grafana_dashboard_uses_only_metrics_the_hub_exports() -> None:
         assert topic in titles, topic
 
 
+@pytest.mark.integration
 async def test_usage_of_several_instances_adds_up(servers: dict[str, Any], unique: str) -> None:
     """Three instances fold records of one function and hour at the same moment, several rounds:
     each writes buckets of its own (no upsert race between them, which could lose a write), and

@@ -12,7 +12,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from hub.catalog import code as hubcode
+from hub.catalog import registry as registry_module
 from hub.app import Hub
 from hub.spec.filters import MAX_PATTERN_DEPTH, PatternError, validate_pattern
 from tests.hubfixtures import WEBHOOK_TOKEN, Api
@@ -53,6 +53,7 @@ async def _expect(api: Api, method: str, path: str, status: int, message: str, b
 
 
 # -- 7. MongoDB names -------------------------------------------------------------------------
+@pytest.mark.integration
 async def test_mongodb_source_names_follow_mongodb_rules(api: Api, unique: str) -> None:
     await api.put_function(f"fn-{unique}", ECHO)
 
@@ -95,6 +96,7 @@ async def test_mongodb_source_names_follow_mongodb_rules(api: Api, unique: str) 
 
 
 # -- 8. colliding paths, no host paths ------------------------------------------------------------
+@pytest.mark.integration
 async def test_code_paths_that_collide_are_refused(api: Api, hub: Hub, unique: str) -> None:
     handler = "def handler(e, c):\n    return 1\n"
     cases: list[tuple[dict[str, Any], list[str]]] = [
@@ -128,6 +130,7 @@ def test_writing_code_fails_without_host_paths_or_leftovers(tmp_path: Path) -> N
     assert (code_dir / "pkg" / "a.py").is_file()
 
 
+@pytest.mark.integration
 async def test_internal_errors_do_not_leak_details(api: Api, hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
     async def broken(*_: Any, **__: Any) -> Any:
         raise OSError(2, "No such file or directory", "/srv/hub-data/secret/path")
@@ -139,6 +142,7 @@ async def test_internal_errors_do_not_leak_details(api: Api, hub: Hub, monkeypat
 
 
 # -- 9. deep JSON -------------------------------------------------------------------------------
+@pytest.mark.integration
 async def test_deeply_nested_json_is_a_400_on_every_endpoint_with_a_body(api: Api, unique: str) -> None:
     await api.put_function(f"echo-{unique}", ECHO)
     deep = _deep(100_000)
@@ -165,6 +169,7 @@ async def test_deeply_nested_json_is_a_400_on_every_endpoint_with_a_body(api: Ap
     assert out["status"] == "succeeded", out
 
 
+@pytest.mark.integration
 async def test_filters_are_bounded_in_depth(api: Api, unique: str) -> None:
     pattern: dict[str, Any] = {"x": ["v"]}
     for _ in range(899):
@@ -182,6 +187,7 @@ async def test_filters_are_bounded_in_depth(api: Api, unique: str) -> None:
                   {"function": f"fn-{unique}", "source": source, "filter": pattern})
 
 
+@pytest.mark.integration
 async def test_bodies_are_bounded_in_size(api: Api, unique: str) -> None:
     big = {"function": "f", "source": {"type": "kafka", "topic": "t"}, "description": "x" * 300_000}
     await _expect(api, "PUT", f"/v1/triggers/big-{unique}", 413, "larger than", big)
@@ -190,13 +196,21 @@ async def test_bodies_are_bounded_in_size(api: Api, unique: str) -> None:
 
 
 # -- 10. code size --------------------------------------------------------------------------------
-async def test_big_code_is_refused_fast(api: Api, unique: str) -> None:
-    # before: the checker compiled this for ~5-21 s of CPU before answering 400
+@pytest.mark.integration
+async def test_big_code_is_refused_fast(api: Api, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the checker compiled this for ~5-21 s of CPU before answering 400. Fast means the
+    # sizes are judged first: the code checker (a compiler in a child process) never starts.
+    checked: list[str] = []
+    real_check = registry_module.check_code
+
+    async def counting_check(files: dict[str, bytes], handler: str) -> None:
+        checked.append(handler)
+        await real_check(files, handler)
+
+    monkeypatch.setattr(registry_module, "check_code", counting_check)
     big = "x = [" + "1," * 3_500_000 + "]\n\ndef handler(e, c):\n    return len(x)\n"
-    started = time.monotonic()
     await _expect(api, "PUT", f"/v1/functions/big-{unique}", 413, "at most 1048576 bytes",
                   _fn(code={"files": {"main.py": big}}))
-    assert time.monotonic() - started < 3.0
     part = "y = [" + "1," * 450_000 + "]\n"  # 0.9 MB each: fine alone, too much together
     files = {"main.py": ECHO, **{f"m{i}.py": part for i in range(5)}}
     await _expect(api, "PUT", f"/v1/functions/big-{unique}", 413, ".py files hold more than",
@@ -204,9 +218,13 @@ async def test_big_code_is_refused_fast(api: Api, unique: str) -> None:
     # a zip is judged by its declared sizes before anything is inflated
     await _expect(api, "PUT", f"/v1/functions/big-{unique}", 413, "at most 1048576 bytes",
                   _fn(code={"zip_base64": _zip({"main.py": big})}))
+    assert checked == [], "the code checker ran on code refused for its size"
+    await api.ok("PUT", f"/v1/functions/big-{unique}", _fn())  # a fair one is checked
+    assert checked == ["main.handler"]
 
 
 # -- 11. strict, bounded fields -------------------------------------------------------------------
+@pytest.mark.integration
 async def test_fields_are_strict_and_bounded(api: Api, unique: str) -> None:
     await api.put_function(f"fn-{unique}", ECHO)
     kafka = {"type": "kafka", "topic": f"t-{unique}"}
@@ -251,6 +269,7 @@ async def test_fields_are_strict_and_bounded(api: Api, unique: str) -> None:
     await api.ok("DELETE", f"/v1/triggers/b-{unique}")
 
 
+@pytest.mark.integration
 async def test_batch_ordering_and_bisect_fields(api: Api, unique: str) -> None:
     await api.put_function(f"fn-{unique}", ECHO)
     kafka = {"type": "kafka", "topic": f"t-{unique}"}
@@ -282,6 +301,7 @@ async def test_batch_ordering_and_bisect_fields(api: Api, unique: str) -> None:
 
 
 # -- 12. URLs, 405, the OpenAPI document ----------------------------------------------------------
+@pytest.mark.integration
 async def test_long_urls_get_a_json_414(api: Api) -> None:
     for size in (9_000, 60_000):
         async with api.session.get(api.base + "/v1/functions?x=" + "a" * size, headers=api.headers) as r:
@@ -291,6 +311,7 @@ async def test_long_urls_get_a_json_414(api: Api) -> None:
         assert r.status == 414 and r.content_type == "application/json"
 
 
+@pytest.mark.integration
 async def test_405_keeps_the_allow_header(api: Api) -> None:
     async with api.session.patch(api.base + "/v1/functions/x", headers=api.headers) as r:
         assert r.status == 405 and r.content_type == "application/json"
@@ -298,6 +319,7 @@ async def test_405_keeps_the_allow_header(api: Api) -> None:
         assert (await r.json())["error"] == "Method Not Allowed"
 
 
+@pytest.mark.integration
 async def test_openapi_documents_codes_schemas_and_bounds(api: Api) -> None:
     spec = await api.ok("GET", "/v1/openapi.json")
     paths, schemas = spec["paths"], spec["components"]["schemas"]

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from hub.app import Hub
 from tests.hubfixtures import Api, eventually, watching_pair
 from tests.test_cli import cli
 from tests.test_sources import produce
+
+pytestmark = pytest.mark.integration
 
 VERSIONED = "def handler(event, context):\n    return {'v': %r, 'data': event.get('data')}\n"
 DAY = {"type": "schedule", "rate": "1 day"}  # a trigger that exists and does not fire during a test

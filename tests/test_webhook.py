@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from connectors.s3_records import parse_notification
 from hub.app import Hub
 from tests.hubfixtures import WEBHOOK_TOKEN, Api
 from tests.test_sources import RECORD, minio_client
+
+pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).parent / "data" / "s3"
 
