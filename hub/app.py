@@ -21,6 +21,7 @@ import uuid
 import structlog
 from aiohttp import web
 
+from hub.catalog.access_keys import AccessKeys
 from hub.catalog.registry import Registry
 from hub.catalog.secrets import Secrets, load_key
 from hub.catalog.tokens import Tokens
@@ -131,6 +132,7 @@ class Hub:
         # secrets (decrypted into workers' env) and scoped API tokens: hub.catalog.secrets, .tokens
         self.secrets = Secrets(self.store.db, lambda: load_key(settings.secrets_key, settings.data_dir))
         self.tokens = Tokens(self.store.db)
+        self.access_keys = AccessKeys(self.store.db, self.secrets)  # the Lambda API's SigV4 key pairs
         # event_format "aws" (hub.spec.aws_events): where Lambda's events and ARNs say they run
         aws = AwsEnvironment(settings.aws_region, settings.aws_account, settings.kafka_bootstrap)
         self.registry = Registry(self.store, settings.data_dir, self.secrets, aws=aws)
@@ -163,7 +165,7 @@ class Hub:
         self.readiness = Readiness(settings, self.instance_id, self.store, self.router, self.sources,
                                    self.inbox, self.scheduler, self.s3_reconciler, self.pool)
         self.watcher = ConfigWatcher(self.store.db, self.registry, self.trigger_sync.sync,
-                                     listeners=(self.secrets, self.tokens))
+                                     listeners=(self.secrets, self.tokens, self.access_keys))
         self.triggers = TriggerService(self.store, settings, self.trigger_sync.sync, self.instance_id)
         budget = BodyBudget(settings.public_body_budget)
         services = Services(
@@ -172,7 +174,7 @@ class Hub:
             inbox=self.inbox, triggers=self.triggers, trigger_sync=self.trigger_sync, sources=self.sources,
             cursors=self.cursors, scheduler=self.scheduler, usage=self.usage, s3_reconciler=self.s3_reconciler,
             readiness=self.readiness, public_body_budget=budget,
-            secrets=self.secrets, tokens=self.tokens, tracing=self.tracing)
+            secrets=self.secrets, tokens=self.tokens, access_keys=self.access_keys, tracing=self.tracing)
         function_urls = FunctionUrls(self.router, self.dispatcher, self.store, self.metrics,
                                      body_timeout_s=settings.http_body_timeout_s,
                                      body_budget=budget, tracing=self.tracing)
@@ -208,6 +210,7 @@ class Hub:
             raise
         await self.secrets.init()
         await self.tokens.init()
+        await self.access_keys.init()
         await self.usage.init()
         self.usage.start()
         self.writer.start()
@@ -263,6 +266,7 @@ class Hub:
         await self.usage.close()
         await self.pool.close()
         await self.tokens.close()
+        await self.access_keys.close()
         try:  # gone at once rather than after its heartbeat ages out (it counts as a live instance)
             await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id, self._nonce)), 5)
         except Exception as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.web import openapi_auth
+from hub.web import openapi_auth, openapi_lambda
 from hub.spec.models import NAME_MAX, NAME_RE, VERSION_RE, AliasSpec, FunctionSpec, TriggerSpec
 
 ID_MAX = 256
@@ -449,7 +449,7 @@ def _build() -> dict[str, Any]:
     ref = "#/components/schemas/{model}"
     schemas: dict[str, Any] = {}
     models: tuple[type[BaseModel], ...] = (FunctionSpec, TriggerSpec, AliasSpec, *RESPONSE_MODELS,
-                                           *openapi_auth.MODELS)
+                                           *openapi_auth.MODELS, *openapi_lambda.MODELS)
     for model in models:
         schema = model.model_json_schema(ref_template=ref)
         schemas.update(schema.pop("$defs", {}))
@@ -476,7 +476,8 @@ def _build() -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "responses": responses,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "sigv4": openapi_lambda.SECURITY_SCHEME},
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -632,6 +633,7 @@ def _build() -> dict[str, Any]:
             })},
             **_console_paths(),
             **openapi_auth.paths(_op, _param, _spec_body),
+            **openapi_lambda.paths(_op, _param, _spec_body),
         },
     }
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub.web import admin_access_keys as akeys
 from hub.web import admin_functions as fn
+from hub.web import lambda_api
 from hub.web import admin_secrets as sec
 from hub.web import admin_tokens as tok
 from hub.web import admin_history as hist
@@ -100,5 +102,13 @@ def make_app(services: Services) -> web.Application:
     r.add_get("/v1/tokens", tok.list_tokens)
     r.add_post("/v1/tokens", tok.create_token)
     r.add_delete("/v1/tokens/{name}", tok.delete_token)
+    r.add_get("/v1/access-keys", akeys.list_access_keys)
+    r.add_post("/v1/access-keys", akeys.create_access_key)
+    r.add_delete("/v1/access-keys/{name}", akeys.delete_access_key)
+    # the Lambda API, AWS's paths (botocore's ListFunctions has no trailing slash; older ones had)
+    r.add_post(lambda_api.PREFIX + "/{name}/invocations", lambda_api.invoke)
+    r.add_get(lambda_api.PREFIX + "/{name}", lambda_api.get_function)
+    r.add_get(lambda_api.PREFIX, lambda_api.list_functions)
+    r.add_get(lambda_api.PREFIX + "/", lambda_api.list_functions)
     check_routes(app)
     return app

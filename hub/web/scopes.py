@@ -57,6 +57,16 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/tokens"): ADMIN,
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{name}"): ADMIN,
+    # the Lambda API's access key pairs (hub.catalog.access_keys)
+    ("GET", "/v1/access-keys"): ADMIN,
+    ("POST", "/v1/access-keys"): ADMIN,
+    ("DELETE", "/v1/access-keys/{name}"): ADMIN,
+    # the Lambda API (hub.web.lambda_api): no bearer token; each handler verifies an AWS
+    # Signature V4 by a hub-issued access key pair, which acts with scope invoke
+    ("POST", "/2015-03-31/functions/{name}/invocations"): None,
+    ("GET", "/2015-03-31/functions/{name}"): None,
+    ("GET", "/2015-03-31/functions"): None,
+    ("GET", "/2015-03-31/functions/"): None,
     # public: the S3 webhook checks its own token; health for probes; the document and the
     # console's static files hold no data (the console's data comes from /v1 with a token)
     ("POST", "/v1/sources/s3/events"): None,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from hub.catalog.access_keys import AccessKeys
 from hub.catalog.registry import Registry
 from hub.catalog.secrets import Secrets
 from hub.catalog.tokens import Tokens
@@ -56,6 +57,7 @@ class Services:
     public_body_budget: BodyBudget  # shared by the public routes' bodies (webhook, function URLs)
     secrets: Secrets
     tokens: Tokens
+    access_keys: AccessKeys  # the Lambda API's key pairs (hub.web.lambda_api)
     tracing: Tracing = field(default_factory=Tracing)  # OpenTelemetry; disabled unless configured
 
 
