@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.hubfixtures import Api
-from tests.test_hostile import FORGED_FRAME_HOLE
 
-pytestmark = [pytest.mark.integration, pytest.mark.xfail(strict=True, reason=FORGED_FRAME_HOLE)]
+pytestmark = pytest.mark.integration
 
 CODE = """
 import os, time, __main__

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 import hub.sandbox.pool as pool_module
-from hub.sandbox.base import FunctionRuntime, InvocationReport, Status
+from hub.sandbox.base import FunctionRuntime, InvocationReport, NetworkPolicy, Status
 from hub.sandbox.pool import SandboxPool
+from hub.spec.network import network_setting
 from tests.test_sandbox import ctx, make_pool, until, write_fn
 
 pytestmark = pytest.mark.timeout(90)
@@ -571,8 +572,11 @@ async def test_network_off_blocks_loopback(pool: SandboxPool, good: FunctionRunt
 
 
 async def test_network_on_is_opt_in(pool: SandboxPool, tmp_path: Path, listeners: Any) -> None:
+    """Loopback servers (as the hub's own are) open only when the function lists them exactly:
+    ``network: true`` alone reaches the world, never the host (tests/test_isolation.py)."""
     ports, seen = listeners
-    fn = write_fn(tmp_path, NET, network=True)
+    allow = network_setting({"allow": [f"127.0.0.1:{p}" for p in ports.values()]})
+    fn = write_fn(tmp_path, NET, network=NetworkPolicy.from_setting(allow))
     rep = await pool.invoke(fn, {"ports": ports}, ctx())
     assert rep.status is Status.succeeded, rep
     assert rep.result["http"].startswith("connected:HTTP/1.0 200")
@@ -657,16 +661,14 @@ FORGE_THEN_WORK = """
         return event["tag"]
 """
 
-# The pool takes the first frame after a request as its response (hub/sandbox/worker.py:
-# _expecting) and the frames carry no request id: a handler that writes a result frame and then
-# keeps working is reported succeeded with the forged result, billed up to the forged frame,
-# and its worker is parked as idle while the handler still runs; the handler's real frame then
-# answers the *next* request, and every later result on that worker is one invocation behind.
-FORGED_FRAME_HOLE = ("hub/sandbox: a result frame written by the handler is taken as the invocation's "
-                     "response (no request id in frames, no check that the handler returned)")
+# A handler can write to the worker's protocol socket. Every request carries a sequence number
+# that its response must echo (hub/sandbox/worker.py): a forged frame without it ends the worker
+# (ProtocolError), and a handler's real answer arriving after a forged one can never answer a
+# later request. What stays possible, by design: a handler that reads the current number out of
+# the runtime's memory can end *its own* invocation early with a result of its choosing -- no
+# more than returning that result -- and its worker is ended when the real answer turns up.
 
 
-@pytest.mark.xfail(strict=True, reason=FORGED_FRAME_HOLE)
 async def test_a_forged_result_frame_is_never_a_success(pool: SandboxPool, good: FunctionRuntime,
                                                         tmp_path: Path) -> None:
     fn = write_fn(tmp_path, FORGE_THEN_WORK, timeout_s=10.0)
@@ -679,13 +681,36 @@ async def test_a_forged_result_frame_is_never_a_success(pool: SandboxPool, good:
     await still_serving(pool, good)
 
 
-@pytest.mark.xfail(strict=True, reason=FORGED_FRAME_HOLE)
 async def test_a_forged_frame_never_answers_a_later_invocation(pool: SandboxPool, tmp_path: Path) -> None:
     fn = write_fn(tmp_path, FORGE_THEN_WORK, timeout_s=10.0)
     await pool.invoke(fn, {"forge": True, "work_s": 0.5, "tag": "one"}, ctx())
     for tag in ("two", "three"):  # plain invocations: each gets its own answer or fails, never another's
         rep = await pool.invoke(fn, {"tag": tag}, ctx())
         assert rep.status is not Status.succeeded or rep.result == tag, (tag, rep)
+
+
+SEQ_AWARE_FORGER = """
+    import gc, os, time, __main__
+    def handler(event, context):
+        if event.get("forge"):
+            req = next(o for o in gc.get_objects() if isinstance(o, dict) and o.get("event") is event)
+            body = ('{"op":"result","ok":true,"seq":%d,"result":"FORGED"}' % req["seq"]).encode()
+            os.write(__main__._fd, len(body).to_bytes(4, "big") + body)
+        time.sleep(event.get("work_s", 0))
+        return event["tag"]
+"""
+
+
+async def test_a_forger_that_reads_the_sequence_fools_only_its_own_invocation(pool: SandboxPool,
+                                                                                good: FunctionRuntime,
+                                                                                tmp_path: Path) -> None:
+    fn = write_fn(tmp_path, SEQ_AWARE_FORGER, timeout_s=10.0)
+    first = await pool.invoke(fn, {"forge": True, "work_s": 0.5, "tag": "one"}, ctx())
+    assert first.status in (Status.succeeded, Status.crashed), first  # its own result, whatever it says
+    for tag in ("two", "three", "four"):  # never "one": the late real answer ends the worker instead
+        rep = await pool.invoke(fn, {"tag": tag}, ctx())
+        assert rep.status is not Status.succeeded or rep.result == tag, (tag, rep)
+    await still_serving(pool, good)
 
 
 # --------------------------------------------------------------------------- broken code
@@ -744,6 +769,7 @@ sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from hub.sandbox.base import FunctionRuntime, InvokeContext
 from hub.sandbox.pool import SandboxPool
+from hub.spec.network import network_setting
 
 async def main():
     p = SandboxPool("process", data_dir=Path(sys.argv[2]), idle_ttl_s=30)

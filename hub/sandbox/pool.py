@@ -416,6 +416,7 @@ class SandboxPool:
             "arn": ctx.function_arn,  # event_format "aws" only; else None
             "traceparent": ctx.traceparent,  # hub.tracing: the invocation span's, or None
             "deadline": time.time() + fn.timeout_s,
+            "seq": worker.next_seq(),  # echoed by the response: nothing else answers this request
             "event": event,
         }
         try:

@@ -536,7 +536,7 @@ def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleTyp
             if _forked:
                 os._exit(code & 0xFF)
             try:
-                _send({"op": "exit", "code": code})
+                _send({"op": "exit", "code": code, "seq": req.get("seq")})
             finally:
                 os._exit(code & 0xFF)
         except BaseException as exc:
@@ -663,6 +663,8 @@ def main(argv: list[str] | None = None) -> None:
         req = _recv()
         if req is None:
             os._exit(0)
+        seq = req.get("seq") if isinstance(req, dict) else None
+        oom_frame["seq"] = seq
         out = _invoke(handler, req, cfg, resource, oom_frame)
         if _forked:
             _child_exit()
@@ -674,9 +676,10 @@ def main(argv: list[str] | None = None) -> None:
         strays = _stray_processes(baseline) if pidns else 0
         try:
             if isinstance(out, str):
-                _send_bytes(('{"op":"result","ok":true,"rss_kb":%d,"cpu_s":%.4f,"strays":%d,'
-                             '"result":%s}' % (rss_kb, cpu_s, strays, out)).encode("ascii"))
+                _send_bytes(('{"op":"result","ok":true,"seq":%d,"rss_kb":%d,"cpu_s":%.4f,"strays":%d,'
+                             '"result":%s}' % (seq or 0, rss_kb, cpu_s, strays, out)).encode("ascii"))
             else:
+                out["seq"] = seq
                 out["rss_kb"] = rss_kb
                 out["cpu_s"] = cpu_s
                 out["strays"] = strays

@@ -120,6 +120,11 @@ class Worker:
         self._protocol_error = ""
         self._announced_exit: int | None = None
         self._expecting = False  # exactly one frame may arrive per request (ready or response)
+        # The request a response must name: a frame the handler forged (it can write to the
+        # protocol socket) for another request -- or the real answer of an earlier request whose
+        # handler forged one -- never answers this one; the worker ends instead.
+        self.seq = 0
+        self._expect_seq: int | None = None
         self._scratch: Path | None = None
         self._mem_handle: asyncio.TimerHandle | None = None
         self._mem_peak = 0
@@ -316,9 +321,16 @@ class Worker:
 
     # ------------------------------------------------------------------ invocation
 
+    def next_seq(self) -> int:
+        """The number the next request carries (``"seq"``) and its response must echo."""
+        self.seq += 1
+        return self.seq
+
     async def call(self, data: bytes, timeout_s: float) -> Outcome:
-        """Send one invoke frame (JSON bytes) and wait for its response, the timeout or the end."""
+        """Send one invoke frame (JSON bytes, carrying ``"seq": self.seq``) and wait for its
+        response, the timeout or the end."""
         assert self._sock is not None
+        self._expect_seq = self.seq
         self.invocations += 1
         self.last_used = time.monotonic()
         frame = len(data).to_bytes(4, "big") + data
@@ -550,6 +562,10 @@ class Worker:
             if not self._expecting:
                 # Nobody asked: a function writing to the protocol socket behind our back.
                 self._protocol(f"unsolicited frame {str(frame.get('op'))[:40]!r}")
+                return
+            if self._expect_seq is not None and frame.get("seq") != self._expect_seq:
+                self._protocol(f"a response for request {str(frame.get('seq'))[:20]} while request "
+                               f"{self._expect_seq} runs (forged, or late after a forged one)")
                 return
             self._expecting = False
             self._frames.append(frame)
