@@ -318,7 +318,7 @@ async def test_bucket_notifications_follow_a_changed_webhook(
         if change == "public_url":
             second = Hub(settings("second", free_port(), WEBHOOK_TOKEN))
         else:
-            second = Hub(settings("second", port, "a-new-webhook-token"))
+            second = Hub(settings("second", port, "a-new-webhook-token-0123456789abcdef"))  # 24+ chars
         await second.start()
         old_hash = trig["notifications"]["push_hash"]
 
