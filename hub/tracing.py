@@ -13,7 +13,10 @@ Why it is shaped this way:
   (each invocation attempt, the record write) is its child, in whatever task or instance runs it.
 - **Sampling is decided once per event.** The sampler is parent-based (``parentbased_*``): the
   receive span decides, or follows the producer's flag, and every child follows it; an event that
-  is not sampled makes non-recording spans, which cost next to nothing.
+  is not sampled makes non-recording spans, which cost next to nothing: a span starts without
+  attributes, links or its full name, and gets them only once it is known to be recording (so
+  a sampler that decides on attributes sees none: the standard ones do not look at them), and
+  the traceparents are parsed and written by slicing and one format, not the propagator.
 - **One provider per hub** (not the global one): several hubs run in one test process.
 
 Semantic conventions followed: messaging (``messaging.system``, ``messaging.operation.type``
@@ -27,7 +30,6 @@ carries both sets of attributes, is the child of the first record's context and 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -35,12 +37,19 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from hub.events import Event
 
-_PROPAGATOR = TraceContextTextMapPropagator()
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 # faas.trigger by source: https://opentelemetry.io/docs/specs/semconv/faas/
 FAAS_TRIGGER = {"kafka": "pubsub", "mongodb": "datasource", "s3": "datasource", "http": "http",
@@ -115,17 +124,23 @@ class Tracing:
         if self._tracer is None:
             return event
         ctx = _context(parent or event.traceparent, tracestate or event.tracestate)
-        st = source_type(event)
-        attrs = _source_attributes(event, st)
-        attrs.update({"hub.trigger": trigger or "", "hub.event_id": event.id, "faas.trigger": FAAS_TRIGGER.get(st, "other")})
-        if st in MESSAGING_SYSTEM:
-            attrs["messaging.operation.type"] = "receive"
-        name = f"receive {attrs.get('messaging.destination.name') or st}"
-        span = self._tracer.start_span(name, context=ctx, kind=kind, attributes=attrs)
-        carrier = _carrier(span)
+        # the sampler decides first; names and attributes only for a span that records
+        span = self._tracer.start_span("receive", context=ctx, kind=kind)
+        if span.is_recording():
+            st = source_type(event)
+            attrs = _source_attributes(event, st)
+            attrs["hub.trigger"] = trigger or ""
+            attrs["hub.event_id"] = event.id
+            attrs["faas.trigger"] = FAAS_TRIGGER.get(st, "other")
+            if st in MESSAGING_SYSTEM:
+                attrs["messaging.operation.type"] = "receive"
+            span.update_name(f"receive {attrs.get('messaging.destination.name') or st}")
+            span.set_attributes(attrs)
+        sc = span.get_span_context()
         span.end()
-        return dataclasses.replace(event, traceparent=carrier.get("traceparent"),
-                                   tracestate=carrier.get("tracestate") or None)
+        if not sc.is_valid:
+            return event
+        return _with_trace(event, _traceparent(sc), sc.trace_state.to_header() or None if sc.trace_state else None)
 
     def received_from_source(self, event: Event, trigger: str | None,
                              source: Mapping[str, Any] | None = None) -> Event:
@@ -146,6 +161,20 @@ class Tracing:
             yield None
             return
         first = events[0]
+        span = self._tracer.start_span(f"invoke {function}", context=_context(first.traceparent, first.tracestate),
+                                       kind=kind)
+        if span.is_recording():  # attributes and links only for a span that records
+            self._describe_attempt(span, events, function=function, trigger=trigger, invocation_id=invocation_id,
+                                   attempt=attempt, version=version, wait_s=wait_s)
+        try:
+            yield span
+        finally:
+            span.end()
+
+    @staticmethod
+    def _describe_attempt(span: Span, events: list[Event], *, function: str, trigger: str | None,
+                          invocation_id: str, attempt: int, version: str | None, wait_s: float | None) -> None:
+        first = events[0]
         st = source_type(first)
         attrs: dict[str, Any] = {
             "faas.trigger": FAAS_TRIGGER.get(st, "other"), "hub.request_id": invocation_id,
@@ -161,18 +190,12 @@ class Tracing:
             attrs["messaging.operation.type"] = "process"
             if len(events) > 1:
                 attrs["messaging.batch.message_count"] = len(events)
-        links = []
+        span.set_attributes(attrs)
         if len(events) > 1:
             for e in events:
-                sc = trace.get_current_span(_context(e.traceparent, e.tracestate)).get_span_context()
-                if sc.is_valid:
-                    links.append(Link(sc, {"hub.event_id": e.id}))
-        span = self._tracer.start_span(f"invoke {function}", context=_context(first.traceparent, first.tracestate),
-                                       kind=kind, attributes=attrs, links=links)
-        try:
-            yield span
-        finally:
-            span.end()
+                sc = _span_context(e.traceparent, e.tracestate)
+                if sc is not None:
+                    span.add_link(sc, {"hub.event_id": e.id})
 
     def record_write(self, parent: Span | None) -> Span | None:
         """A span for the record write of an attempt, ended by the caller when it is durable."""
@@ -187,7 +210,8 @@ def traceparent_of(span: Span | None) -> str | None:
     """The W3C traceparent that continues ``span`` (for the function: TRACEPARENT)."""
     if span is None:
         return None
-    return _carrier(span).get("traceparent")
+    sc = span.get_span_context()
+    return _traceparent(sc) if sc.is_valid else None
 
 
 def trace_id_of(span: Span | None) -> str | None:
@@ -215,19 +239,34 @@ def finish_attempt(span: Span | None, *, status: str, error: Mapping[str, Any] |
         span.add_event("dead_lettered")
 
 
-def _context(traceparent: str | None, tracestate: str | None) -> Any:
-    if not traceparent:
+def _span_context(traceparent: str | None, tracestate: str | None) -> SpanContext | None:
+    """The remote span context of a W3C traceparent (the layout checked, then sliced: cheaper
+    than the propagator, which does the same checks through a larger regex and a Context)."""
+    if not traceparent or not _TRACEPARENT_RE.match(traceparent):
         return None
-    carrier = {"traceparent": traceparent}
+    state = None
     if tracestate:
-        carrier["tracestate"] = tracestate
-    return _PROPAGATOR.extract(carrier)
+        state = TraceState.from_header([tracestate])
+    sc = SpanContext(trace_id=int(traceparent[3:35], 16), span_id=int(traceparent[36:52], 16), is_remote=True,
+                     trace_flags=TraceFlags(int(traceparent[53:55], 16)), trace_state=state)
+    return sc if sc.is_valid else None
 
 
-def _carrier(span: Span) -> dict[str, str]:
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier
+def _context(traceparent: str | None, tracestate: str | None) -> Any:
+    sc = _span_context(traceparent, tracestate)
+    return trace.set_span_in_context(NonRecordingSpan(sc)) if sc is not None else None
+
+
+def _with_trace(event: Event, traceparent: str, tracestate: str | None) -> Event:
+    """``dataclasses.replace(event, traceparent=..., tracestate=...)`` without running ``__init__``
+    over every field again (Event is a plain frozen dataclass: no ``__post_init__``, no slots)."""
+    new = object.__new__(Event)
+    new.__dict__.update(event.__dict__, traceparent=traceparent, tracestate=tracestate)
+    return new
+
+
+def _traceparent(sc: SpanContext) -> str:
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
 
 
 def _source_attributes(event: Event, st: str) -> dict[str, Any]:
@@ -299,6 +338,16 @@ def s3_user_metadata(record: object) -> dict[str, str]:
         if isinstance(key, str) and isinstance(value, str) and key.lower().startswith("x-amz-meta-"):
             out[key.lower().removeprefix("x-amz-meta-")] = value
     return out
+
+
+def s3_record_carries_metadata(record: object) -> bool:
+    """Whether a notification record has a user-metadata field at all (RGW's ``metadata``,
+    MinIO's ``userMetadata``, empty or not). AWS S3's records (through SNS) have none: the
+    uploader's traceparent can then be read only with a HEAD of the object."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("s3"), Mapping):
+        return False
+    obj = record["s3"].get("object")
+    return isinstance(obj, Mapping) and ("metadata" in obj or "userMetadata" in obj)
 
 
 def http_context(headers: Mapping[str, str], body: object = None) -> tuple[str | None, str | None]:
