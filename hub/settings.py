@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     # Tests only: "after_record" or "after_dead_letter" makes the hub exit (as kill -9 would)
     # the first time an outcome is durable and not yet acked (see hub.delivery.dispatch).
     test_crash_point: Literal["", "after_record", "after_dead_letter"] = ""
+    # A trace UI's page for one trace, e.g. http://jaeger:16686/trace/{trace_id}: the console links
+    # an invocation's trace id there (GET /v1/invocations/ID answers it as trace_url). Empty: no link.
+    trace_url_template: str = ""
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _trace_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and (not value.startswith(("http://", "https://")) or "{trace_id}" not in value):
+            raise ValueError("HUB_TRACE_URL_TEMPLATE must be an http(s) URL containing {trace_id}")
+        return value
 
     @model_validator(mode="after")
     def _retention_alias(self) -> Settings:

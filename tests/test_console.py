@@ -303,6 +303,35 @@ async def test_console_shows_na_without_usage_or_cursor(hub: Hub, api: Api, page
 
 
 @pytest.mark.integration
+async def test_console_shows_an_invocations_trace_id_and_links_it(hub: Hub, api: Api, page: Page,
+                                                                  monkeypatch: pytest.MonkeyPatch, unique: str) -> None:
+    """A record's trace_id (as a traced hub writes it) is shown as text to copy, linked to the
+    trace UI through HUB_TRACE_URL_TEMPLATE (the API's trace_url), and to the trace's invocations."""
+    fn = f"contr-{unique}"
+    await api.put_function(fn, ECHO)
+    out = await api.ok("POST", f"/v1/functions/{fn}/invoke", {"n": 1})
+    inv_id, trace_id = out["invocation_id"], "4bf92f3577b34da6a3ce929d0e0e4736"
+    # this session's hub does not trace: give its record the field a traced hub writes
+    await hub.store.db.invocations.update_one({"_id": inv_id}, {"$set": {"trace_id": trace_id}})
+    monkeypatch.setattr(hub.settings, "trace_url_template", "http://jaeger.invalid:16686/trace/{trace_id}")
+    await login(page)
+    await page.goto(f"/#/invocations/{inv_id}")
+    await expect(page.locator("#invocation-trace-id")).to_have_text(trace_id)
+    trace_link = page.locator("#invocation-trace-link")
+    await expect(trace_link).to_have_attribute("href", f"http://jaeger.invalid:16686/trace/{trace_id}")
+    await expect(trace_link).to_have_attribute("rel", "noopener noreferrer")
+    await page.locator("#invocation-trace-copy").click()  # copies, or selects where there is no clipboard
+    await expect(page.locator("#invocation-trace-copy")).to_have_text(re.compile("Copied|Selected"))
+    await page.get_by_role("link", name="invocations of this trace").click()
+    await expect(page).to_have_url(re.compile(rf"#/invocations\?trace_id={trace_id}$"))
+    await expect(page.locator(f'tr[data-invocation-id="{inv_id}"]')).to_have_count(1)
+    monkeypatch.setattr(hub.settings, "trace_url_template", "")  # no template: the id, no link
+    await page.goto(f"/#/invocations/{inv_id}")
+    await expect(page.locator("#invocation-trace-id")).to_have_text(trace_id)
+    await expect(page.locator("#invocation-trace-link")).to_have_count(0)
+
+
+@pytest.mark.integration
 async def test_console_sends_a_refused_token_back_to_the_login(hub: Hub, page: Page) -> None:
     await login(page)
     await expect(page.get_by_role("heading", name="Functions")).to_be_visible()

@@ -115,7 +115,11 @@ async def get_invocation(request: web.Request) -> web.Response:
         if await svc.store.inbox_find_request(inv_id) is not None:
             return reply({"invocation_id": inv_id, "status": "queued"})
         raise ApiError(404, f"no invocation {inv_id!r}")
-    return reply(invocation_view(doc, full=True))
+    view = invocation_view(doc, full=True)
+    template = svc.settings.trace_url_template
+    if template and isinstance(doc.get("trace_id"), str):  # the console links the trace there
+        view["trace_url"] = template.replace("{trace_id}", doc["trace_id"])
+    return reply(view)
 
 
 # -- dead letters ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import {
 } from "./dom.js";
 
 const STATUSES = ["", "succeeded", "failed", "timeout", "out_of_memory", "crashed", "throttled", "partial"];
-const FILTERS = ["function", "trigger", "status", "event_id", "from", "to"];
+const FILTERS = ["function", "trigger", "status", "event_id", "trace_id", "from", "to"];
 
 /** A table of invocation records (also used on a function's page). */
 export function invocationRows(records, { showFunction = true, empty = "No invocations yet." } = {}) {
@@ -62,6 +62,7 @@ function filterForm(query) {
     field("from", "From (UTC)", when("from")),
     field("to", "To (UTC)", when("to")),
     query.event_id ? field("event_id", "Event id", text("event_id", "")) : null,
+    query.trace_id ? field("trace_id", "Trace id", text("trace_id", "")) : null,
     h("button", { type: "submit" }, "Filter"),
     h("a", { href: "#/invocations" }, "clear"));
   form.addEventListener("submit", (event) => {
@@ -132,6 +133,43 @@ function reportLine(r) {
   return h("pre", { class: "text report" }, `REPORT RequestId: ${r.invocation_id}\t${parts.join("\t")}`);
 }
 
+/** An http(s) URL as given, else null: only such a link is ever made (never javascript: etc.). */
+function httpUrl(text) {
+  if (typeof text !== "string" || !text) return null;
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The invocation's OpenTelemetry trace id: text to copy (a button copies it, or selects it where
+ * the clipboard is not available, e.g. a page not served over https or from localhost), a link to
+ * the trace UI when the hub has HUB_TRACE_URL_TEMPLATE (the record's trace_url), and the
+ * invocations of the same trace. */
+function traceCell(r) {
+  const code = h("code", { id: "invocation-trace-id", title: "OpenTelemetry trace id" }, r.trace_id);
+  const copy = h("button", { type: "button", class: "secondary", id: "invocation-trace-copy" }, "Copy");
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(r.trace_id);
+      copy.textContent = "Copied";
+    } catch {
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      copy.textContent = "Selected: copy with Ctrl+C";
+    }
+  });
+  const url = httpUrl(r.trace_url);
+  return h("span", {}, code, " ", copy,
+    url ? [" ", h("a", { href: url, id: "invocation-trace-link", target: "_blank", rel: "noopener noreferrer" }, "open trace")] : null,
+    " ", link(withQuery("#/invocations", { trace_id: r.trace_id }), "invocations of this trace"));
+}
+
 function renderRecord(r) {
   if (r.status === "queued") {
     return h("p", {}, badge("queued"), " waiting to run (an async invoke); this page updates when it has run.");
@@ -152,6 +190,7 @@ function renderRecord(r) {
       ["Max memory", r.max_memory_mb === undefined || r.max_memory_mb === null ? "—" : `${fmtNum(r.max_memory_mb, 1)} MB`],
       ["Cold start", r.cold_start ? `yes (init ${fmtMs(r.init_duration_ms)})` : "no (warm worker)"],
       r.request_id ? ["Request id", h("code", {}, r.request_id)] : null,
+      r.trace_id ? ["Trace", traceCell(r)] : null,
     ]),
     reportLine(r),
     section(`Events (${events.length})`, table([
