@@ -4,6 +4,7 @@ the hub next to baselines measured in the same run.
     .venv/bin/python bench/bench_throughput.py [--events 20000] [--only kafka,concurrency,latency,mongodb,s3]
                                                [--no-s3] [--log-level warning] [--info-run]
                                                [--profile /tmp/prof [--profile-format raw|flamegraph]]
+                                               [--tracing [--tracing-events 5000] [--tracing-rounds 2]]
 
 One run starts its own real servers in a temporary directory (mongod as a replica set, the Tansu
 Kafka broker, and Ceph RGW for the S3 scenario) and, per hub scenario, a fresh hub SUBPROCESS
@@ -28,6 +29,12 @@ Targets (from issue 7): Kafka batch 100 >= 10,000 events/s and >= 2x FastStream 
 >= 1,500 events/s and >= 1x FastStream AckPolicy.ACK; a 10 ms-sleep function on 4 partitions with
 max_concurrency 4 >= 300 events/s; Kafka source->handler p50 <= 10 ms and p99 <= 40 ms; MongoDB
 source->handler p50 <= 10 ms. The MongoDB source and the S3 inbox (batch 100) are reported only.
+
+``--tracing`` (issue 20) adds the cost of OpenTelemetry tracing: Kafka batch 1 and batch 100 hubs
+with tracing off, on with ``parentbased_traceidratio`` 1.0 and on with 0.01, exporting over OTLP/HTTP
+to a collector stand-in in this process (answers 200 to ``POST /v1/traces``, counts spans by walking
+the protobuf wire format three levels deep, decodes nothing else). The modes are interleaved per
+round, so the ratios to "off" compare runs made minutes apart on the same machine. Reported only.
 """
 
 from __future__ import annotations
@@ -400,7 +407,8 @@ class HubProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.fn_url = f"http://127.0.0.1:{self.fn_port}"
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
+            # OTEL_* too: tracing is on only where a run asks (--tracing)
+            **{k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "OTEL_"))},
             "HUB_MONGO_URL": mongo_url, "HUB_MONGO_DB": self.db, "HUB_KAFKA_BOOTSTRAP": bootstrap,
             "HUB_HTTP_HOST": "127.0.0.1", "HUB_HTTP_PORT": str(self.port), "HUB_FN_PORT": str(self.fn_port), "HUB_DATA_DIR": str(self.data_dir),
             "HUB_API_TOKEN": API_TOKEN, "HUB_WEBHOOK_TOKEN": WEBHOOK_TOKEN, "HUB_SANDBOX": "bwrap",
@@ -576,6 +584,86 @@ async def wait_succeeded(mongo_url: str, db: str, trigger: str, n: int, timeout:
         await client.close()
 
 
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of the length-delimited fields of one protobuf message; other
+    wire types are skipped."""
+    out, i = [], start
+    while i < end:
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 2:
+            n, i = _varint(buf, i)
+            out.append((key >> 3, i, i + n))
+            i += n
+        elif wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def count_otlp_spans(body: bytes) -> int:
+    """Spans in an OTLP ExportTraceServiceRequest: resource_spans (1) -> scope_spans (2) ->
+    spans (2); nothing else is decoded."""
+    return sum(1 for f, a, b in _fields(body, 0, len(body)) if f == 1
+               for g, c, d in _fields(body, a, b) if g == 2
+               for h, _, _ in _fields(body, c, d) if h == 2)
+
+
+class Collector:
+    """An OpenTelemetry collector stand-in: OTLP/HTTP ``POST /v1/traces`` -> 200, spans counted."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.requests = 0
+        self.bad = 0
+        self.url = ""
+        self._runner: aiohttp.web.AppRunner | None = None
+
+    async def start(self) -> Collector:
+        from aiohttp import web
+
+        async def traces(request: web.Request) -> web.Response:
+            body = await request.read()
+            self.requests += 1
+            try:
+                self.spans += count_otlp_spans(body)
+            except (ValueError, IndexError):
+                self.bad += 1
+            return web.Response(status=200, content_type="application/x-protobuf", body=b"")
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", traces)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+TRACING_MODES = (("off", None), ("on, sampling 1.0", "1.0"), ("on, sampling 0.01", "0.01"))
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, root: Path, mongo: MongoServer, kafka: TansuServer,
                  rgw: CephRGW | None) -> None:
@@ -615,9 +703,10 @@ class Bench:
 
     # ---- 1. backlog --------------------------------------------------------------------------
     async def hub_backlog(self, name: str, topic: str, ends: dict[int, int], code: str,
-                          batch: dict[str, int], log_level: str | None = None) -> Run:
+                          batch: dict[str, int], log_level: str | None = None,
+                          env: dict[str, str] | None = None, suffix: str = "") -> Run:
         n = sum(ends.values())
-        hub = self.hub(name, log_level=log_level)
+        hub = self.hub(name, env=env, log_level=log_level)
 
         async def body(hub: HubProcess, api: Api) -> Run:
             fn = f"fn-{name}"
@@ -640,7 +729,7 @@ class Bench:
             if committed < n:
                 text = f"TIMEOUT after {self.args.timeout:.0f}s: {committed}/{n} committed; " + text
                 ok = False
-            label = f"hub, batch {batch['size']}" + (f" (log level {log_level})" if log_level else "")
+            label = f"hub, batch {batch['size']}" + (f" (log level {log_level})" if log_level else "") + suffix
             return Run(label, n, t0, st["first"], t1, done=min(committed, n), cpu_hub=cpu_hub,
                        cpu_workers=cpu_workers, rss_peak_mb=rss, check=text, ok=ok,
                        extra={"last_finished": st["last"] - t0})
@@ -669,9 +758,48 @@ class Bench:
         await base("fs", faststream_run(b, topic, n, ack=False))
         runs["hub100"] = await self.hub_backlog("kafka-b100", topic, ends, NOOP_CODE, {"size": 100, "window_ms": 0})
         await base("fs_ack", faststream_run(b, topic, n, ack=True))
-        runs["hub1"] = await self.hub_backlog("kafka-b1", topic, ends, NOOP_CODE, {"size": 1})
+        # batch 1 as a user runs it (issue 21): HUB_LOG_LEVEL=info, JSON logs, unless --b1-log-level
+        runs["hub1"] = await self.hub_backlog("kafka-b1", topic, ends, NOOP_CODE, {"size": 1},
+                                              log_level=self.args.b1_log_level)
         await base("ppe", ppe_loop(b, topic, n, ppe_noop, "ProcessPoolExecutor per-partition loop, 4 workers"))
         return runs
+
+    # ---- 1b. the cost of tracing (--tracing) --------------------------------------------------
+    async def tracing_cost(self) -> dict[str, Any]:
+        """Kafka batch 1 and batch 100, tracing off / on at 1.0 / on at 0.01, interleaved per round;
+        spans go to a collector stand-in in this process. Batch 100 gets 4x the events (it is ~8x
+        faster, and its steady phase must stay long enough to measure)."""
+        b = self.kafka.bootstrap
+        collector = await Collector().start()
+        out: dict[str, Any] = {"collector": collector.url, "runs": {}}
+        try:
+            topics: dict[int, tuple[str, dict[int, int]]] = {}
+            for size, n in ((1, self.args.tracing_events), (100, 4 * self.args.tracing_events)):
+                topic = f"bench-trace-b{size}-{uuid.uuid4().hex[:8]}"
+                await create_topic(b, topic)
+                topics[size] = (topic, await produce_backlog(b, topic, n))
+            for rnd in range(self.args.tracing_rounds):
+                for size in (1, 100):
+                    topic, ends = topics[size]
+                    batch = {"size": 1} if size == 1 else {"size": 100, "window_ms": 0}
+                    for mode, ratio in TRACING_MODES:
+                        env: dict[str, str] = {}
+                        if ratio is not None:
+                            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_SERVICE_NAME": "bench-hub",
+                                   "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                   "OTEL_TRACES_SAMPLER_ARG": ratio}
+                        spans0 = collector.spans
+                        name = f"trace-b{size}-{mode.split(',')[0]}{ratio or ''}-r{rnd}".replace(".", "")
+                        run = await self.hub_backlog(name, topic, ends, NOOP_CODE, batch, env=env,
+                                                     suffix=f", tracing {mode}")
+                        run.extra["spans"] = collector.spans - spans0  # the hub flushes at its stop
+                        run.extra["round"] = rnd
+                        out["runs"].setdefault((size, mode), []).append(run)
+                        log(f"  round {rnd}: {run.label}: {run.extra['spans']} spans exported")
+        finally:
+            out["requests"], out["bad"] = collector.requests, collector.bad
+            await collector.stop()
+        return out
 
     # ---- 2. concurrency ----------------------------------------------------------------------
     async def scenario_concurrency(self) -> dict[str, Run]:
@@ -952,6 +1080,13 @@ def report(results: dict[str, Any], bench: Bench, args: argparse.Namespace) -> b
              h1.steady_rate >= fs_ack.steady_rate),
             ("Kafka batch 1 events/s (steady)", fmt_rate(h1.steady_rate), "", "", ">= 1,500", h1.steady_rate >= 1500),
         ]
+        # issue 21's targets: reported beside the others, judged against the same run's baselines
+        ppe, raw = r["ppe"], r["raw"]
+        per_k = lambda run: (run.cpu_hub or 0.0) / max(1, run.done) * 1000  # noqa: E731
+        print(f"\n(issue 21: batch 1 at log level {args.b1_log_level} / PPE loop "
+              f"{h1.steady_rate / ppe.steady_rate:.2f}x (target >= 1.0x), hub CPU {per_k(h1):.3f} s / 1,000 events "
+              f"(target <= 0.25); batch 100 / raw loop {h100.steady_rate / raw.steady_rate:.3f}x (target >= 0.25x), "
+              f"hub CPU {per_k(h100):.4f} s / 1,000 events (target <= 0.015))")
         print("\n" + "; ".join(f"{run.label}: last record finished {run.extra['last_finished']:.2f} s after the "
                                f"trigger's creation, all offsets committed {run.t_end - run.t_start:.2f} s"
                                for run in (h1, h100)))
@@ -959,6 +1094,8 @@ def report(results: dict[str, Any], bench: Bench, args: argparse.Namespace) -> b
               f"{h100.total_rate / fs.total_rate:.2f}x; batch 1 / FastStream ACK {h1.total_rate / fs_ack.total_rate:.2f}x;"
               f" raw loop / hub batch 100 {r['raw'].steady_rate / h100.steady_rate:.1f}x steady)")
         all_ok &= h100.ok and h1.ok
+    if "tracing" in results:
+        all_ok &= report_tracing(results["tracing"], args)
     if "concurrency" in results:
         r = results["concurrency"]
         print(f"\n## Concurrency: {args.sleep_events:,} messages, {PARTITIONS} partitions, handler sleeps 10 ms, "
@@ -1038,7 +1175,44 @@ def report(results: dict[str, Any], bench: Bench, args: argparse.Namespace) -> b
     return all_ok
 
 
-IDLE_LEAVES = ("_worker (concurrent/futures/thread.py",)  # a thread-pool thread waiting for work
+def report_tracing(res: dict[str, Any], args: argparse.Namespace) -> bool:
+    print(f"\n## Tracing cost: Kafka, {args.tracing_events:,} messages at batch 1 and "
+          f"{4 * args.tracing_events:,} at batch 100, {args.tracing_rounds} round(s), modes interleaved; "
+          f"OTLP/HTTP to a collector stand-in ({res['requests']} export requests"
+          + (f", {res['bad']} not parsed" if res["bad"] else "") + ")\n")
+    print("| batch | tracing | round | events/s steady | ratio to off (same round) | CPU s per 1,000 events "
+          "(hub / hub + workers) | hub CPU ratio to off | spans exported | peak hub RSS | records check |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ok = True
+    runs = res["runs"]
+    for size in (1, 100):
+        for rnd in range(args.tracing_rounds):
+            off = runs[(size, "off")][rnd]
+            for mode, _ in TRACING_MODES:
+                run = runs[(size, mode)][rnd]
+                cpu_ratio = (f"{(run.cpu_hub / run.done) / (off.cpu_hub / off.done):.2f}"
+                             if run.cpu_hub and off.cpu_hub and run.done and off.done else "")
+                print(f"| {size} | {mode} | {rnd} | {fmt_rate(run.steady_rate)} | "
+                      f"{run.steady_rate / off.steady_rate:.2f} | {cpu_text(run)} | {cpu_ratio} | "
+                      f"{run.extra['spans']:,} | {run.rss_peak_mb or 0:.0f} MB | {run.check} |")
+                ok &= run.ok
+    print("\n| batch | mode | median steady ratio to off | median hub CPU per event, ratio to off |")
+    print("|---|---|---|---|")
+    for size in (1, 100):
+        offs = runs[(size, "off")]
+        for mode, _ in TRACING_MODES[1:]:
+            ons = runs[(size, mode)]
+            rate = sorted(on.steady_rate / off.steady_rate for on, off in zip(ons, offs))
+            cpu = sorted((on.cpu_hub / on.done) / (off.cpu_hub / off.done) for on, off in zip(ons, offs)
+                         if on.cpu_hub and off.cpu_hub and on.done and off.done)
+            med = (lambda xs: xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2)
+            print(f"| {size} | {mode} | {med(rate):.2f} | {med(cpu) if cpu else float('nan'):.2f} |")
+    print("\n(goal, reported only: at batch 100, tracing on at 1.0 keeps >= 0.80 of the off throughput)")
+    return ok
+
+
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py",  # a thread-pool thread waiting for work
+               "Condition.wait (threading.py")  # a thread waiting on a Condition (the span exporter's, between batches)
 
 
 def summarise_folded(path: Path, top: int = 15) -> None:
@@ -1070,19 +1244,30 @@ async def main() -> int:
     ap.add_argument("--sleep-events", type=int, default=2_000, help="backlog of the 10 ms-sleep scenario")
     ap.add_argument("--latency-messages", type=int, default=500)
     ap.add_argument("--s3-events", type=int, default=5_000)
-    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)} "
+                    f"(and tracing: --only tracing runs only the --tracing runs)")
     ap.add_argument("--s3", action=argparse.BooleanOptionalAction, default=True,
                     help="run the S3 inbox scenario (starts Ceph RGW, ~40 s); --no-s3 skips it")
     ap.add_argument("--log-level", default="warning", help="the hubs' HUB_LOG_LEVEL")
+    ap.add_argument("--b1-log-level", default="info",
+                    help="HUB_LOG_LEVEL of the Kafka scenario's batch-1 hub (default info: what a user gets)")
     ap.add_argument("--info-run", action="store_true",
                     help="also run Kafka batch 1 with HUB_LOG_LEVEL=info, to show the cost of logging")
     ap.add_argument("--timeout", type=float, default=90.0, help="per hub run, seconds")
     ap.add_argument("--profile", default="", help="py-spy each Kafka backlog hub run: output prefix (PREFIX-NAME.txt|svg|json)")
     ap.add_argument("--profile-format", default="raw", choices=["raw", "flamegraph", "speedscope"])
     ap.add_argument("--profile-duration", type=int, default=20)
+    ap.add_argument("--tracing", action="store_true",
+                    help="also measure OpenTelemetry tracing's cost: Kafka batch 1/100, off / on 1.0 / on 0.01")
+    ap.add_argument("--tracing-events", type=int, default=5_000,
+                    help="messages per tracing run at batch 1 (batch 100 gets 4x)")
+    ap.add_argument("--tracing-rounds", type=int, default=2, help="rounds of the six tracing runs")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (server data)")
     args = ap.parse_args()
     only = [s for s in args.only.split(",") if s] or [s for s in SCENARIOS if s != "s3" or args.s3]
+    if "tracing" in only:  # --only tracing: the tracing runs alone
+        args.tracing = True
+        only = [s for s in only if s != "tracing"]
     unknown = set(only) - set(SCENARIOS)
     if unknown:
         ap.error(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
@@ -1105,6 +1290,8 @@ async def main() -> int:
         bench = Bench(args, root, mongo_s, kafka_s, rgw_s)
         for name in only:
             results[name] = await getattr(bench, f"scenario_{name}")()
+        if args.tracing:
+            results["tracing"] = await bench.tracing_cost()
         if args.info_run:
             topic = f"bench-info-{uuid.uuid4().hex[:8]}"
             await create_topic(kafka_s.bootstrap, topic)
