@@ -174,6 +174,9 @@ class Invocation(_Open):
     output_truncated: bool | None = None
     exit_code: int | None = None
     signal: int | None = None
+    trace_id: str | None = Field(default=None, description="the OpenTelemetry trace of this attempt (when the hub traces)")
+    trace_url: str | None = Field(default=None, description="GET /v1/invocations/ID only: the trace in the UI "
+                                                            "HUB_TRACE_URL_TEMPLATE names")
 
 
 class InvocationList(_Open):
