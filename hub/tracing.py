@@ -151,6 +151,16 @@ class Tracing:
         parent, state = producer_context(event, source)
         return self.received(event, trigger=trigger, parent=parent, tracestate=state)
 
+    def with_producer_context(self, event: Event, source: Mapping[str, Any] | None = None) -> Event:
+        """The event carrying its producer's context, no span made: for batch triggers, whose one
+        attempt span per batch is the child of its first record's producer and links every
+        record's producer (the messaging conventions' batch "process" span) -- a receive span per
+        record would cost more than the batch's whole delivery (bench/README.md)."""
+        if self._tracer is None or event.traceparent:
+            return event
+        parent, state = producer_context(event, source)
+        return _with_trace(event, parent, state) if parent else event
+
     @contextmanager
     def attempt(self, events: list[Event], *, function: str, trigger: str | None, invocation_id: str,
                 attempt: int, version: str | None = None, kind: SpanKind = SpanKind.SERVER,

@@ -64,7 +64,10 @@ class DispatchSink:
         target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
         run = [events[i] for i in wanted]
         if self.tracing.enabled:  # a receive span per event, the child of its producer's context
-            run = [self.tracing.received_from_source(e, trigger.name, trigger.source) for e in run]
+            if trigger.batch_size > 1:  # one span per batch, linking every record's producer
+                run = [self.tracing.with_producer_context(e, trigger.source) for e in run]
+            else:
+                run = [self.tracing.received_from_source(e, trigger.name, trigger.source) for e in run]
         chunk = await self.dispatcher.run(target, run)
         return self._settled(chunk, wanted)
 
