@@ -52,11 +52,12 @@ from hub.web.routes import make_app, make_fn_app
 from hub.web.services import Services
 
 log = structlog.get_logger("hub.app")
-HEARTBEAT_S = 2.0  # also carries this instance's Kafka partitions to the others' cursor views
+HEARTBEAT_S = 2.0  # the default of HUB_HEARTBEAT_INTERVAL_S; beats also carry this instance's
+# Kafka partitions to the others' cursor views
 CLOCK_SYNC_S = 60.0  # how often the offset to MongoDB's clock is measured again (hub.store)
 # A heartbeat this young may be a live process's: one starting under the same id watches it this
-# long for a beat before it takes the id over (Store.claim_instance). Beats are 2 s apart but
-# ride the trigger-sync loop, whose sync or bucket re-pointing can hold one up for seconds.
+# long for a beat before it takes the id over (Store.claim_instance). Beats are 2 s apart, on a
+# task of their own (a slow trigger sync no longer holds one up); the margin is for stalls.
 INSTANCE_LIVE_S = 10.0
 
 
@@ -183,6 +184,11 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._fn_runner: web.AppRunner | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self._beat_stop = asyncio.Event()  # set last in stop(): beats go on while work drains
+        self._still: dict[str, tuple[tuple[object, object], float]] = {}  # others' heartbeats, as watched
+        self._taken: set[tuple[str, object]] = set()  # (instance, heartbeat) already taken for dead
+        self._resync: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.port: int | None = None
         self.fn_port: int | None = None
@@ -208,6 +214,19 @@ class Hub:
             log.error("refusing to start: this instance id is in use", instance=self.instance_id, error=str(exc))
             await self.store.close()
             raise
+        # beats from here on, on a task of their own: a starting instance (which may take its
+        # leases and claims before it listens) is not taken for dead (HUB_TAKEOVER_AFTER_S)
+        self._beat = time.monotonic()
+        self._beat_stop.clear()
+        self._beat_task = asyncio.create_task(self._beat_loop(), name="heartbeat")
+        try:
+            await self._start_parts()
+        except BaseException:
+            self._beat_stop.set()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
+            raise
+
+    async def _start_parts(self) -> None:
         await self.secrets.init()
         await self.tokens.init()
         await self.access_keys.init()
@@ -257,6 +276,8 @@ class Hub:
         if self._sync_task:
             # not cancelled: it may be stopping a subscription, which must run to its end
             await asyncio.gather(self._sync_task, return_exceptions=True)
+        if self._resync:  # a takeover's sync: before the sources stop (none starts after _stopping)
+            await asyncio.gather(self._resync, return_exceptions=True)
         await self.watcher.stop()
         await self.trigger_sync.stop_sources()  # no reconcile may start subscriptions behind it
         await self.s3_reconciler.stop()
@@ -267,6 +288,9 @@ class Hub:
         await self.pool.close()
         await self.tokens.close()
         await self.access_keys.close()
+        self._beat_stop.set()  # not cancelled: a beat is a driver call; after this, none is written
+        if self._beat_task:
+            await asyncio.gather(self._beat_task, return_exceptions=True)
         try:  # gone at once rather than after its heartbeat ages out (it counts as a live instance)
             await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id, self._nonce)), 5)
         except Exception as exc:
@@ -285,12 +309,6 @@ class Hub:
                     clock_synced = time.monotonic()
                 except Exception as exc:
                     log.debug("measuring the clock offset to MongoDB failed", error=str(exc))
-            if time.monotonic() - self._beat >= HEARTBEAT_S:
-                try:
-                    await self._heartbeat()
-                    self._beat = time.monotonic()
-                except Exception as exc:
-                    log.warning("heartbeat failed", error=str(exc))
             if not repointed:  # until it worked once: S3 or MongoDB may be away at start
                 try:
                     await shielded(self.triggers.repoint_buckets())
@@ -307,8 +325,70 @@ class Hub:
             except Exception as exc:
                 log.warning("trigger sync failed", error=str(exc))
 
+    async def _beat_loop(self) -> None:
+        """This instance's heartbeat, every HUB_HEARTBEAT_INTERVAL_S on a task of its own, so a
+        slow trigger sync cannot hold it up; with HUB_TAKEOVER_AFTER_S, also the watch on the
+        others' heartbeats (:meth:`_take_over_dead`)."""
+        every = self.settings.heartbeat_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._beat_stop.wait(), max(0.0, self._beat + every - time.monotonic()))
+                return
+            except TimeoutError:
+                pass
+            self._beat = time.monotonic()  # the attempt: a failing one is retried a beat later
+            try:
+                await self._heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat failed", error=str(exc))
+                self._still.clear()  # only what is watched while this instance's own beats go through counts
+                continue
+            if self.settings.takeover_after_s > 0:
+                try:
+                    await self._take_over_dead()
+                except Exception as exc:
+                    self._still.clear()
+                    log.warning("watching the other instances' heartbeats failed", error=str(exc))
+
+    async def _take_over_dead(self) -> None:
+        """Another instance whose heartbeat (its ``last_seen`` and process mark) this one has
+        watched stand still for HUB_TAKEOVER_AFTER_S is taken for dead: its leases expire and
+        its inbox claims are handed back now, not when they run out (Store.take_over). An
+        instance that was only stalled finds its leases and claims fenced off and goes on with
+        what it gets next; one stopping gracefully beats until it has handed its work back."""
+        t = time.monotonic()
+        still: dict[str, tuple[tuple[object, object], float]] = {}
+        for doc in await shielded(self.store.live_instances(within_s=3600.0)):
+            other = str(doc["_id"])
+            if other == self.instance_id:
+                continue
+            mark = (doc.get("nonce"), doc.get("last_seen"))
+            before = self._still.get(other)
+            still[other] = before if before is not None and before[0] == mark else (mark, t)
+        self._still = still
+        dead = {i: mark for i, (mark, since) in still.items()
+                if t - since >= self.settings.takeover_after_s and (i, mark) not in self._taken}
+        if not dead:
+            return
+        leases, items = await shielded(self.store.take_over(sorted(dead)))
+        self._taken |= set(dead.items())
+        log.warning("took over from instances whose heartbeat stood still", instances=sorted(dead),
+                    still_s=self.settings.takeover_after_s, leases=leases, inbox_items=items)
+        if leases and not self._stopping.is_set() and (self._resync is None or self._resync.done()):
+            # their change streams start here now, not at the next timed sync
+            self._resync = asyncio.create_task(self._sync_quietly(), name="takeover-sync")
+
+    async def _sync_quietly(self) -> None:
+        try:
+            await self.trigger_sync.sync()
+        except Exception as exc:
+            log.warning("trigger sync after a takeover failed", error=str(exc))
+
     async def _heartbeat(self) -> None:
         """Other instances see this one (an s3 trigger then needs the shared HUB_PUBLIC_URL)."""
+        if self.port is None:  # starting: alive, not yet listening
+            await shielded(self.store.heartbeat(self.instance_id, {}, self._nonce))
+            return
         mine = await shielded(self.store.heartbeat(self.instance_id, {"url": self.url, "public_url": self.settings.public_url,
                                                                       "kafka": self.cursors.kafka_shares()}, self._nonce))
         if not mine and not self._id_lost:  # this process stalled past INSTANCE_LIVE_S and another took the id

@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     # A change stream is read by one instance at a time, under a lease renewed on every trigger
     # sync; another instance takes over this long after its holder stopped renewing.
     lease_ttl_s: float = 15.0
+    # Every instance writes a heartbeat this often, on a task of its own.
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # 0: a killed instance's change-stream leases and inbox claims move when they run out
+    # (LEASE_TTL_S, INBOX_LEASE_S). > 0: an instance whose heartbeat another one has watched
+    # stand still this long (while that one's own beats went through) is taken for dead: its
+    # leases expire and its inbox claims are handed back at once. An instance that had only
+    # stalled that long can no longer move a cursor or complete an item (the fences), but what
+    # it was running runs again elsewhere (and may then succeed twice, as after a stall past the
+    # leases). Keep it above 2 heartbeat intervals plus the longest stall you expect (event
+    # loop, MongoDB failover), e.g. 3 with a 1 s beat (bench/README.md, bench_rollout.py).
+    takeover_after_s: float = Field(default=0.0, ge=0)
     # Invocation records expire this long after they finished (a TTL index). They are also the
     # success markers of the duplicate check: an event redelivered after that runs again.
     invocation_retention_s: float = Field(default=14 * 86400, gt=0)

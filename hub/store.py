@@ -65,6 +65,17 @@ def _claimable(t: dt.datetime) -> dict[str, Any]:
                     {"state": "leased", "lease_until": {"$lt": t}}]}
 
 
+def _fenced(owner: str, held: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Inbox items still held under the claims given, ``(item id, claim)`` pairs: a claim is
+    new every time an item is claimed, so an instance that lost an item (its lease ran out and
+    another claimed it, or it was taken for dead) matches none of its writes any more."""
+    by_claim: dict[Any, list[Any]] = {}
+    for item_id, claim in held:
+        by_claim.setdefault(claim, []).append(item_id)
+    return {"owner": owner, "state": "leased",
+            "$or": [{"claim": claim, "_id": {"$in": ids}} for claim, ids in by_claim.items()]}
+
+
 def unstorable_reason(doc: dict[str, Any]) -> str | None:
     """Why MongoDB would refuse ``doc`` (None when it is fine)."""
     try:
@@ -531,34 +542,66 @@ class Store:
     async def inbox_ready(self) -> bool:
         return await self.db.inbox.find_one(_claimable(self.now()), {"_id": 1}) is not None
 
-    async def inbox_renew(self, owner: str, item_ids: list[Any], lease_s: float) -> int:
-        """Extend the leases of the items we hold (one query for all of them); returns how many."""
+    async def inbox_renew(self, owner: str, held: list[tuple[Any, Any]], lease_s: float) -> int:
+        """Extend the leases of the items we hold, ``(item id, claim)`` pairs (one query for all
+        of them); returns how many. A claim another instance took since is not extended."""
+        if not held:
+            return 0
         res = await self.db.inbox.update_many(
-            {"_id": {"$in": item_ids}, "owner": owner, "state": "leased"},
+            _fenced(owner, held),
             {"$set": {"lease_until": self.now() + dt.timedelta(seconds=lease_s)}},
         )
         return res.matched_count
 
-    async def inbox_done(self, item_ids: list[Any]) -> None:
-        if item_ids:
-            await self.db.inbox.delete_many({"_id": {"$in": item_ids}})
+    async def inbox_done(self, owner: str, held: list[tuple[Any, Any]]) -> int:
+        """Delete finished items, ``(item id, claim)`` pairs, only while the claim is still
+        ours: an instance whose claim ran out and was taken by another (it stalled, or was taken
+        for dead) must not delete the item under its new owner. Returns how many were deleted."""
+        if not held:
+            return 0
+        res = await self.db.inbox.delete_many(_fenced(owner, held))
+        return res.deleted_count
 
-    async def inbox_release(self, item_ids: list[Any], owner: str, delay_s: float = 0.0,
-                            error: str | None = None) -> None:
-        """Hand items back (shutdown, or a failure to retry after ``delay_s``)."""
-        if not item_ids:
-            return
+    async def inbox_release(self, owner: str, held: list[tuple[Any, Any]], delay_s: float = 0.0,
+                            error: str | None = None) -> int:
+        """Hand items back (shutdown, or a failure to retry after ``delay_s``), only those whose
+        claim is still ours; returns how many."""
+        if not held:
+            return 0
         fields: dict[str, Any] = {"state": "pending", "not_before": self.now() + dt.timedelta(seconds=delay_s)}
         if error is not None:
             fields["last_error"] = error
-        await self.db.inbox.update_many({"_id": {"$in": item_ids}, "owner": owner, "state": "leased"},
-                                        {"$set": fields})
+        res = await self.db.inbox.update_many(_fenced(owner, held), {"$set": fields})
+        return res.modified_count
 
     async def inbox_reclaim(self, owner: str) -> int:
         """At start: items an earlier run of this instance held (it crashed) can run again now."""
         res = await self.db.inbox.update_many({"owner": owner, "state": "leased"},
                                               {"$set": {"state": "pending", "not_before": self.now()}})
         return res.modified_count
+
+    async def take_over(self, dead: list[str]) -> tuple[int, int]:
+        """Instances found dead (their heartbeat stood still, see ``hub.app``): their leases
+        expire now (the next holder's token is one higher, so a dead-looking holder that was only
+        stalled can no longer move a cursor) and their inbox claims are handed back (a new claim
+        is a new fence: the old holder's completions are refused). Returns (leases, items)."""
+        if not dead:
+            return 0, 0
+        t = self.now()
+        leases = await self.db.leases.update_many(
+            {"owner": {"$in": dead}, "until": {"$gte": t}},
+            {"$set": {"until": t - dt.timedelta(milliseconds=1)}})
+        items = await self.db.inbox.update_many(
+            {"owner": {"$in": dead}, "state": "leased"},
+            {"$set": {"state": "pending", "not_before": t}})
+        return leases.modified_count, items.modified_count
+
+    async def inbox_s3_triggers(self, buckets: list[str]) -> set[str]:
+        """The names of the s3 triggers on these buckets as stored now (one small query): the
+        webhook's instance checks its trigger set against it before naming an item's triggers."""
+        docs = await self.db.triggers.find({"source.type": "s3", "source.bucket": {"$in": buckets}},
+                                           {"_id": 1}).to_list(None)
+        return {str(d["_id"]) for d in docs}
 
     async def inbox_find_request(self, request_id: str) -> dict[str, Any] | None:
         return await self.db.inbox.find_one({"request_id": request_id})

@@ -58,6 +58,12 @@ class _Held:
     pending: int = 0
     error: str | None = None
 
+    @property
+    def fence(self) -> tuple[Any, Any]:
+        """(item id, claim): every write about the item carries its claim, so it is refused
+        once another instance has claimed the item (this one's lease ran out)."""
+        return self.item["_id"], self.item.get("claim")
+
 
 @dataclass(eq=False)
 class _Entry:
@@ -112,7 +118,9 @@ class Inbox:
         self._reload: asyncio.Future[None] | None = None
         self._held: dict[Any, _Held] = {}
         self._queues: dict[str, _Queue] = {}
-        self._finished: list[Any] = []  # item ids to delete
+        self._finished: list[tuple[Any, Any]] = []  # (item id, claim) of items to delete
+        self._closed = False  # stopping, past the grace: nothing more is routed or started
+        self._unloadable: set[str] = set()  # s3 triggers stored but still unknown after a reload
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()
@@ -121,8 +129,30 @@ class Inbox:
     async def put_events(self, events: list[Event]) -> None:
         """Queue S3 events for the triggers that match them *now*: the item names them, so an
         instance whose trigger set lags behind still runs exactly those (see ``_entries``)."""
+        if events and self.reload_triggers is not None:
+            await self._current_s3_triggers(events)
         await self._put([self._item("s3", e, triggers=[t.name for t in self.router.match_s3(e)])
                          for e in events])
+
+    async def _current_s3_triggers(self, events: list[Event]) -> None:
+        """A trigger made through another instance a moment ago may not be known here yet (the
+        config watch reloads within milliseconds, the timer within a sync interval): an event
+        that matches one known trigger would then be queued without the new one. One small
+        query says which s3 triggers exist on these buckets; a name not known here reloads."""
+        buckets = sorted({str((e.data or {}).get("bucket") or "") for e in events} - {""})
+        if not buckets:
+            return
+        try:
+            stored = await shielded(self.store.inbox_s3_triggers(buckets))
+        except Exception as exc:
+            log.debug("could not check the s3 triggers against MongoDB's", error=str(exc))
+            return
+        unknown = stored - set(self.router.triggers)
+        if unknown - self._unloadable:
+            await self._reload_triggers()
+            # a stored trigger the router refuses (written under older, looser rules) stays
+            # unknown: it must not cost a reload on every notification
+            self._unloadable = stored - set(self.router.triggers)
 
     async def put_invoke(self, function: str, event: Event) -> str:
         request_id = uuid.uuid4().hex
@@ -163,6 +193,7 @@ class Inbox:
         if reclaimed:
             log.info("inbox: took back the items this instance held before it stopped", items=reclaimed)
         self._stopping.clear()
+        self._closed = False
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
             ("inbox-claim", self._claim_loop()), ("inbox-watch", self._watch()), ("inbox-poll", self._poll()),
             ("inbox-renew", self._renew_loop()), ("inbox-delete", self._delete_loop()))]
@@ -182,22 +213,46 @@ class Inbox:
                 log.warning("inbox task still busy at shutdown; cancelling it", task=task.get_name())
                 task.cancel()
         await asyncio.wait([claimer, watcher])
-        workers = [w for q in self._queues.values() for w in q.workers]
+        # What runs may finish within the grace. Workers are looked for again and again: an
+        # item whose triggers were being reloaded (a side task) is routed and started meanwhile.
+        deadline = time.monotonic() + self.shutdown_grace_s
+        while (busy := self._workers() | self._side) and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(busy, timeout=left)
+        # Past the grace nothing more starts: an item routed from now on stays held and is
+        # handed back below (before this, a reload finishing after the release could start an
+        # item already handed back: two instances ran it at once).
+        self._closed = True
+        workers = self._workers()
+        for w in workers:
+            w.cancel()
         if workers:
-            await asyncio.wait(workers, timeout=self.shutdown_grace_s)
-            for w in workers:
-                w.cancel()
             await asyncio.wait(workers)
-        if self._side:
+        if self._side:  # releases and dead letters (driver calls: waited for, never cancelled)
             await asyncio.wait(self._side, timeout=self.shutdown_grace_s)
+        # A cancelled chunk's records may still be on their way to MongoDB (the dispatcher keeps
+        # its claim on those events until the writes ended): an item handed back before that
+        # could run elsewhere before its success is durable, and succeed twice.
+        await self._writes_ended(max(10.0, self.shutdown_grace_s))
         # Hand back what did not finish, at once rather than after the lease.
-        unfinished = [h.item["_id"] for h in self._held.values()]
-        await self._quietly(self.store.inbox_release(unfinished, self.owner))
+        unfinished = [h.fence for h in self._held.values()]
+        await self._quietly(self.store.inbox_release(self.owner, unfinished))
         await self._quietly(self._delete_finished())
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         self._tasks, self._held, self._queues = [], {}, {}
+
+    def _workers(self) -> set[asyncio.Task[None]]:
+        return {w for q in self._queues.values() for w in q.workers}
+
+    async def _writes_ended(self, timeout: float) -> None:
+        """Until the dispatcher holds no claim on an event any more (each is dropped once the
+        outcomes of its events are durable or failed). The dispatcher's own bookkeeping, read
+        only; every source's deliveries are in it, and each write is bounded."""
+        inflight: dict[str, asyncio.Future[None]] = getattr(self.dispatcher, "_inflight", {})
+        pending = {f for f in list(inflight.values()) if not f.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def _quietly(self, aw: Any) -> None:
         try:
@@ -314,6 +369,8 @@ class Inbox:
         if self._reload is None or self._reload.done():
             self._reload = asyncio.ensure_future(self._reload_triggers())
         await asyncio.shield(self._reload)
+        if self._closed:
+            return  # stopping: it stays held and is handed back, not started now
         self._route(item, reloaded=True)
 
     async def _reload_triggers(self) -> None:
@@ -357,7 +414,7 @@ class Inbox:
 
     # -- running ----------------------------------------------------------------------------
     def _spawn(self, queue: _Queue) -> None:
-        while len(queue.workers) < min(self.concurrency, queue.entries.qsize()):
+        while not self._closed and len(queue.workers) < min(self.concurrency, queue.entries.qsize()):
             task = asyncio.create_task(self._work(queue), name="inbox-worker")
             queue.workers.add(task)
             task.add_done_callback(queue.workers.discard)
@@ -431,13 +488,13 @@ class Inbox:
         self._held.pop(item_id, None)
         self._room.set()
         if held.error is None:
-            self._finished.append(item_id)
+            self._finished.append(held.fence)
             self._flush.set()
             return
         delay = self.retry_delay(held.item["deliveries"])
         log.warning("inbox item failed; it will be retried", item=str(item_id), error=held.error,
                     deliveries=held.item["deliveries"], retry_in_s=delay)
-        self._side_task(self._quietly(self.store.inbox_release([item_id], self.owner, delay, held.error)))
+        self._side_task(self._quietly(self.store.inbox_release(self.owner, [held.fence], delay, held.error)))
 
     def _side_task(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -472,7 +529,7 @@ class Inbox:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            held = [h.item["_id"] for h in self._held.values()]
+            held = [h.fence for h in self._held.values()]
             # finished items keep their claim until deleted; their delete may land first, so
             # only the running ones count when checking that every lease was renewed
             finished = list(self._finished)
@@ -483,7 +540,7 @@ class Inbox:
                 if finished:
                     await shielded(self.store.inbox_renew(self.owner, finished, self.lease_s))
                 # items that settled meanwhile may have been handed back or deleted first
-                still = sum(1 for i in held if i in self._held)
+                still = sum(1 for i, _ in held if i in self._held)
                 if renewed < still:
                     log.warning("inbox leases lost; another instance may run these items too",
                                 held=still, renewed=renewed)
@@ -503,9 +560,14 @@ class Inbox:
                 await asyncio.sleep(1.0)
 
     async def _delete_finished(self) -> None:
-        ids, self._finished = self._finished, []
+        done, self._finished = self._finished, []
         try:
-            await self.store.inbox_done(ids)
+            deleted = await self.store.inbox_done(self.owner, done)
         except BaseException:
-            self._finished = ids + self._finished
+            self._finished = done + self._finished
             raise
+        if deleted < len(done):
+            # their claims were taken (this instance's leases ran out, or it was taken for
+            # dead): the new holder finds them finished (the duplicate check) and deletes them
+            log.warning("inbox completions refused: another instance holds these items now",
+                        items=len(done) - deleted)
