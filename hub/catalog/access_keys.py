@@ -18,10 +18,8 @@ its deletion reaches their change streams; the ``DELETE`` waits until this insta
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets as _random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.catalog.credentials import WatchedCredentials
 from hub.catalog.secrets import Secrets, SecretUnavailable
 from hub.spec.models import NAME_MAX, NAME_RE
 from hub.store import now
@@ -41,9 +40,6 @@ KEY_ID_PREFIX = "AKTH"  # AWS's own ids start AKIA/ASIA: this one says "issued b
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 KEY_ID_RE = re.compile(KEY_ID_PREFIX + "[A-Z2-7]{16}")  # 20 characters, as AWS's
 SCOPE = "invoke"
-LAST_USE_EVERY_S = 60.0
-NEGATIVE_CACHE_MAX = 10_000
-REVOKE_WAIT_S = 2.0
 _AAD_NAME = "access-key\x00{name}\x00{key_id}"  # NUL: no secret's name (NAME_RE) can be this
 
 
@@ -71,51 +67,27 @@ class AccessKeyNotFound(Exception):
     pass
 
 
-class AccessKeys:
-    """The ``access_keys`` collection and the in-memory view that requests are checked against."""
+class AccessKeys(WatchedCredentials[AccessKey]):
+    """The ``access_keys`` collection and the cached view that requests are checked against
+    (``hub.catalog.credentials``: invalidated by the config watch, revoked at once)."""
 
-    collection = "access_keys"  # what the config watch follows for this listener
+    collection = "access_keys"
+    kind = "access key"
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], secrets: Secrets) -> None:
-        self.db = db
+        super().__init__(db)
         self.secrets = secrets  # its AES-GCM key and helpers seal the secret access keys
-        self._cache: dict[str, AccessKey | None] = {}  # access key id -> key (None: no such key)
-        self._negatives = 0
-        self._generation = 0
-        self.cache_enabled = False
-        self._last_use: dict[str, float] = {}
-        self._revoked: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def init(self) -> None:
-        await self.db.access_keys.create_index("access_key_id", unique=True)
-
-    # -- the config watch's listener --------------------------------------------------------
-    def following(self, yes: bool) -> None:
-        self.cache_enabled = yes
-        self._forget()
-
-    def changed(self, change: Mapping[str, Any]) -> None:
-        fields = set(((change.get("updateDescription") or {}).get("updatedFields") or {}))
-        if change.get("operationType") == "update" and fields and fields <= {"last_used_at"}:
-            return
-        self._forget()
-        name = (change.get("documentKey") or {}).get("_id")
-        if change.get("operationType") == "delete" and isinstance(name, str) and name in self._revoked:
-            self._revoked[name].set()
-
-    def _forget(self) -> None:
-        self._generation += 1
-        self._cache.clear()
-        self._negatives = 0
+        await self.coll.create_index("access_key_id", unique=True)
 
     # -- sealing (hub.catalog.secrets' AES-GCM, another associated data) ---------------------
     def _sealed(self, name: str, key_id: str, secret: str) -> dict[str, Any]:
-        return self.secrets._seal(_AAD_NAME.format(name=name, key_id=key_id), 1, secret)
+        return self.secrets.seal(_AAD_NAME.format(name=name, key_id=key_id), 1, secret)
 
     def _opened(self, doc: Mapping[str, Any]) -> str:
         aad_name = _AAD_NAME.format(name=doc["_id"], key_id=doc["access_key_id"])
-        return self.secrets._open({**doc, "_id": aad_name, "version": 1})
+        return self.secrets.open({**doc, "_id": aad_name, "version": 1})
 
     # -- checking a request -----------------------------------------------------------------
     async def lookup(self, key_id: str) -> AccessKey | None:
@@ -123,42 +95,23 @@ class AccessKeys:
         cannot be an id; None, logged, for a key sealed with another HUB_SECRETS_KEY)."""
         if not KEY_ID_RE.fullmatch(key_id):
             return None
-        if self.cache_enabled and key_id in self._cache:
-            found = self._cache[key_id]
-        else:
-            generation = self._generation
-            doc = await self.db.access_keys.find_one({"access_key_id": key_id})
-            found = None
-            if doc is not None:
-                try:
-                    found = AccessKey(str(doc["_id"]), key_id, self._opened(doc))
-                except SecretUnavailable as exc:
-                    log.warning("an access key cannot be used on this instance", access_key=str(doc["_id"]),
-                                error=str(exc))
-            if self.cache_enabled and generation == self._generation:
-                if found is None:
-                    self._negatives += 1
-                    if self._negatives > NEGATIVE_CACHE_MAX:
-                        self._forget()
-                self._cache[key_id] = found
-        return found
+
+        async def load() -> AccessKey | None:
+            doc = await self.coll.find_one({"access_key_id": key_id})
+            if doc is None:
+                return None
+            try:
+                return AccessKey(str(doc["_id"]), key_id, self._opened(doc))
+            except SecretUnavailable as exc:
+                log.warning("an access key cannot be used on this instance", access_key=str(doc["_id"]),
+                            error=str(exc))
+                return None
+
+        return await self._cached(key_id, load)
 
     def used(self, name: str) -> None:
-        """A request signed with this key was verified: stamp its last use (at most once a minute
-        per instance, in the background)."""
-        t = time.monotonic()
-        if t - self._last_use.get(name, -LAST_USE_EVERY_S) < LAST_USE_EVERY_S:
-            return
-        self._last_use[name] = t
-        task = asyncio.create_task(self._stamp(name), name="access-key-last-use")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _stamp(self, name: str) -> None:
-        try:
-            await self.db.access_keys.update_one({"_id": name}, {"$set": {"last_used_at": now()}})
-        except Exception as exc:  # a missed stamp is only a stale "last used"
-            log.debug("writing an access key's last use failed", access_key=name, error=str(exc))
+        """A request signed with this key was verified: stamp its last use."""
+        self.touch(name)
 
     # -- the API's operations ---------------------------------------------------------------
     async def create(self, name: str) -> dict[str, Any]:
@@ -168,7 +121,7 @@ class AccessKeys:
         doc = {"_id": name, "access_key_id": key_id, **self._sealed(name, key_id, secret),
                "scope": SCOPE, "created_at": t, "last_used_at": None}
         try:
-            await self.db.access_keys.insert_one(doc)
+            await self.coll.insert_one(doc)
         except DuplicateKeyError:
             raise AccessKeyExists(f"an access key named {name!r} exists; delete it first "
                                   f"(DELETE /v1/access-keys/{name}) or pick another name") from None
@@ -176,31 +129,15 @@ class AccessKeys:
         return {"name": name, "access_key_id": key_id, "secret_access_key": secret, "scope": SCOPE, "created_at": t}
 
     async def list_all(self) -> list[dict[str, Any]]:
-        docs = await self.db.access_keys.find({}, {"ciphertext": 0, "nonce": 0}).sort("_id", 1).to_list(None)
+        docs = await self.coll.find({}, {"ciphertext": 0, "nonce": 0}).sort("_id", 1).to_list(None)
         return [_view(d) for d in docs]
 
     async def delete(self, name: str) -> dict[str, Any]:
-        """Revoke; returns once this instance's change stream has seen it (every instance follows
-        the same stream, so theirs have too, give or take milliseconds)."""
-        seen = self._revoked.setdefault(name, asyncio.Event())
-        try:
-            doc = await self.db.access_keys.find_one_and_delete({"_id": name}, {"ciphertext": 0, "nonce": 0})
-            if doc is None:
-                raise AccessKeyNotFound(f"no access key {name!r}")
-            self._forget()
-            if self.cache_enabled:
-                try:
-                    await asyncio.wait_for(seen.wait(), REVOKE_WAIT_S)
-                except TimeoutError:
-                    log.warning("the access key's deletion has not come through the change stream yet",
-                                access_key=name)
-            return _view(doc)
-        finally:
-            self._revoked.pop(name, None)
-
-    async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        """Revoke at once, on every instance (``WatchedCredentials._revoke``)."""
+        doc = await self._revoke(name, {"ciphertext": 0, "nonce": 0})
+        if doc is None:
+            raise AccessKeyNotFound(f"no access key {name!r}")
+        return _view(doc)
 
 
 def _view(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -199,12 +199,12 @@ class Secrets:
     def _aad(name: str, version: int) -> bytes:
         return _AAD_PREFIX + name.encode() + b"\x00" + str(version).encode()
 
-    def _seal(self, name: str, version: int, value: str) -> dict[str, Any]:
+    def seal(self, name: str, version: int, value: str) -> dict[str, Any]:
         nonce = os.urandom(12)
         sealed = AESGCM(self.key).encrypt(nonce, value.encode(), self._aad(name, version))
         return {"nonce": nonce, "ciphertext": sealed, "key_id": key_id(self.key)}
 
-    def _open(self, doc: Mapping[str, Any]) -> str:
+    def open(self, doc: Mapping[str, Any]) -> str:
         name = str(doc["_id"])
         if doc.get("key_id") != key_id(self.key):
             raise SecretUnavailable(f"secret {name!r} was encrypted with another key than this hub's "
@@ -224,20 +224,20 @@ class Secrets:
             old = await self.db.secrets.find_one({"_id": name})
             t = now()
             if old is None:
-                doc = {"_id": name, "version": 1, **self._seal(name, 1, value), "created_at": t, "updated_at": t}
+                doc = {"_id": name, "version": 1, **self.seal(name, 1, value), "created_at": t, "updated_at": t}
                 try:
                     await self.db.secrets.insert_one(doc)
                 except DuplicateKeyError:
                     continue
                 return await self.view(doc), True
             try:
-                same = _random.compare_digest(self._open(old).encode(), value.encode())
+                same = _random.compare_digest(self.open(old).encode(), value.encode())
             except SecretUnavailable:
                 same = False  # another key or a damaged document: the new value replaces it
             if same:
                 return await self.view(old), False
             version = int(old["version"]) + 1
-            fields = {"version": version, **self._seal(name, version, value), "updated_at": t}
+            fields = {"version": version, **self.seal(name, version, value), "updated_at": t}
             res = await self.db.secrets.update_one({"_id": name, "version": old["version"]}, {"$set": fields})
             if res.matched_count:
                 await self.rotated(name)
@@ -304,7 +304,7 @@ class Secrets:
             if doc is None:
                 raise SecretUnavailable(f"env {var} refers to secret {name!r}, which does not exist "
                                         f"(create it with PUT /v1/secrets/{name})")
-            plain[var] = self._open(doc)
+            plain[var] = self.open(doc)
             values.append(plain[var])
         return plain, mask_values(values)
 

@@ -17,21 +17,19 @@ used a thousand times a second costs one write a minute, not a write a request.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.catalog.credentials import WatchedCredentials
 from hub.spec.models import NAME_MAX, NAME_RE
 from hub.store import now
 
@@ -41,10 +39,7 @@ SCOPES = ("read", "invoke", "deploy", "admin")
 Scope = Literal["read", "invoke", "deploy", "admin"]
 PREFIX = "thk_"
 TOKEN_RE = re.compile(r"thk_[A-Za-z0-9_-]{43}")  # 32 bytes, URL-safe base64 without padding
-LAST_USE_EVERY_S = 60.0
-NEGATIVE_CACHE_MAX = 10_000  # unknown tokens remembered (a flood of wrong ones costs no MongoDB reads)
 RESERVED = {"self"}  # GET /v1/tokens/self is the caller's own token
-REVOKE_WAIT_S = 2.0
 
 
 def rank(scope: str) -> int:
@@ -86,42 +81,15 @@ class TokenNotFound(Exception):
     pass
 
 
-class Tokens:
-    """The ``tokens`` collection and the in-memory view of it that requests are checked against."""
+class Tokens(WatchedCredentials[Principal]):
+    """The ``tokens`` collection and the cached view of it that requests are checked against
+    (``hub.catalog.credentials``: invalidated by the config watch, revoked at once)."""
 
-    collection = "tokens"  # what the config watch follows for this listener
-
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        self.db = db
-        self._cache: dict[str, Principal | None] = {}  # sha256 -> principal (None: no such token)
-        self._negatives = 0
-        self._generation = 0
-        self.cache_enabled = False
-        self._last_use: dict[str, float] = {}  # name -> monotonic time of the last stamp written
-        self._revoked: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+    collection = "tokens"
+    kind = "token"
 
     async def init(self) -> None:
-        await self.db.tokens.create_index("hash", unique=True)
-
-    # -- the config watch's listener --------------------------------------------------------
-    def following(self, yes: bool) -> None:
-        self.cache_enabled = yes
-        self._forget()
-
-    def changed(self, change: Mapping[str, Any]) -> None:
-        fields = set(((change.get("updateDescription") or {}).get("updatedFields") or {}))
-        if change.get("operationType") == "update" and fields and fields <= {"last_used_at"}:
-            return  # a last-use stamp: nothing anyone is allowed to do changed
-        self._forget()
-        name = (change.get("documentKey") or {}).get("_id")
-        if change.get("operationType") == "delete" and isinstance(name, str) and name in self._revoked:
-            self._revoked[name].set()
-
-    def _forget(self) -> None:
-        self._generation += 1
-        self._cache.clear()
-        self._negatives = 0
+        await self.coll.create_index("hash", unique=True)
 
     # -- checking a request -----------------------------------------------------------------
     async def lookup(self, token: str) -> Principal | None:
@@ -130,38 +98,17 @@ class Tokens:
         if not TOKEN_RE.fullmatch(token):
             return None
         digest = token_hash(token)
-        if self.cache_enabled and digest in self._cache:
-            principal = self._cache[digest]
-        else:
-            generation = self._generation
-            doc = await self.db.tokens.find_one({"hash": digest}, {"scope": 1, "hash": 1})
+
+        async def load() -> Principal | None:
+            doc = await self.coll.find_one({"hash": digest}, {"scope": 1, "hash": 1})
             # the index found it by equality; the constant-time comparison is belt and braces
             ok = doc is not None and hmac.compare_digest(str(doc["hash"]), digest)
-            principal = Principal(str(doc["_id"]), str(doc["scope"])) if ok and doc else None
-            if self.cache_enabled and generation == self._generation:
-                if principal is None:
-                    self._negatives += 1
-                    if self._negatives > NEGATIVE_CACHE_MAX:
-                        self._forget()
-                self._cache[digest] = principal
+            return Principal(str(doc["_id"]), str(doc["scope"])) if ok and doc else None
+
+        principal = await self._cached(digest, load)
         if principal is not None:
-            self._touch(principal.name)
+            self.touch(principal.name)
         return principal
-
-    def _touch(self, name: str) -> None:
-        t = time.monotonic()
-        if t - self._last_use.get(name, -LAST_USE_EVERY_S) < LAST_USE_EVERY_S:
-            return
-        self._last_use[name] = t
-        task = asyncio.create_task(self._stamp(name), name="token-last-use")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _stamp(self, name: str) -> None:
-        try:
-            await self.db.tokens.update_one({"_id": name}, {"$set": {"last_used_at": now()}})
-        except Exception as exc:  # a missed stamp is only a stale "last used"
-            log.debug("writing a token's last use failed", token=name, error=str(exc))
 
     # -- the API's operations ---------------------------------------------------------------
     async def create(self, name: str, scope: str) -> dict[str, Any]:
@@ -170,7 +117,7 @@ class Tokens:
         token = PREFIX + secrets.token_urlsafe(32)
         t = now()
         try:
-            await self.db.tokens.insert_one({"_id": name, "scope": scope, "hash": token_hash(token),
+            await self.coll.insert_one({"_id": name, "scope": scope, "hash": token_hash(token),
                                              "created_at": t, "last_used_at": None})
         except DuplicateKeyError:
             raise TokenExists(f"a token named {name!r} exists; revoke it first (DELETE /v1/tokens/{name}) "
@@ -179,30 +126,15 @@ class Tokens:
         return {"name": name, "scope": scope, "token": token, "created_at": t}
 
     async def list_all(self) -> list[dict[str, Any]]:
-        docs = await self.db.tokens.find({}, {"hash": 0}).sort("_id", 1).to_list(None)
+        docs = await self.coll.find({}, {"hash": 0}).sort("_id", 1).to_list(None)
         return [_view(d) for d in docs]
 
     async def delete(self, name: str) -> dict[str, Any]:
-        """Revoke; returns once this instance's change stream has seen it (every instance follows
-        the same stream, so theirs have too, give or take milliseconds)."""
-        seen = self._revoked.setdefault(name, asyncio.Event())
-        try:
-            doc = await self.db.tokens.find_one_and_delete({"_id": name}, {"hash": 0})
-            if doc is None:
-                raise TokenNotFound(f"no token {name!r}")
-            self._forget()
-            if self.cache_enabled:
-                try:
-                    await asyncio.wait_for(seen.wait(), REVOKE_WAIT_S)
-                except TimeoutError:
-                    log.warning("the token's deletion has not come through the change stream yet", token=name)
-            return _view(doc)
-        finally:
-            self._revoked.pop(name, None)
-
-    async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        """Revoke at once, on every instance (``WatchedCredentials._revoke``)."""
+        doc = await self._revoke(name, {"hash": 0})
+        if doc is None:
+            raise TokenNotFound(f"no token {name!r}")
+        return _view(doc)
 
 
 def _view(doc: Mapping[str, Any]) -> dict[str, Any]:
