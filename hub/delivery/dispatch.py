@@ -467,6 +467,8 @@ class Dispatcher:
                       max_memory_mb=report.max_memory_mb, cold_start=report.cold_start)
         if "batch_size" in record:
             fields["batch_size"] = record["batch_size"]
+        if record.get("trace_id"):  # the invocation's own lines carry it through bound context
+            fields["trace_id"] = record["trace_id"]
         if record["status"] == "succeeded":
             log.info("invocation finished", **fields)
         elif record["status"] == "partial":
