@@ -249,7 +249,9 @@ class Dispatcher:
                 claim.set_result(None)
 
         pending = {id(f): f for e in group if (f := chunk.durable.get(e.id)) is not None and not f.done()}
-        if pending:
+        if len(pending) == 1:  # one record (batch 1, or one batch): no gather to build per group
+            next(iter(pending.values())).add_done_callback(done)
+        elif pending:
             asyncio.gather(*pending.values(), return_exceptions=True).add_done_callback(done)
         else:
             done()
@@ -510,17 +512,25 @@ class Dispatcher:
         """One attempt at one event (sync invoke, http triggers: no retries, the caller sees the
         error). With ``durable`` it returns once the record is in MongoDB; without, the record
         follows in the next group commit (an http answer does not wait for it)."""
-        with self.tracing.attempt([event], function=target.function_name, trigger=target.trigger,
-                                  invocation_id=invocation_id, attempt=attempt) as span:
-            report, fn = await self._invoke(target, [event], invocation_id, attempt, span)
-            outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
-            record = self._record(target, [event], report, fn, request_id, attempt, outcome, False)
-            record["_id"] = invocation_id
-            written = self._submit(record, report, span)
+        if not self.tracing.enabled:  # tracing off costs nothing here, not even its context manager
+            written, record, report = await self._run_once(target, event, invocation_id, request_id, attempt, None)
+        else:
+            with self.tracing.attempt([event], function=target.function_name, trigger=target.trigger,
+                                      invocation_id=invocation_id, attempt=attempt) as span:
+                written, record, report = await self._run_once(target, event, invocation_id, request_id,
+                                                               attempt, span)
         if durable:
             await asyncio.shield(written)
         self._observe(target, record, report)
         return record
+
+    async def _run_once(self, target: Target, event: Event, invocation_id: str, request_id: str, attempt: int,
+                        span: Any) -> tuple[asyncio.Future[Any], dict[str, Any], InvocationReport]:
+        report, fn = await self._invoke(target, [event], invocation_id, attempt, span)
+        outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
+        record = self._record(target, [event], report, fn, request_id, attempt, outcome, False)
+        record["_id"] = invocation_id
+        return self._submit(record, report, span), record, report
 
     @staticmethod
     def _age_s(event: Event) -> float | None:

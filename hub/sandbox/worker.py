@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -104,11 +105,13 @@ class Worker:
         self.invocations = 0
         self.last_used = time.monotonic()
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.parked_at = 0.0  # loop time it last became idle (the pool reaps idle_ttl_s after)
         self.on_exit: Callable[[Worker], None] | None = None  # the pool drops dead idle workers
         self._loop = asyncio.get_running_loop()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._out_fds: list[int] = []
+        self._out_poll: Any = None  # select.poll of the live output pipes: one syscall says which have data
         self._captures = [OutputCapture(cfg.output_limit), OutputCapture(cfg.output_limit)]
         self._pidfd: int | None = None
         self._rbuf = bytearray()
@@ -260,9 +263,11 @@ class Worker:
                 self._net.close_child_end()
         self.pid = self._proc.pid
         loop = self._loop
+        self._out_poll = select.poll()
         for i, fd in enumerate(self._out_fds):
             os.set_blocking(fd, False)
             loop.add_reader(fd, self._on_output, i)
+            self._out_poll.register(fd, select.POLLIN)
         loop.add_reader(parent.fileno(), self._on_sock)
         try:
             self._pidfd = os.pidfd_open(self.pid)
@@ -574,6 +579,12 @@ class Worker:
         self._drain(i)
 
     def _drain_all(self) -> None:
+        if self._out_poll is not None:  # after every invocation: usually nothing to read
+            fds = self._out_fds
+            for fd, _ in self._out_poll.poll(0):
+                if fd in fds:
+                    self._drain(fds.index(fd))
+            return
         for i, fd in enumerate(self._out_fds):
             if fd >= 0:
                 self._drain(i)
@@ -592,6 +603,8 @@ class Worker:
                 data = b""
             if not data:
                 self._loop.remove_reader(fd)
+                if self._out_poll is not None:
+                    self._out_poll.unregister(fd)
                 os.close(fd)
                 self._out_fds[i] = -1
                 return
@@ -630,6 +643,7 @@ class Worker:
                 pass
             self._sock.close()
             self._sock = None
+        self._out_poll = None
         for i, fd in enumerate(self._out_fds):
             if fd >= 0:
                 self._loop.remove_reader(fd)
