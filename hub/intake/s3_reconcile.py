@@ -82,25 +82,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import heapq
 import itertools
-import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import Counter
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from connectors.s3_scan import BucketLister, ListedObject, iso_millis, scan_event
 from hub.events import Event
-from hub.driver import DUPLICATE_KEY
-from hub.store import storable
+from hub.intake.group_commit import GroupCommit
+from hub.intake.s3_seen import Observation, Put, SeenObjects, observation_of, parse_time, utcnow
 
 if TYPE_CHECKING:
     from hub.intake.inbox import Inbox
@@ -111,179 +107,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hub.intake.s3_reconcile")
 
-SEEN = "s3_seen"
 STATE = "s3_reconcile"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-Put = Callable[[list[Event]], Awaitable[None]]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace(" ", "T", 1).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One sighting of an object change, by the webhook or by the scan."""
-
-    bucket: str
-    key: str
-    etag: str
-    time: dt.datetime  # eventTime (notification) or LastModified (listing)
-    event: Event
-
-    @property
-    def doc_id(self) -> str:
-        basis = json.dumps([self.bucket, self.key, self.etag], ensure_ascii=False)
-        return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
-
-
-def observation_of(event: Event) -> Observation | None:
-    """The observation a notification event makes, or None when it cannot be deduplicated: not
-    an ObjectCreated event, or no ETag or eventTime to compare (it then passes through)."""
-    if not event.type.startswith("s3:ObjectCreated:") or not isinstance(event.data, dict):
-        return None
-    data = event.data
-    raw = data.get("raw") if isinstance(data.get("raw"), dict) else {}
-    etag, bucket, key = data.get("etag"), data.get("bucket"), data.get("key")
-    t = parse_time(raw.get("eventTime")) if raw else None
-    if not (isinstance(etag, str) and etag and isinstance(bucket, str) and isinstance(key, str) and t):
-        return None
-    return Observation(bucket, key, etag, t, event)
 
 
 def _scan_observation(bucket: str, obj: ListedObject) -> Observation:
     return Observation(bucket, obj.key, obj.etag, obj.last_modified, scan_event(bucket, obj))
-
-
-class SeenObjects:
-    """The ``s3_seen`` collection: atomic claims of observations (see the module docstring)."""
-
-    def __init__(
-        self,
-        db: AsyncDatabase[dict[str, Any]],
-        *,
-        slack_s: float = 2.0,
-        pending_ttl_s: float = 30.0,
-        ttl_s: float = 7 * 86400,
-        keep: int = 32,
-        clock: Callable[[], dt.datetime] = utcnow,
-    ) -> None:
-        self.coll = db[SEEN]
-        self.slack = dt.timedelta(seconds=slack_s)
-        self.pending_ttl = dt.timedelta(seconds=pending_ttl_s)
-        self.ttl_s = ttl_s
-        self.keep = keep
-        self.clock = clock
-
-    async def init(self) -> None:
-        await self.coll.create_index("updated_at", expireAfterSeconds=int(self.ttl_s))
-        await self.coll.create_index([("obs.state", ASCENDING), ("obs.at", ASCENDING)])
-
-    def _is_seen(self, times: Sequence[dt.datetime], t: dt.datetime) -> bool:
-        return any(abs(seen - t) <= self.slack for seen in times)
-
-    async def filter_unseen(self, observations: Sequence[Observation]) -> list[Observation]:
-        """A read-only pre-check for a batch (most of what a scan lists was seen long ago); the
-        claim re-checks atomically."""
-        if not observations:
-            return []
-        ids = list({o.doc_id for o in observations})
-        times: dict[str, list[dt.datetime]] = {}
-        async for doc in self.coll.find({"_id": {"$in": ids}}, {"obs.t": 1}):
-            times[doc["_id"]] = [o["t"] for o in doc.get("obs", []) if "t" in o]
-        return [o for o in observations if not self._is_seen(times.get(o.doc_id, []), o.time)]
-
-    async def claim(self, observations: Sequence[Observation], via: str) -> list[str | None]:
-        """Claim each observation: its token when new (now pending), None when already seen."""
-        if not observations:
-            return []
-        at = self.clock()
-        tokens = [uuid.uuid4().hex for _ in observations]
-        ops = []
-        for obs, tok in zip(observations, tokens):
-            entry = {"t": obs.time, "state": "pending", "tok": tok, "at": at, "via": via,
-                     "event": storable(obs.event.to_cloudevent())}
-            ops.append(UpdateOne(
-                {"_id": obs.doc_id,
-                 "obs": {"$not": {"$elemMatch": {"t": {"$gte": obs.time - self.slack,
-                                                        "$lte": obs.time + self.slack}}}}},
-                {"$push": {"obs": {"$each": [entry], "$slice": -self.keep}},
-                 "$set": {"updated_at": at},
-                 "$setOnInsert": {"bucket": obs.bucket, "key": obs.key, "etag": obs.etag}},
-                upsert=True,
-            ))
-        won: list[str | None] = list(tokens)
-        try:
-            await self.coll.bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if other:
-                raise
-            for e in errors:
-                won[e["index"]] = None
-        return won
-
-    async def confirm(self, claimed: Sequence[tuple[Observation, str]]) -> None:
-        """The claimed events are in the inbox: drop the stored copies."""
-        if not claimed:
-            return
-        at = self.clock()
-        await self.coll.bulk_write([
-            UpdateOne({"_id": obs.doc_id, "obs.tok": tok},
-                      {"$set": {"obs.$.state": "queued", "updated_at": at}, "$unset": {"obs.$.event": ""}})
-            for obs, tok in claimed
-        ], ordered=False)
-
-    async def release(self, claimed: Sequence[tuple[Observation, str]]) -> None:
-        """A scan failed to queue: withdraw its claims, so its next pass (which lists the same keys
-        again, the failed pass having saved no position) claims the changes afresh."""
-        if claimed:
-            await self.coll.bulk_write([
-                UpdateOne({"_id": obs.doc_id}, {"$pull": {"obs": {"tok": tok, "state": "pending"}}})
-                for obs, tok in claimed
-            ], ordered=False)
-
-    async def recover_stale(self, put: Put, limit: int = 200) -> int:
-        """Queue again the stored events of claims left pending for longer than ``pending_ttl``
-        (the claimer died or failed between claim and queue). Returns how many were queued."""
-        at = self.clock()
-        cutoff = at - self.pending_ttl
-        taken: list[tuple[Observation, str]] = []
-        cursor = self.coll.find({"obs": {"$elemMatch": {"state": "pending", "at": {"$lt": cutoff}}}}).limit(limit)
-        async for doc in cursor:
-            for entry in doc.get("obs", []):
-                if entry.get("state") != "pending" or entry.get("at", at) >= cutoff:
-                    continue
-                new_tok = uuid.uuid4().hex
-                res = await self.coll.update_one(
-                    {"_id": doc["_id"], "obs": {"$elemMatch": {"tok": entry["tok"], "state": "pending",
-                                                               "at": {"$lt": cutoff}}}},
-                    {"$set": {"obs.$.tok": new_tok, "obs.$.at": at}},
-                )
-                if res.modified_count != 1:
-                    continue  # another instance took it over first
-                stored = entry.get("event")
-                if not isinstance(stored, dict):
-                    continue
-                event = Event.from_cloudevent(stored)
-                taken.append((Observation(doc.get("bucket", ""), doc.get("key", ""), doc.get("etag", ""),
-                                          entry["t"], event), new_tok))
-        if taken:
-            await put([obs.event for obs, _ in taken])
-            await self.confirm(taken)
-            log.warning("re-queued events whose claims were left pending", count=len(taken))
-        return len(taken)
 
 
 class S3Reconciler:
@@ -312,13 +141,10 @@ class S3Reconciler:
         self.max_keys = max(1, int(settings.s3_reconcile_max_keys))
         self.slack_s = float(settings.s3_reconcile_slack_s)
         self.margin_s = float(margin_s if margin_s is not None else max(60.0, 2 * self.grace_s))
-        self.pending_ttl_s = pending_ttl_s
-        self.max_deferred = max_deferred
+        self.pending_ttl_s, self.max_deferred = pending_ttl_s, max_deferred
         self.enabled = self.interval_s > 0 and bool(settings.s3_endpoint)
-        self.disabled_reason = (
-            None if self.enabled else
-            "HUB_S3_RECONCILE_INTERVAL_S is 0" if self.interval_s <= 0 else "HUB_S3_ENDPOINT is not set"
-        )
+        self.disabled_reason = None if self.enabled else (
+            "HUB_S3_RECONCILE_INTERVAL_S is 0" if self.interval_s <= 0 else "HUB_S3_ENDPOINT is not set")
         # this reconciler owns two collections of the hub's database (handed in by hub.app):
         # the seen objects (the dedup claims) and the per-bucket scan state
         self.seen = SeenObjects(db, slack_s=self.slack_s, pending_ttl_s=pending_ttl_s,
@@ -335,6 +161,9 @@ class S3Reconciler:
         self._last_recovery = EPOCH
         self._status: dict[str, dict[str, Any]] = {}
         self.recovered = 0
+        self._admits: dict[Put, GroupCommit[Event, bool]] = {}
+        self._unconfirmed: list[tuple[Observation, str]] = []
+        self._confirming: asyncio.Task[None] | None = None
         self.queued_metric = Counter(
             "hub_s3_reconciled_events_total", "Events queued by the S3 reconciling scan (their "
             "notifications were late or lost)", ["bucket"], registry=metrics.registry)
@@ -356,6 +185,10 @@ class S3Reconciler:
 
     async def stop(self) -> None:
         """Let a running pass finish (up to a few seconds) rather than cancel it inside PyMongo."""
+        for group in self._admits.values():
+            await group.drain()
+        if self._confirming is not None:
+            await asyncio.wait({self._confirming}, timeout=5.0)
         if self._task:
             self._stopping.set()
             done, _ = await asyncio.wait({self._task}, timeout=5.0)
@@ -384,34 +217,53 @@ class S3Reconciler:
         scan, another instance or an earlier copy of this notification). Claim, then queue, then
         confirm; if ``put`` fails the claims stay pending with their events and are re-queued by
         recovery (see the module docstring), and the error propagates so the sender retries.
-        Returns (queued, duplicates)."""
-        if not self.enabled or not events:
+        Concurrent calls are claimed and queued together (hub.intake.group_commit); each returns
+        once its own events are stored. Returns (queued, duplicates)."""
+        if not events:
+            return 0, 0
+        group = self._admits.get(put)
+        if group is None:
+            group = self._admits[put] = GroupCommit(lambda batch: self._admit_batch(batch, put), name="s3-admit")
+        queued = sum(await group.submit(events))
+        return queued, len(events) - queued
+
+    async def _admit_batch(self, events: list[Event], put: Put) -> list[bool]:
+        """One claim (a bulk upsert) and one ``put`` for every event of the batch: queued or not."""
+        if not self.enabled:
             await put(events)
-            return len(events), 0
+            return [True] * len(events)
         observed = [(e, observation_of(e)) for e in events]
-        to_claim = [o for _, o in observed if o is not None]
-        tokens = iter(await self.seen.claim(to_claim, via="notification"))
-        fresh: list[Event] = []
-        claimed: list[tuple[Observation, str]] = []
-        for event, obs in observed:
-            if obs is None:
-                fresh.append(event)
-                continue
-            tok = next(tokens)
-            if tok is not None:
-                fresh.append(event)
-                claimed.append((obs, tok))
-        duplicates = len(events) - len(fresh)
-        if duplicates:
-            self.duplicate_metric.inc(duplicates)
+        # the confirms of earlier batches ride along with this claim: one round trip fewer
+        confirms, self._unconfirmed = self._unconfirmed, []
+        try:
+            tokens = iter(await self.seen.claim([o for _, o in observed if o is not None], "notification", confirms))
+        except BaseException:
+            self._unconfirmed = confirms + self._unconfirmed
+            raise
+        won = [(e, o, next(tokens) if o is not None else "") for e, o in observed]
+        fresh = [e for e, _, tok in won if tok is not None]
+        if len(fresh) < len(events):
+            self.duplicate_metric.inc(len(events) - len(fresh))
         # No withdrawal if this fails: a retry of this notification may meanwhile have been told
         # "duplicate"; the pending claims hold the events and recovery queues them.
         await put(fresh)
-        try:
-            await self.seen.confirm(claimed)
-        except Exception as exc:  # queued already; recovery re-queues the same ids, which are skipped
-            log.warning("confirming s3 claims failed; recovery will re-check them", error=str(exc))
-        return len(fresh), duplicates
+        # Queued. The confirm (dropping the stored copies) need not hold up the answer: it goes
+        # with the next batch's claim, or on its own after a moment without one; a lost one is
+        # only a re-check by recovery.
+        self._unconfirmed += [(o, tok) for _, o, tok in won if o is not None and tok is not None]
+        if self._unconfirmed and (self._confirming is None or self._confirming.done()):
+            self._confirming = asyncio.create_task(self._confirm_loop(), name="s3-confirm")
+        return [tok is not None for _, _, tok in won]
+
+    async def _confirm_loop(self) -> None:
+        while self._unconfirmed:
+            if not self._stopping.is_set():
+                await asyncio.sleep(0.05)  # a batch coming meanwhile takes them along
+            batch, self._unconfirmed = self._unconfirmed[:1000], self._unconfirmed[1000:]
+            try:
+                await self.seen.confirm(batch)
+            except Exception as exc:  # queued already; recovery re-queues the same ids, which are skipped
+                log.warning("confirming s3 claims failed; recovery will re-check them", error=str(exc))
 
     # -- the scan -----------------------------------------------------------------------------
     def watched(self) -> dict[str, list[Trigger]]:
