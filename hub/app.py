@@ -44,7 +44,7 @@ from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
 from hub.store import InstanceTaken, Store
 from hub.tracing import Tracing
-from hub.web.function_urls import FunctionUrls
+from hub.web.function_urls import RECORD_LINGER_S, FunctionUrls
 from hub.web.readiness import Readiness
 from hub.web.limits import BodyBudget
 from hub.web.protocol import HubRunner
@@ -148,6 +148,15 @@ class Hub:
                                      Completions(self.store.db), crash_point=settings.test_crash_point,
                                      instance=self.instance_id, tracing=self.tracing,
                                      log_successes=settings.log_invocations == "all")
+        # Function URLs' records are never awaited (the answer goes first): a writer of their own
+        # lets them wait longer for company (hub.web.function_urls.RECORD_LINGER_S) without
+        # slowing the records that Kafka lanes and sync invokes wait for; a dispatcher of its own
+        # uses it (run_once holds no state that the two would need to share).
+        self.fn_writer = RecordWriter(self.store.db, on_written=self.usage.add, linger_s=RECORD_LINGER_S)
+        fn_dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.fn_writer,
+                                   Completions(self.store.db), crash_point=settings.test_crash_point,
+                                   instance=self.instance_id, tracing=self.tracing,
+                                   log_successes=settings.log_invocations == "all")
         self.inbox = Inbox(
             self.store, self.router, self.dispatcher, self.metrics,
             owner=self.instance_id, concurrency=settings.inbox_concurrency,
@@ -176,7 +185,7 @@ class Hub:
             cursors=self.cursors, scheduler=self.scheduler, usage=self.usage, s3_reconciler=self.s3_reconciler,
             readiness=self.readiness, public_body_budget=budget,
             secrets=self.secrets, tokens=self.tokens, access_keys=self.access_keys, tracing=self.tracing)
-        function_urls = FunctionUrls(self.router, self.dispatcher, self.store, self.metrics,
+        function_urls = FunctionUrls(self.router, fn_dispatcher, self.store, self.metrics,
                                      body_timeout_s=settings.http_body_timeout_s,
                                      body_budget=budget, tracing=self.tracing)
         self.web = make_app(services)
@@ -233,6 +242,7 @@ class Hub:
         await self.usage.init()
         self.usage.start()
         self.writer.start()
+        self.fn_writer.start()
         self.watcher.start()
         await self.pool.start()  # SandboxUnavailable (bwrap cannot run, not HUB_SANDBOX=process) stops here
         if self.pool.isolation != "bwrap":
@@ -284,6 +294,7 @@ class Hub:
         await self.scheduler.stop()
         await self.inbox.stop()
         await self.writer.close()
+        await self.fn_writer.close()
         await self.usage.close()
         await self.pool.close()
         await self.tokens.close()
