@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from hub.app import Hub
+from hub.web import function_urls
 from hub.web.function_urls import MAX_REQUEST_BODY, REQUEST_ID_HEADER, RouteTable, split_path, to_response
 from hub.intake.router import Trigger
 from tests.hubfixtures import API_TOKEN, Api, eventually, make_settings
@@ -121,6 +122,29 @@ def test_route_precedence() -> None:
     assert [r.trigger.name for r in table.candidates(split_path("/"))] == ["root"]
     assert [r.trigger.name for r in table.candidates(split_path("/a"))] == []  # a greedy needs a segment
     assert split_path("/a%2Fb//c/") == ["a/b", "c"]
+
+
+def test_lookups_are_remembered_per_table_and_bounded() -> None:
+    """``RouteTable.lookup`` answers as the trie does, per method, and its memo stays bounded
+    (client-made paths cannot grow it) and dies with the table (a router reload builds a new one)."""
+    def t(name: str, path: str, methods: list[str]) -> Trigger:
+        return Trigger(name=name, function="f", source={"type": "http", "path": path, "methods": methods, "auth": "none"})
+
+    table = RouteTable([t("get", "/a/{x}", ["GET"]), t("any", "/a/{rest+}", ["ANY"])])
+    first = table.lookup("GET", "/a/%2Fb")
+    assert (first.segments, [r.trigger.name for r in first.matched]) == (["a", "/b"], ["get", "any"])
+    assert first.route is not None and first.route.trigger.name == "get"
+    assert table.lookup("GET", "/a/%2Fb") is first  # remembered
+    post = table.lookup("POST", "/a/%2Fb")
+    assert post.route is not None and post.route.trigger.name == "any"  # the method is part of the key
+    missing = table.lookup("GET", "/nothing/here")
+    assert (missing.matched, missing.route) == ([], None)
+    for i in range(function_urls.MEMO_ENTRIES + 10):
+        table.lookup("GET", f"/a/{i}")
+    assert len(table._memo) <= function_urls.MEMO_ENTRIES
+    long_path = "/a/" + "x" * function_urls.MEMO_PATH_CHARS
+    assert table.lookup("GET", long_path).route is not None
+    assert ("GET", long_path) not in table._memo  # long paths are answered, not kept
 
 
 def test_response_mapping_rules() -> None:

@@ -132,12 +132,30 @@ def compile_route(trigger: Trigger) -> Route:
                  source=f"http://{trigger.name}")
 
 
+# Lookups remembered per RouteTable: most traffic hits a few paths again and again; a table
+# is rebuilt (and its memo dropped) whenever the router reloads. Bounded in entries and in the
+# path length kept, so paths made up by a client cannot grow it past a few MB.
+MEMO_ENTRIES = 4096
+MEMO_PATH_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What one request line resolves to: the path's segments, every route whose template
+    matches them (most specific first), and the first of those that accepts the method."""
+
+    segments: list[str]
+    matched: list[Route]
+    route: Route | None
+
+
 class RouteTable:
     """Every enabled http trigger's route in a trie of path segments."""
 
     def __init__(self, triggers: Iterable[Trigger]) -> None:
         self.root = _Node()
         self.count = 0
+        self._memo: dict[tuple[str, str], Lookup] = {}
         for trigger in sorted(triggers, key=lambda t: t.name):  # a stable order among equals
             if not trigger.enabled or trigger.source.get("type") != "http":
                 continue
@@ -162,6 +180,20 @@ class RouteTable:
                 node = node.literal.setdefault(seg, _Node())
         node.routes.append(route)
         self.count += 1
+
+    def lookup(self, method: str, raw_path: str) -> Lookup:
+        """The routes for ``method`` on ``raw_path`` (percent-encoded, relative to /fn)."""
+        key = (method, raw_path)
+        found = self._memo.get(key)
+        if found is None:
+            segments = split_path(raw_path)
+            matched = list(self.candidates(segments))
+            found = Lookup(segments, matched, next((r for r in matched if r.accepts(method)), None))
+            if len(raw_path) <= MEMO_PATH_CHARS:
+                if len(self._memo) >= MEMO_ENTRIES:
+                    self._memo.clear()
+                self._memo[key] = found
+        return found
 
     def candidates(self, segments: list[str]) -> Iterator[Route]:
         """Routes whose template matches ``segments``, most specific first (literal before
@@ -479,11 +511,9 @@ class FunctionUrls:
         self._requests.inc()
         raw = request.rel_url.raw_path
         raw_path = raw[len(PREFIX):] or "/"
-        segments = split_path(raw_path)
         method = request.method
-        table = self.table()
-        matched = list(table.candidates(segments))
-        route = next((r for r in matched if r.accepts(method)), None)
+        found = self.table().lookup(method, raw_path)
+        segments, matched, route = found.segments, found.matched, found.route
         origin = request.headers.get("Origin")
         if method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
             wanted = request.headers["Access-Control-Request-Method"].upper()
