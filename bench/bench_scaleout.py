@@ -24,7 +24,7 @@ per scenario, counted from the invocation records (``instance`` says which hub r
   I/O-bound function: each instance adds worker slots, not CPU);
 - ``mongo-b1`` / ``mongo-b100``: ``insert_many`` into a watched collection (a change stream is read
   by one instance under a lease: this does not scale out, by design);
-- ``s3-hook`` / ``s3-hook-sleep``: RGW-format notifications POSTed through HAProxy (16 in flight)
+- ``s3-hook`` / ``s3-hook-sleep``: RGW-format notifications POSTed through HAProxy (16 in flight, ``--hook-connections``)
   into the shared inbox, batch 100 no-op / batch 1 with the 5 ms handler and ``max_concurrency`` 2;
 - ``s3-upload``: real uploads to RGW (8 in flight); RGW pushes each notification to HAProxy.
 
@@ -169,6 +169,7 @@ class Meter:
         self.cpu0 = tree_cpu(self.pids)
         self.mongo0 = (proc_cpu_s(self.mongod) or 0.0) if self.mongod else 0.0
         self.m0 = machine_jiffies()
+        self.t0 = self.t1 = time.time()
         return self
 
     def stop(self) -> tuple[float, float, float]:
@@ -176,6 +177,7 @@ class Meter:
         cpu1 = tree_cpu(self.pids)
         mongo = ((proc_cpu_s(self.mongod) or 0.0) if self.mongod else 0.0) - self.mongo0
         m1 = machine_jiffies()
+        self.t1 = time.time()
         hub_cpu = sum(c - self.cpu0.get(p, 0.0) for p, c in cpu1.items())
         busy = (m1[0] - self.m0[0]) / max(1, m1[1] - self.m0[1])
         return hub_cpu, mongo, busy
@@ -491,12 +493,22 @@ class Throughput:
                     await r.read()
                     statuses[r.status] += 1
 
+        # what the instances cost doing nothing (polls, heartbeats, syncs, the scan), to tell the
+        # per-notification cost from the per-instance one
+        idle_s = 3.0
+        idle = self.meter()
+        await asyncio.sleep(idle_s)
+        idle_cpu, idle_mongo, _ = idle.stop()
         meter = self.meter()
         t0 = time.time()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as s:
-            await asyncio.gather(*(poster(s) for _ in range(16)))
+        conns = self.args.hook_connections
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as s:
+            await asyncio.gather(*(poster(s) for _ in range(conns)))
         accept_s = time.time() - t0
-        r = await self.finish(name, n, t0, meter, {"accept": n / accept_s, "statuses": dict(statuses)})
+        r = await self.finish(name, n, t0, meter, {"accept": n / accept_s, "statuses": dict(statuses),
+                                                   "idle_cpu_per_s": idle_cpu / idle_s,
+                                                   "idle_mongo_per_s": idle_mongo / idle_s})
+        r.extra["metered_s"] = meter.t1 - meter.t0
         if set(statuses) != {200}:
             r.check = Check(False, f"webhook statuses {dict(statuses)}; {r.check.text}")
         return r
@@ -956,6 +968,12 @@ def report(results: list[Result], takeover: dict[str, Any] | None, args: argpars
             extra = ""
             if "accept" in r.extra:
                 extra = f" (accepted {r.extra['accept']:,.0f}/s)"
+            if "idle_cpu_per_s" in r.extra:  # the CPU per event less what the instances cost idle
+                span, done = r.extra["metered_s"], max(1, r.done)
+                extra += (f" (idle: hubs {1000 * r.extra['idle_cpu_per_s']:.0f} / mongod "
+                          f"{1000 * r.extra['idle_mongo_per_s']:.0f} ms CPU per s; CPU per 1,000 less idle "
+                          f"{1000 * (r.cpu - r.extra['idle_cpu_per_s'] * span) / done:.2f} / "
+                          f"{1000 * (r.mongo_cpu - r.extra['idle_mongo_per_s'] * span) / done:.2f})")
             if "scan" in r.extra:
                 extra = (f" (uploaded {r.extra['accept']:,.0f}/s; PUT -> run p50 {r.extra['lat_p50']:.1f} s, max "
                          f"{r.extra['lat_max']:.1f} s; {r.extra['scan']} found by the scan)")
@@ -1030,6 +1048,8 @@ async def main() -> int:
     ap.add_argument("--instances", default="1,2,3", help="instance counts for the throughput phases")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's event count")
+    ap.add_argument("--hook-connections", type=int, default=16,
+                    help="s3-hook scenarios: POSTs in flight (issue 21 compares 16 per instance with 16 in all)")
     ap.add_argument("--sleep-ms", type=float, default=5.0, help="the sleeping handler's sleep")
     ap.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--takeover", action=argparse.BooleanOptionalAction, default=True)

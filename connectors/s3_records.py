@@ -46,7 +46,6 @@ certificate, which belongs to the HTTP layer (see ``is_aws_sns_url``).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -285,7 +284,7 @@ def _record_to_event(record: object, where: str, key_encoded: bool | None) -> Ev
         "sequencer": sequencer,
         "event_name": event_name,
         "event_source": event_source,
-        "raw": copy.deepcopy(dict(record)),
+        "raw": _json_copy(dict(record)),
     }
     return Event(
         id=event_id,
@@ -295,6 +294,17 @@ def _record_to_event(record: object, where: str, key_encoded: bool | None) -> Ev
         time=_cloudevent_time(raw_time),
         data=data,
     )
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of a JSON value's lists and objects (the record is kept apart from the caller's
+    document); several times cheaper than ``copy.deepcopy``, which this was: a third of the
+    webhook's parsing per notification."""
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value
 
 
 def _event_id(

@@ -147,3 +147,21 @@ async def test_the_queueing_instance_runs_its_items_and_wakes_no_other(
 
 async def _inbox_empty(hub: Hub) -> bool:
     return await hub.store.inbox_depth() == 0
+
+
+async def test_an_sns_message_hiding_its_nesting_in_escapes_is_still_refused(api: Api) -> None:
+    """The webhook skips the stored-depth walk for bodies with too few brackets to nest that
+    deep, but an SNS Message can spell its brackets as \\u escapes: those bodies are walked."""
+    envelope = json.loads((DATA / "aws_sns_notification.json").read_text())
+    inner = json.loads(envelope["Message"])
+    deep: Any = 1
+    for _ in range(95):
+        deep = {"d": deep}
+    inner["Records"][0]["deep"] = deep
+    message = json.dumps(json.dumps(inner))  # the Message as a JSON string literal
+    message = message.replace("{", "\\u007b").replace("[", "\\u005b")
+    body = json.dumps({**envelope, "Message": "@@"}).replace('"@@"', message).encode()
+    assert body.count(b"{") + body.count(b"[") < 10
+    ((status, reply),) = await _post_all(api.session, api.base, [body])
+    assert status == 400, reply
+    assert "more than MongoDB can store" in reply["error"]
