@@ -19,7 +19,12 @@ interleaved, so a noisy machine hurts both alike.
   measured in this process the way ``bench_sandbox.py`` does (so it counts the HTTP round trip
   itself, the routing, the event, the record and the response mapping);
 - the hub's records are counted afterwards: every request answered is an invocation record;
-- ``--profile``: a separate hub round under the same load, sampled by py-spy (top functions).
+- ``--profile``: a separate hub round under the same load, sampled by py-spy (top functions);
+  with ``--profile-gil`` only the samples that hold the GIL, i.e. the hub's Python CPU: without
+  it, a thread blocked in ``send`` while the process it woke runs is counted as busy, which on a
+  busy 2-CPU machine makes the socket writes look several times costlier than they are;
+- every round's line and table row carry the 1-minute load average at its end: the machine may
+  be shared, and the ratios (same run) and CPU per request are what compare across runs.
 
 Targets (issue 10): >= 1,000 requests/s and >= 0.3x the plain handler; p50 added latency <= 1 ms
 over the warm invoke; (issue 21) p99 <= 15 ms at 16 connections. Exits non-zero when one is missed.
@@ -204,6 +209,11 @@ def machine_cpu() -> tuple[float, float]:
     return total - idle, total
 
 
+def load_average() -> float:
+    """The 1-minute load average (what else the machine was doing)."""
+    return os.getloadavg()[0]
+
+
 class Plain:
     def __init__(self, root: Path) -> None:
         from devstack import free_port
@@ -247,6 +257,8 @@ async def main() -> int:
                     help="extra environment for the hub process (repeatable)")
     ap.add_argument("--profile", default="", help="py-spy a separate hub round: output prefix (PREFIX.txt)")
     ap.add_argument("--profile-duration", type=int, default=10)
+    ap.add_argument("--profile-gil", action="store_true",
+                    help="py-spy --gil: only samples holding the GIL (the hub's Python CPU time)")
     args = ap.parse_args()
     client = args.client
     if client == "auto":
@@ -295,12 +307,14 @@ async def main() -> int:
                 if meter:
                     hub_cpu, workers_cpu = await meter.stop()
                     cpu.append((hub_cpu, workers_cpu, (proc_cpu_s(mongo_pid) or 0.0) - mongo0, res["requests"]))
+                res["load"] = load_average()
                 rounds[name].append(res)
                 log(f"{name} c={args.connections} round {i + 1}: {res['rps']:,.0f} req/s, p50 {res['p50_ms']:.2f} ms, "
-                    f"p99 {res['p99_ms']:.2f} ms, non-2xx {res['non_2xx']}")
+                    f"p99 {res['p99_ms']:.2f} ms, non-2xx {res['non_2xx']}, load average {res['load']:.2f}")
             for name, url in (("hub_c1", hub_url), ("plain_c1", plain.url)):
                 await warm_up(client, url, 1)
                 res = await run_load(client, url, 1, max(3.0, args.duration / 2))
+                res["load"] = load_average()
                 rounds[name].append(res)
                 log(f"{name} round {i + 1}: {res['rps']:,.0f} req/s, p50 {res['p50_ms']:.3f} ms, "
                     f"p99 {res['p99_ms']:.3f} ms")
@@ -308,7 +322,8 @@ async def main() -> int:
             profile_out = Path(f"{args.profile}.txt")
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
             prof = subprocess.Popen([spy, "record", "--pid", str(hub.pid), "--duration", str(args.profile_duration),
-                                     "--rate", "200", "--format", "raw", "-o", str(profile_out)],
+                                     "--rate", "200", "--format", "raw", "-o", str(profile_out),
+                                     *(["--gil"] if args.profile_gil else [])],
                                     stdout=subprocess.DEVNULL, stderr=open(root / "py-spy.log", "wb"))
             await asyncio.sleep(0.5)
             res = await run_load(client, hub_url, args.connections, args.profile_duration)
@@ -339,14 +354,16 @@ async def main() -> int:
 
     print(f"\n# HTTP trigger benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, client {client} "
           f"(another process), hub log level {args.log_level}, sandbox bwrap, {time.monotonic() - started:.0f} s\n")
-    print("| round | hub req/s | hub p50 / p99 | plain aiohttp req/s | plain p50 / p99 | hub/plain |")
-    print("|---|---|---|---|---|---|")
+    print("| round | hub req/s | hub p50 / p99 | plain aiohttp req/s | plain p50 / p99 | hub/plain | load avg. |")
+    print("|---|---|---|---|---|---|---|")
     for i, (h, p) in enumerate(zip(rounds["hub"], rounds["plain"])):
         print(f"| {args.connections} connections, #{i + 1} | {h['rps']:,.0f} | {h['p50_ms']:.2f} / {h['p99_ms']:.2f} ms "
-              f"| {p['rps']:,.0f} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f} ms | {h['rps'] / p['rps']:.2f}x |")
+              f"| {p['rps']:,.0f} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f} ms | {h['rps'] / p['rps']:.2f}x "
+              f"| {h['load']:.1f} / {p['load']:.1f} |")
     for i, (h, p) in enumerate(zip(rounds["hub_c1"], rounds["plain_c1"])):
         print(f"| 1 connection, #{i + 1} | {h['rps']:,.0f} | {h['p50_ms']:.3f} / {h['p99_ms']:.3f} ms "
-              f"| {p['rps']:,.0f} | {p['p50_ms']:.3f} / {p['p99_ms']:.3f} ms | {h['rps'] / p['rps']:.2f}x |")
+              f"| {p['rps']:,.0f} | {p['p50_ms']:.3f} / {p['p99_ms']:.3f} ms | {h['rps'] / p['rps']:.2f}x "
+              f"| {h['load']:.1f} / {p['load']:.1f} |")
     print(f"\n- warm `pool.invoke` of the same no-op with an http-shaped event, in-process: p50 {warm50 * 1000:.0f} us, "
           f"p99 {warm99 * 1000:.0f} us")
     print(f"- hub p50 at 1 connection {hub_c1:.3f} ms = warm invoke {warm50:.3f} ms + {added:.3f} ms added "
