@@ -26,13 +26,14 @@ import json
 import time
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from connectors.base import Sink, SupervisedLoop
 from connectors.lanes import Item, Lane
-from hub.events import Event, utc_now_iso
+from hub.events import Event, new_event, utc_now_iso
 
 
 def decode_value(raw: bytes | None) -> tuple[Any, str]:
@@ -47,6 +48,31 @@ def decode_value(raw: bytes | None) -> tuple[Any, str]:
         return json.loads(text), "json"
     except ValueError:
         return text, "text"
+    except RecursionError:  # nested deeper than Python's json will go: the handler gets the text
+        return text, "text"
+
+
+# A run of 19 digits may be an integer beyond 64 bits, which orjson reads as a float (the stdlib as
+# an int); such a value takes the stdlib's way. (The run may as well sit in a string or a float's
+# fraction: then the stdlib reads the same thing, only slower.) Found by mapping every digit to
+# "0" and searching for 19 of them: linear, where a regex backtracks on digit-heavy values.
+_DIGITS_TO_ZERO = bytes(48 if 48 <= i <= 57 else i for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def json_value(raw: bytes) -> tuple[Any, bytes] | None:
+    """``raw`` decoded, when orjson's strict parser takes it and reads it as the stdlib would,
+    with ``raw`` itself as the value's JSON text; else None (not JSON, or JSON only the stdlib
+    reads: NaN, Infinity, integers beyond 64 bits, lone surrogates, a BOM, very deep nesting).
+
+    The text is valid JSON per orjson, so it can be spliced into a request as one value and
+    nothing in it can add a field next to it (a hostile producer cannot forge the request)."""
+    if len(raw) >= 19 and _LONG_RUN in raw.translate(_DIGITS_TO_ZERO):
+        return None
+    try:
+        return orjson.loads(raw), raw
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _text_or_b64(raw: bytes | None) -> str | None:
@@ -58,35 +84,59 @@ def _text_or_b64(raw: bytes | None) -> str | None:
         return "base64:" + base64.b64encode(raw).decode()
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text: a backlog's
+# messages mostly share their second, and datetime formatting was a tenth of message_event
+
+
+def kafka_time(timestamp_ms: int) -> str:
+    """A Kafka timestamp (ms since the epoch, > 0) as RFC 3339 UTC, exactly as
+    ``datetime.fromtimestamp(ms / 1000, utc).isoformat()`` with ``Z`` would write it."""
+    seconds, ms = divmod(timestamp_ms, 1000)
+    if _second[0] != seconds:
+        _second[1] = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = seconds
+    return f"{_second[1]}.{ms:03d}000Z" if ms else f"{_second[1]}Z"
+
+
 def message_event(msg: ConsumerRecord[bytes, bytes]) -> Event:
-    value, encoding = decode_value(msg.value)
+    raw = msg.value
+    parsed = json_value(raw) if raw is not None else None
+    value_json: bytes | None = None  # the value's own JSON text, handed to the worker as it is
+    if parsed is not None:
+        (value, value_json), encoding = parsed, "json"
+    else:  # text, base64, null, or JSON only the stdlib reads: the stdlib's way, as before
+        value, encoding = decode_value(raw)
     key = _text_or_b64(msg.key)
     # -1 (or None) means the producer sent no timestamp: use "now" rather than 1969.
-    if msg.timestamp is not None and msg.timestamp > 0:
-        ts = dt.datetime.fromtimestamp(msg.timestamp / 1000, dt.timezone.utc)
-        time = ts.isoformat().replace("+00:00", "Z")
-    else:
-        time = utc_now_iso()
-    return Event(
+    timestamp = msg.timestamp
+    time = kafka_time(timestamp) if timestamp is not None and timestamp > 0 else utc_now_iso()
+    headers = {k: _text_or_b64(v) for k, v in msg.headers} if msg.headers else {}
+    # Kafka's timestamp type as Lambda names it (0 = CreateTime, 1 = LogAppendTime)
+    timestamp_type = "LOG_APPEND_TIME" if msg.timestamp_type == 1 else "CREATE_TIME"
+    topic, partition, offset = msg.topic, msg.partition, msg.offset
+    data = {
+        "value": value,
+        "encoding": encoding,
+        "key": key,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": timestamp,
+        "timestamp_type": timestamp_type,
+        "headers": headers,
+    }
+    return new_event(
         # offset alone is not enough: a recreated topic (or a memory-only broker restart) starts
         # again at 0, and those new records must not look like redeliveries of the old ones.
-        id=f"kafka:{msg.topic}:{msg.partition}:{msg.offset}:{msg.timestamp}",
-        source=f"kafka://{msg.topic}",
+        id=f"kafka:{topic}:{partition}:{offset}:{timestamp}",
+        source=f"kafka://{topic}",
         type="kafka.message",
         subject=key,
         time=time,
-        data={
-            "value": value,
-            "encoding": encoding,
-            "key": key,
-            "topic": msg.topic,
-            "partition": msg.partition,
-            "offset": msg.offset,
-            "timestamp": msg.timestamp,
-            # Kafka's timestamp type as Lambda names it (0 = CreateTime, 1 = LogAppendTime)
-            "timestamp_type": "LOG_APPEND_TIME" if msg.timestamp_type == 1 else "CREATE_TIME",
-            "headers": {k: _text_or_b64(v) for k, v in (msg.headers or ())},
-        },
+        data=data,
+        # every other field of data is text decoded as strict UTF-8 (or base64), a topic name or
+        # an int within 64 bits: what hub.events.Prepared allows
+        value_json=value_json,
     )
 
 
@@ -166,7 +216,7 @@ class KafkaSubscription(SupervisedLoop):
         ordering: str = "partition",
         parallelism: int = 4,
         max_chunk: int = 500,
-        lane_capacity: int = 2000,
+        lane_capacity: int = 1000,
         commit_interval_s: float = 0.2,
         shutdown_grace_s: float = 10.0,
     ) -> None:
@@ -282,7 +332,7 @@ class KafkaSubscription(SupervisedLoop):
                     except TimeoutError:
                         pass
                     continue
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_chunk * 4)
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_chunk)
                 self._adapt_fetch_wait(consumer, bool(batch))
                 if self._rebalancing:
                     continue

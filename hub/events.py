@@ -6,6 +6,12 @@ change, so the dispatcher can recognise an event it has already run to success.
 ``traceparent``/``tracestate`` are the CloudEvents Distributed Tracing extension: set when the
 hub traces (``hub.tracing``), they travel with the event through the inbox, dead letters and
 replays, so its later spans continue the same trace wherever they run.
+
+``value_json`` is ``data["value"]`` as the JSON text it was read from, when a connector has that
+text: the Kafka connector keeps a JSON message value as the bytes it came in (validated by
+orjson's strict parser) instead of having it encoded again per handler call. ``prepared()`` then
+hands the pool a :class:`Prepared` payload that orjson writes around those bytes. (They are the
+message's own bytes, already in memory: nothing is copied to keep them.)
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 
 def utc_now_iso() -> str:
@@ -30,6 +38,10 @@ class Event:
     datacontenttype: str = "application/json"
     traceparent: str | None = None
     tracestate: str | None = None
+    # ``data["value"]`` as JSON text (see the module's docstring): set only by whoever decoded
+    # that value from this very text, and only when the rest of ``data`` is what Prepared allows;
+    # a copy of the event with other ``data`` must not keep it (none is made today)
+    value_json: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_cloudevent(self) -> dict[str, Any]:
         doc = {
@@ -42,6 +54,23 @@ class Event:
             "datacontenttype": self.datacontenttype,
             "data": self.data,
         }
+        if self.traceparent:
+            doc["traceparent"] = self.traceparent
+            if self.tracestate:
+                doc["tracestate"] = self.tracestate
+        return doc
+
+    def prepared(self) -> Prepared | None:
+        """The CloudEvent as a :class:`Prepared` payload (``data["value"]`` spliced in as
+        ``value_json``), or None without ``value_json`` (then ``to_cloudevent`` is the payload)."""
+        if self.value_json is None:
+            return None
+        data = dict(self.data)
+        data["value"] = orjson.Fragment(self.value_json)
+        doc = Prepared(
+            specversion="1.0", id=self.id, source=self.source, type=self.type, subject=self.subject,
+            time=self.time, datacontenttype=self.datacontenttype, data=data,
+        )
         if self.traceparent:
             doc["traceparent"] = self.traceparent
             if self.tracestate:
@@ -65,3 +94,27 @@ class Event:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def new_event(*, id: str, source: str, type: str, data: Any, subject: str | None, time: str,
+              value_json: bytes | None = None) -> Event:
+    """``Event(...)`` without the frozen dataclass's ``__init__``, which sets each of its fields
+    through ``object.__setattr__`` (~3 us an event: a connector's hot path at batch 100 makes
+    thousands a second). The same object, defaults included (tests/test_kafka_connector.py
+    compares the two)."""
+    event = object.__new__(Event)
+    event.__dict__.update(id=id, source=source, type=type, data=data, subject=subject, time=time,
+                          datacontenttype="application/json", traceparent=None, tracestate=None,
+                          value_json=value_json)
+    return event
+
+
+class Prepared(dict[str, Any]):
+    """A handler payload built to be written by ``orjson.dumps`` (no options): its leaves are
+    ``str`` (the hub's own text or text decoded as strict UTF-8), ``int`` within 64 bits, ``None``,
+    nested ``Prepared``/``list`` of those, and ``orjson.Fragment`` of JSON text orjson's strict
+    parser accepted. orjson writes such a payload as the stdlib encoder would (same values; no NaN,
+    no big int, no non-str key, no lone surrogate can be in it), so the pool
+    (``hub.sandbox.pool``) takes the fast encoder for it and the stdlib's for anything else."""
+
+    __slots__ = ()

@@ -106,12 +106,14 @@ def test_kafka_sample_round_trips() -> None:
     assert out == doc
 
 
-def test_kafka_json_value_is_reserialised_compactly() -> None:
-    """The hub keeps a JSON value parsed: its bytes come back compact (spacing is lost)."""
+def test_kafka_json_value_keeps_its_bytes() -> None:
+    """The hub keeps a JSON value's own bytes (Event.value_json): they come back as they were,
+    spacing included (only a replayed dead letter, which has the parsed value alone, gets the
+    compact re-serialisation: tests/test_kafka_connector.py)."""
     msg = ConsumerRecord("t", 2, 9, 1700000000000, 0, None, b'{"a": 1,  "b": [1, 2]}', None, 0, 0, [])
     out = aws_events.render([message_event(msg)], AwsEnvironment(), "t")
     rec = out["records"]["t-2"][0]
-    assert base64.b64decode(rec["value"]) == b'{"a":1,"b":[1,2]}'
+    assert base64.b64decode(rec["value"]) == b'{"a": 1,  "b": [1, 2]}'
     assert "key" not in rec and rec["headers"] == []
 
 

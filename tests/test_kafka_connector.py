@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -131,6 +132,63 @@ def test_message_event_without_timestamp_is_now() -> None:
     event = message_event(record(1_700_000_000_123))
     assert dt.datetime.fromisoformat(event.time.replace("Z", "+00:00")) == dt.datetime(
         2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.timezone.utc)
+
+
+def value_record(value: bytes | None, key: bytes | None = b"k") -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic="t", partition=2, offset=9, timestamp=1_700_000_000_000, timestamp_type=1,
+                          key=key, value=value, checksum=None, serialized_key_size=1, serialized_value_size=1,
+                          headers=[("h", b"v"), ("bin", b"\xff")])
+
+
+# JSON orjson reads (kept as its own bytes), JSON only the stdlib reads (NaN, Infinity, an int
+# beyond 64 bits, a lone surrogate, a BOM), text, binary, nothing, and values that try to close
+# the value early and add fields to the worker's request
+ODD_VALUES = [b'{"n": 1,  "pad": "\\u00e9' + "\u00e9".encode() + b'"}', b' [1, 2.50, -0, 1E5, {"a": null}] ', b'{"a":1,"a":2}',
+              b"NaN", b'{"x": Infinity}', b"1e400", b"123456789012345678901234567890", b"-9223372036854775809",
+              b'"\\ud800"', b'\xef\xbb\xbf{"a":1}', b"hello", b"\xff\xfe", b"", None, b'"\\u2028"',
+              b'1, "seq": 99, "x": 2', b'{"a": 1}, "seq": 99, "y": {"b": 2}', b"[" * 2000 + b"]" * 2000]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+def test_the_handler_gets_the_value_as_before(value: bytes | None) -> None:
+    """Whatever way a message's value takes to the worker (its own bytes spliced in by orjson, or
+    decoded and encoded by the stdlib), the worker reads what the stdlib's encoding of the
+    decoded value gave, alone and in a batch, and nothing but the value."""
+    from hub.delivery import batches
+    from hub.sandbox.pool import _ENCODER, _encode
+
+    for key in (b"k", None, b"\xff"):
+        event = message_event(value_record(value, key))
+        expected = json.loads(_ENCODER.encode({"seq": 1, "event": event.to_cloudevent()}))
+        for payload, pick in ((batches.payload(event), lambda doc: doc),
+                              (batches.envelope([event, event], None, "tr"), lambda doc: doc["records"][1])):
+            got = json.loads(_encode({"seq": 1, "event": payload}))
+            assert got["seq"] == 1 and list(got) == ["seq", "event"]
+            assert repr(pick(got["event"])) == repr(expected["event"])  # repr: NaN == NaN
+
+
+def test_value_bytes_and_encodings() -> None:
+    raw = b'{"a":  1}'
+    event = message_event(value_record(raw))
+    assert event.value_json is raw and event.data["value"] == {"a": 1}  # the message's own bytes
+    from hub.sandbox.pool import _encode
+    assert b'"data":{"value":{"a":  1},"encoding":"json","key":"k","topic":"t","partition":2,"offset":9,' \
+           b'"timestamp":1700000000000,"timestamp_type":"LOG_APPEND_TIME","headers":{"h":"v","bin":"base64:/w=="}}' \
+           in _encode({"event": event.prepared()})
+    assert message_event(value_record(b"NaN")).value_json is None  # only the stdlib reads it
+    assert message_event(value_record(b"text")).value_json is None
+    big = message_event(value_record(b"[123456789012345678901]")).data
+    assert big["value"] == [123456789012345678901] and big["encoding"] == "json"
+    assert message_event(value_record(b"[" * 2000 + b"]" * 2000)).data["encoding"] == "text"
+    assert message_event(value_record(b"\xff")).data["encoding"] == "base64"
+
+
+def test_new_event_is_the_dataclass() -> None:
+    from hub.events import new_event
+
+    fields = dict(id="i", source="kafka://t", type="kafka.message", data={"a": 1}, subject=None, time="t0")
+    fast, slow = new_event(**fields), Event(**fields)
+    assert fast == slow and fast.__dict__ == slow.__dict__ and repr(fast) == repr(slow)
 
 
 @pytest.mark.integration
@@ -315,3 +373,17 @@ async def test_consumer_is_closed_when_stopped_during_start() -> None:
             await consumer.getmany(timeout_ms=0)
     finally:
         server.close()
+
+
+def test_aws_format_gets_the_original_json_bytes() -> None:
+    """event_format "aws": a JSON value is base64 of the message's own bytes (spacing, number
+    spelling), not a compact re-serialisation; without them (a replayed dead letter) it still is."""
+    import base64
+
+    from hub.spec.aws_events import kafka_record
+
+    raw = b'{ "a" : 1.50, "b": [ ] }'
+    event = message_event(value_record(raw))
+    assert base64.b64decode(kafka_record(event)["value"]) == raw
+    replayed = Event.from_cloudevent(event.to_cloudevent())
+    assert base64.b64decode(kafka_record(replayed)["value"]) == b'{"a":1.5,"b":[]}'

@@ -21,19 +21,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hub.events import Event
+from hub.events import Event, Prepared
 from hub.spec import aws_events
 
 ENVELOPE_TYPE = "hub.batch"
 
 
 def envelope(events: list[Event], source: str | None, trigger: str | None) -> dict[str, Any]:
+    """The batch payload; a :class:`Prepared` one (written by orjson around each record's
+    ``value_json``) when every record has its value as JSON text already."""
+    records = [e.prepared() for e in events]
+    source = source or (events[0].source if events else None)
+    if all(r is not None for r in records):
+        return Prepared(type=ENVELOPE_TYPE, source=source, trigger=trigger, records=records)
     return {
         "type": ENVELOPE_TYPE,
-        "source": source or (events[0].source if events else None),
+        "source": source,
         "trigger": trigger,
         "records": [e.to_cloudevent() for e in events],
     }
+
+
+def payload(event: Event) -> dict[str, Any]:
+    """What a handler gets for one event (batch size 1): its CloudEvent."""
+    return event.prepared() or event.to_cloudevent()
 
 
 class BadItemFailures(ValueError):

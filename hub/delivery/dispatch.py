@@ -396,7 +396,7 @@ class Dispatcher:
                                              batch=target.batch_size > 1)
         else:
             payload = (batches.envelope(events, target.source, target.trigger) if target.batch_size > 1
-                       else events[0].to_cloudevent())
+                       else batches.payload(events[0]))
         traceparent = traceparent_of(span)
         ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt,
                             traceparent=traceparent)

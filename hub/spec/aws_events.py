@@ -193,10 +193,10 @@ def _mapping(value: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- Kafka
 
 def _bytes_of(value: Any, encoding: str | None) -> bytes | None:
-    """The message bytes back from what the hub kept (``connectors.kafka.decode_value``).
-
-    A JSON value was parsed, so its exact original bytes are gone: it is re-serialised compactly
-    (``{"a":1}``); text and base64 values come back byte for byte."""
+    """The message bytes back from what the hub kept (``connectors.kafka.decode_value``), for an
+    event without the value's own bytes (``Event.value_json``: a replayed dead letter, a JSON
+    value only the stdlib reads): a JSON value is re-serialised compactly (``{"a":1}``); text and
+    base64 values come back byte for byte."""
     if value is None and encoding in ("null", None):
         return None
     if encoding == "base64":
@@ -232,7 +232,9 @@ def kafka_record(event: Event) -> dict[str, Any]:
         "offset": d.get("offset", 0),
         "timestamp": d.get("timestamp") if isinstance(d.get("timestamp"), int) else 0,
         "timestampType": d.get("timestamp_type") or "CREATE_TIME",
-        "value": _b64(_bytes_of(d.get("value"), d.get("encoding"))),
+        # the message's own bytes when the event still has them (hub.events: value_json)
+        "value": _b64(event.value_json if event.value_json is not None and d.get("encoding") == "json"
+                      else _bytes_of(d.get("value"), d.get("encoding"))),
         "headers": [{str(k): list(_text_bytes(v) or b"")} for k, v in headers.items()],  # type: ignore[union-attr]
     }
     key = _text_bytes(d.get("key"))
