@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pymongo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -453,6 +454,36 @@ async def test_every_request_is_an_invocation_record(api: Api, unique: str) -> N
         assert r["event_type"] == "http.request" and r["event_source"] == f"http://{name}"
         assert r["event_id"] == r["request_id"] == r["invocation_id"]
         assert r["status"] == expected[ids[r["invocation_id"]]], r
+
+
+@pytest.mark.integration
+async def test_a_graceful_stop_writes_every_answered_requests_record(
+        servers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Function-URL records wait on a writer of their own (RECORD_LINGER_S) after the answer has
+    gone: a stop right after the last answer still writes every one of them (here they would
+    linger 3 s, longer than the rest of the stop takes: only the stop's flush writes them)."""
+    monkeypatch.setattr("hub.app.RECORD_LINGER_S", 3.0)
+    settings = make_settings(servers, tmp_path_factory.mktemp("hub-stop"), f"httpstop_{uuid.uuid4().hex[:8]}")
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            api = Api(session, hub.url, fn_base=hub.fn_url)
+            await api.put_function("stop-echo", ECHO)
+            await http_trigger(api, "stop-echo", "stop-echo", "/stop", auth="none")
+            answers = await asyncio.gather(*(fn(api, "GET", "/stop") for _ in range(40)))
+    finally:
+        await hub.stop()  # at once: the last records are still lingering
+    assert {status for status, _, _ in answers} == {200}
+    ids = {headers[REQUEST_ID_HEADER] for _, headers, _ in answers}
+    client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(settings.mongo_url)
+    try:
+        found = await client[settings.mongo_db].invocations.find(
+            {"_id": {"$in": sorted(ids)}}, {"status": 1}).to_list(None)
+    finally:
+        await client.close()
+    assert {d["_id"] for d in found} == ids
+    assert {d["status"] for d in found} == {"succeeded"}
 
 
 @pytest.mark.integration
