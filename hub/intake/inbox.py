@@ -189,6 +189,10 @@ class Inbox:
         self._reserved += len(own)
         try:
             await self.store.inbox_put(items)
+        except BaseException:
+            if own:
+                self._room.set()  # a failed insert gives its room back to the claimer
+            raise
         finally:
             self._reserved -= len(own)
         if len(own) < len(items):
@@ -296,7 +300,7 @@ class Inbox:
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            room = self._can_hold() - len(self._held)
+            room = self._can_hold() - len(self._held) - self._reserved
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
