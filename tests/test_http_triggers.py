@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pymongo
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -146,6 +147,25 @@ def test_lookups_are_remembered_per_table_and_bounded() -> None:
     long_path = "/a/" + "x" * function_urls.MEMO_PATH_CHARS
     assert table.lookup("GET", long_path).route is not None
     assert ("GET", long_path) not in table._memo  # long paths are answered, not kept
+
+
+def test_the_event_goes_to_orjson_only_as_the_stdlib_would_write_it() -> None:
+    """``HttpEvent.prepared()`` is what the pool writes with orjson: the same JSON values as the
+    stdlib's encoding of ``to_cloudevent()``; a lone surrogate (header bytes that are not UTF-8)
+    leaves the event to the stdlib encoder."""
+    data = {"version": "2.0", "headers": {"x-text": "h\u00e9 \u2603 \U0001f600", "x-ctl": "a\tb\x01"},
+            "cookies": ["a=1", "b=2"], "queryStringParameters": {"q": "1,2"}, "pathParameters": {},
+            "requestContext": {"timeEpoch": 1_765_000_000_000, "http": {"method": "GET"}},
+            "body": "{\"k\": [1, 2]}", "isBase64Encoded": False}
+    event = function_urls.HttpEvent(id="r1", source="http://t", type="http.request", subject="/p", time="t0",
+                                    data=data)
+    prepared = event.prepared()
+    assert prepared is not None
+    assert json.loads(orjson.dumps(prepared)) == json.loads(json.dumps(event.to_cloudevent())) == {
+        **event.to_cloudevent(), "data": data}
+    odd = function_urls.HttpEvent(id="r2", source="http://t", type="http.request", subject="/p", time="t0",
+                                  data={"headers": {"x-bytes": b"\xff".decode("utf-8", "surrogateescape")}})
+    assert odd.prepared() is None
 
 
 def test_response_mapping_rules() -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
 import structlog
 from opentelemetry.trace import SpanKind
 from aiohttp import web
@@ -45,7 +46,7 @@ from pymongo.errors import ConnectionFailure
 from hub.catalog.triggers import hash_token
 from hub.delivery.dispatch import Dispatcher, Target, new_id
 from hub.driver import shielded
-from hub.events import Event
+from hub.events import Event, Prepared
 from hub.intake.router import Router, Trigger
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
@@ -249,6 +250,23 @@ def timestamps(t: float) -> tuple[str, str]:
         tm = time.gmtime(second)
         _clock[:] = [second, time.strftime("%d/%b/%Y:%H:%M:%S +0000", tm), time.strftime("%Y-%m-%dT%H:%M:%S", tm)]
     return _clock[1], f"{_clock[2]}.{int((t - second) * 1_000_000):06d}Z"
+
+
+class HttpEvent(Event):
+    """A request's event, which the pool writes with orjson (:class:`hub.events.Prepared`) when
+    orjson can write its ``data`` as the stdlib encoder would: it holds only ``str`` keys and
+    values, a 64-bit ``int``, ``bool`` and lists, so the one thing orjson refuses is a lone
+    surrogate (a header's bytes that are not UTF-8), and such an event keeps the stdlib encoder.
+    The stdlib's encoding of this event was 4-8 % of the hub's busy time behind function URLs."""
+
+    def prepared(self) -> Prepared | None:
+        try:
+            data = orjson.Fragment(orjson.dumps(self.data))
+        except TypeError:  # orjson.JSONEncodeError
+            return None
+        doc = Prepared(self.to_cloudevent())
+        doc["data"] = data
+        return doc
 
 
 def request_data(request: web.Request, route: Route, raw_path: str, segments: list[str], body: bytes,
@@ -548,9 +566,10 @@ class FunctionUrls:
                          extra)
         t = time.time()
         clf_time, iso_time = timestamps(t)
-        event = Event(id=request_id, source=route.source, type="http.request", subject=raw_path, time=iso_time,
-                      data=request_data(request, route, raw_path, segments, body, request_id, t, clf_time,
-                                        drop_authorization=route.auth != "none"))
+        data = request_data(request, route, raw_path, segments, body, request_id, t, clf_time,
+                            drop_authorization=route.auth != "none")
+        event: Event = HttpEvent(id=request_id, source=route.source, type="http.request", subject=raw_path,
+                                 time=iso_time, data=data)
         if trigger.filter and not self.router.passes_filter(trigger, event):
             return _with(error_response(404, request_id), extra)
         if self.tracing.enabled:  # the caller's traceparent, or a new trace
