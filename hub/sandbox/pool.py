@@ -66,6 +66,7 @@ from hub.sandbox.outcome import (
     invocation_report,
     pool_closed_report,
 )
+from hub.sandbox.prewarm import Prewarmed
 from hub.sandbox.worker import Worker
 
 log = structlog.get_logger("hub.sandbox")
@@ -156,11 +157,13 @@ class SandboxPool:
         deny_addresses: Sequence[str] = (),
         bwrap_path: str | None = None,
         network_spares: int = 1,
+        spares: int = 0,
     ) -> None:
         """``deny_addresses``: the hub's own servers as connection strings (``mongodb://...``,
         ``host:9092,host2:9092``, ``http://host:9000``), refused to functions with network even
         when public. ``bwrap_path``: the bubblewrap binary (default: ``bwrap`` on PATH).
-        ``network_spares``: network namespaces kept wired ahead of time (hub.sandbox.netns)."""
+        ``network_spares``: network namespaces kept wired ahead of time (hub.sandbox.netns).
+        ``spares``: workers kept started ahead of any function (hub.sandbox.prewarm; bwrap only)."""
         if isolation not in ("auto", "bwrap", "process"):
             raise ValueError(f"isolation must be auto, bwrap or process, not {isolation!r}")
         self.requested = isolation
@@ -168,6 +171,8 @@ class SandboxPool:
         self.deny_addresses = tuple(a for a in deny_addresses if a)
         self.bwrap_path = bwrap_path
         self.network_spares = network_spares
+        self.spares = spares
+        self._prewarmed: Prewarmed | None = None
         self.data_dir = Path(data_dir).absolute()
         self.idle_ttl_s = idle_ttl_s
         self.max_queue = max_queue
@@ -225,6 +230,9 @@ class SandboxPool:
                     log.warning("plain-process workers run without a seccomp filter", reason=str(exc))
             self.isolation = cfg.isolation
             self._cfg = cfg
+            if self.isolation == "bwrap" and self.spares > 0:
+                self._prewarmed = Prewarmed(cfg, self.spares, self.data_dir / "sandbox" / "spares")
+                self._prewarmed.start()
             self._started = True
             users = "-" if self.isolation != "bwrap" else (
                 "one uid per worker (shared root-owned userns)" if self._userns
@@ -296,6 +304,8 @@ class SandboxPool:
         await asyncio.gather(*(w.wait_closed() for w in workers), return_exceptions=True)
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
+        if self._prewarmed is not None:
+            await self._prewarmed.close()
         if self._userns is not None:
             self._userns.close()
             self._userns = None
@@ -421,11 +431,13 @@ class SandboxPool:
         cold = worker is None
         if worker is None:
             st.cold_starts_total += 1
-            worker = Worker(fn, self._cfg)
+            spare = self._prewarmed.take(fn) if self._prewarmed is not None else None
+            worker = spare or Worker(fn, self._cfg)
             worker.on_exit = lambda w, st=st: self._forget_idle(st, w)
             st.busy.add(worker)
             try:
-                init = await worker.start(max(self.init_timeout_s, 0.1))
+                timeout = max(self.init_timeout_s, 0.1)
+                init = await (spare.assign(fn, timeout) if spare else worker.start(timeout))
             except BaseException:
                 st.busy.discard(worker)
                 self._stop_later(worker)

@@ -8,9 +8,9 @@ friends, ~8 ms) in favour of the C accelerator ``_json`` directly, and imports `
 Life of a worker::
 
     python -I -S runtime.pyc '<config json>'
-      -> apply rlimits, put the code first on sys.path (and the function's dependencies, if it
-         has any, after the standard library: site.addsitedir(/opt/python)), import the handler
-         once (cold start)
+      -> a spare (hub.sandbox.prewarm) waits for {"op": "assign"}: its function's config and env
+      -> apply rlimits, put the code first on sys.path (and the function's dependencies, if
+         any, after the stdlib: site.addsitedir(/opt/python)), import the handler (cold start)
       -> send {"op": "ready"} or {"op": "init_error"}
       -> loop: read an invoke frame, run the handler, send one response frame
 
@@ -570,12 +570,8 @@ def _invoke(handler: Callable[..., Any], req: Doc, cfg: Doc, resource: ModuleTyp
 
 
 def _too_deep() -> Doc:
-    return {"op": "result", "ok": False, "oom": False, "error": {
-        "type": "ResultTooDeep",
-        "message": "result nested too deeply: more than %d levels of lists/objects"
-                   % MAX_RESULT_DEPTH,
-        "traceback": "",
-    }}
+    return {"op": "result", "ok": False, "oom": False, "error": {"type": "ResultTooDeep", "traceback": "",
+            "message": "result nested too deeply: more than %d levels of lists/objects" % MAX_RESULT_DEPTH}}
 
 
 def _nesting_exceeds(obj: Any, limit: int) -> bool:
@@ -601,6 +597,17 @@ def _meter(resource: ModuleType) -> tuple[int, float]:
     return _peak_rss_kb(resource), _cpu_seconds(resource)
 
 
+def _await_function(cfg: Doc) -> Doc:
+    """A spare (hub.sandbox.prewarm) waits here for its one function: its configuration and
+    environment (secrets too) arrive now, its code was just put in place; none ran here before."""
+    msg = _recv()
+    if not isinstance(msg, dict) or msg.get("op") != "assign" or not isinstance(msg.get("config"), dict):
+        os._exit(0)  # no longer wanted (the hub closed the socket), or out of turn
+    os.environ.update(msg.get("env") or {})  # a superset of the neutral environment it started with
+    time.tzset()
+    return dict(msg["config"], fd=cfg.get("fd"), pidns=cfg.get("pidns"))
+
+
 def main(argv: list[str] | None = None) -> None:
     global _fd, _function_name, _aws
     argv = sys.argv if argv is None else argv
@@ -611,6 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     os.closerange(3, _fd)
     os.closerange(_fd + 1, 65536)
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    cfg = _await_function(cfg) if cfg.get("spare") else cfg
     _function_name = cfg.get("name", "")
     if cfg.get("event_format") == "aws":
         _aws = True
@@ -618,10 +626,8 @@ def main(argv: list[str] | None = None) -> None:
     _line_buffered()
     resource = _apply_limits(cfg.get("limits") or {})
     oom_frame = {"op": "result", "ok": False, "oom": True, "error": {
-        "type": "MemoryError",
-        "message": "memory limit of %s MB exceeded" % cfg.get("memory_mb"),
-        "traceback": "",
-    }}
+        "type": "MemoryError", "message": "memory limit of %s MB exceeded" % cfg.get("memory_mb"),
+        "traceback": ""}}
     if cfg.get("net_gate"):
         # The hub wires this namespace's network up from outside while the interpreter starts;
         # no code of the function (nor a .pth file of its dependencies) runs before it is done.

@@ -78,6 +78,14 @@ def _die_with_parent() -> None:
     _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+def runtime_config(fn: FunctionRuntime, cfg: SpawnConfig) -> dict[str, Any]:
+    """What the runtime is told of its function: at its start, or a spare's at its assignment."""
+    sandboxed = cfg.isolation == "bwrap"
+    return {"handler": fn.handler, "name": fn.name, "version": fn.version, "memory_mb": fn.memory_mb,
+            "timeout_s": fn.timeout_s, "event_format": fn.event_format,  # "aws": a Lambda context
+            "pidns": sandboxed, "limits": cfg.limits.rlimits_for(fn, sandboxed=sandboxed)}
+
+
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         first()
@@ -90,6 +98,8 @@ class Worker:
     """A single worker process for one version of one function. One invocation at a time."""
 
     _ids = 0
+
+    spare = False  # hub.sandbox.prewarm.Spare: started before its function is known
 
     def __init__(self, fn: FunctionRuntime, cfg: SpawnConfig) -> None:
         Worker._ids += 1
@@ -173,6 +183,9 @@ class Worker:
                 out.stdout, out.stderr, out.truncated = self.take_output()
                 return out
             init_timeout_s -= time.perf_counter() - t0
+        return await self._ready(init_timeout_s, t0)
+
+    async def _ready(self, init_timeout_s: float, t0: float) -> Outcome:
         out = await self._next(init_timeout_s, t0)
         self.init_ms = (time.perf_counter() - t0) * 1000.0
         if self._net is not None:
@@ -225,17 +238,10 @@ class Worker:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self._out_fds = [out_r, err_r]
-        config = {
-            "fd": child.fileno(),
-            "handler": self.fn.handler,
-            "name": self.fn.name,
-            "version": self.fn.version,
-            "memory_mb": self.fn.memory_mb,
-            "timeout_s": self.fn.timeout_s,
-            "event_format": self.fn.event_format,  # "aws": a Lambda context (hub.sandbox.runtime)
-            "pidns": cfg.isolation == "bwrap",
-            "limits": cfg.limits.rlimits_for(self.fn, sandboxed=cfg.isolation == "bwrap"),
-        }
+        config = runtime_config(self.fn, cfg)
+        config["fd"] = child.fileno()
+        if self.spare:  # the function's part comes with its assignment
+            config = {"fd": child.fileno(), "pidns": config["pidns"], "spare": True}
         try:
             cmd = worker_command(self.fn, cfg, config, uid_of=self._allocate_uid,
                                  scratch=self._make_scratch)

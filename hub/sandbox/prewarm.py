@@ -1,0 +1,208 @@
+"""Spare workers: sandboxes started before their function is known, so a cold start skips them.
+
+Most of a cold start is the sandbox's and the interpreter's own start (bwrap's namespaces and
+~30 mounts, the seccomp filter, setpriv, ``python -I -S`` and the runtime), not the function's
+import: bench/README.md has the breakdown. A pool with ``spares > 0`` keeps that many workers
+started ahead of time; the first invocation of a function that has no warm worker takes one,
+hands it its function, and a replacement is started at once.
+
+What keeps this as isolated as a worker started for its function:
+
+- **No function ran in a spare before.** Its runtime stops before anything function-specific:
+  it waits on the protocol socket for ``{"op": "assign"}`` (hub.sandbox.runtime) and only then
+  applies the function's rlimits, puts its code on ``sys.path`` and imports the handler.
+- **One function, once.** A spare is taken by one function's version and from then on is that
+  version's worker, stopped like any other; it never returns here.
+- **The same sandbox.** bwrap's command line is the one a worker of a plain function gets
+  (:meth:`hub.sandbox.bwrap.BwrapCommand.argv`, seccomp included), with its own host uid from the
+  start; only its code directory is an empty directory of its own, bound read-only at
+  ``/var/task``. At assignment the hub puts the function's code in that directory (hard links,
+  or copies across file systems); the sandbox sees it through the bind it already has (a bind
+  shows the directory's live contents: no mount into a running sandbox, no mount propagation).
+  ``LAMBDA_TASK_ROOT``, the cwd and ``__file__`` are what a fresh worker's are.
+- **Env and secrets arrive with the assignment**, over the protocol socket; until then the
+  process has only the neutral defaults every function gets (PATH, HOME, LANG, TMPDIR).
+
+Who gets one: functions without network (their namespace is wired while the worker starts,
+hub.sandbox.network), without dependencies (``/opt/python`` would need a mount inside a running
+sandbox) and whose env sets nothing the interpreter or the loader reads only at their start
+(``LANG``/``LC_*``, ``LD_*``, ...). Everything else starts a worker as before.
+
+Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/README.md). A burst
+of more first invocations than there are spares: the first ``spares`` take one, the rest start
+as before (the replacements are being started at the same time). A spare that dies while parked
+is replaced after a back-off that grows while spares keep dying young.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import structlog
+
+from hub.sandbox.base import FunctionRuntime, network_policy
+from hub.sandbox.bwrap import TASK_DIR, SandboxConfigError, SpawnConfig, clean_env
+from hub.sandbox.outcome import Kind, Outcome
+from hub.sandbox.worker import Worker, runtime_config
+
+log = structlog.get_logger("hub.sandbox")
+
+# Read by the interpreter, the C library or the dynamic loader when the process starts: a spare
+# started before them could not honour the function's values.
+_START_ENV_PREFIXES = ("LANG", "LC_", "LD_", "GLIBC_", "MALLOC_", "PYTHON", "LANGUAGE")
+_BACKOFF_MAX_S = 30.0
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system (or links refused): a copy
+        shutil.copy2(src, dst)
+
+
+class Spare(Worker):
+    """A worker started without a function (its code directory is ``spare_dir``, empty)."""
+
+    spare = True
+
+    def __init__(self, cfg: SpawnConfig, spare_dir: Path) -> None:
+        # A stand-in with no name, code or env of anyone's: what the sandbox is built from.
+        super().__init__(FunctionRuntime(name="", version="", handler="", code_dir=spare_dir), cfg)
+        self._scratch = spare_dir  # removed with the worker (Worker._cleanup)
+        self.spare_dir = spare_dir
+
+    def park(self) -> bool:
+        """Start; the runtime waits for its function. False if it could not be started."""
+        try:
+            self._spawn()
+        except Exception as exc:
+            log.warning("could not start a spare worker", error=repr(exc))
+            if not self._exited.done():
+                self._exited.set_result(-1)
+            self._cleanup()
+            return False
+        return True
+
+    async def assign(self, fn: FunctionRuntime, init_timeout_s: float) -> Outcome:
+        """Give this spare its one function and wait for the handler's import (as
+        :meth:`Worker.start`). Never raises."""
+        t0 = time.perf_counter()
+        self.fn, self.version, self._expecting = fn, fn.version, True
+        config = runtime_config(fn, self.cfg)
+        config["code_dir"] = TASK_DIR
+        try:
+            frame = json.dumps({"op": "assign", "config": config, "env": clean_env(fn)},
+                               separators=(",", ":")).encode()
+            await asyncio.to_thread(shutil.copytree, fn.code_dir, self.spare_dir, symlinks=True,
+                                    dirs_exist_ok=True, copy_function=_link_or_copy)
+            assert self._sock is not None
+            await asyncio.wait_for(self._loop.sock_sendall(
+                self._sock, len(frame).to_bytes(4, "big") + frame), init_timeout_s)
+        except (OSError, asyncio.TimeoutError, SandboxConfigError, AssertionError) as exc:
+            self.kill()
+            await self._wait_exit(5.0)
+            self.init_ms = (time.perf_counter() - t0) * 1000.0
+            return Outcome(Kind.exited, message=f"could not start the worker: {exc!r}", exit_code=None)
+        return await self._ready(init_timeout_s - (time.perf_counter() - t0), t0)
+
+
+class Prewarmed:
+    """Up to ``count`` parked spares of one pool; :meth:`take` one for a function's first worker."""
+
+    def __init__(self, cfg: SpawnConfig, count: int, root: Path) -> None:
+        self.cfg = cfg
+        self.count = count
+        # One directory per pool process; a crashed hub's are removed by the next one's start.
+        self.root = root / f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._parked: list[Spare] = []  # oldest first: the one furthest through its start
+        self._failures = 0  # spares that died or failed to start since one was last assigned
+        self._refill: asyncio.TimerHandle | None = None
+        self._reaping: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.taken_total = 0
+
+    def start(self) -> None:
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for old in self.root.parent.iterdir():
+            pid = old.name.split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(old, ignore_errors=True)
+        self.root.mkdir(mode=0o755)
+        os.chmod(self.root, 0o755)
+        self.fill()
+
+    def eligible(self, fn: FunctionRuntime) -> bool:
+        if self.count <= 0 or network_policy(fn.network) is not None or fn.deps_dir is not None:
+            return False
+        return not any(str(k).startswith(_START_ENV_PREFIXES) for k in fn.env)
+
+    def take(self, fn: FunctionRuntime) -> Spare | None:
+        """A live spare for ``fn``'s new worker (:meth:`Spare.assign` it next), or None."""
+        if self._closed or not self.eligible(fn):
+            return None
+        while self._parked:
+            spare = self._parked.pop(0)
+            spare.on_exit = None
+            if spare.alive:
+                self.taken_total += 1
+                self._failures = 0
+                self._schedule(0.0)
+                return spare
+            self._stop(spare)
+        return None
+
+    def fill(self) -> None:
+        """Start spares until ``count`` are parked."""
+        self._refill = None
+        while not self._closed and len(self._parked) < self.count:
+            d = self.root / f"s{os.urandom(6).hex()}"
+            d.mkdir(mode=0o755)
+            os.chmod(d, 0o755)
+            spare = Spare(self.cfg, d)
+            if not spare.park():
+                self._failed()
+                return
+            spare.on_exit = self._died
+            self._parked.append(spare)
+
+    def _died(self, w: Worker) -> None:
+        if isinstance(w, Spare) and w in self._parked:
+            self._parked.remove(w)
+            self._stop(w)
+            log.warning("a spare worker ended while parked", pid=w.pid)
+            self._failed()
+
+    def _stop(self, w: Worker) -> None:
+        w.kill()
+        task = asyncio.get_running_loop().create_task(w.wait_closed())
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    def _failed(self) -> None:
+        self._failures += 1
+        self._schedule(min(_BACKOFF_MAX_S, 0.1 * 2 ** self._failures))
+
+    def _schedule(self, delay: float) -> None:
+        if self._closed or self._refill is not None:
+            return
+        self._refill = asyncio.get_running_loop().call_later(delay, self.fill)
+
+    @property
+    def parked(self) -> list[Spare]:
+        return list(self._parked)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+        spares, self._parked = self._parked, []
+        for s in spares:
+            s.kill()
+        await asyncio.gather(*(s.wait_closed() for s in spares), *self._reaping, return_exceptions=True)
+        shutil.rmtree(self.root, ignore_errors=True)
