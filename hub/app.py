@@ -68,6 +68,7 @@ def make_pool(settings: Settings) -> WorkerPool:
         isolation=settings.sandbox,
         data_dir=settings.data_dir,
         idle_ttl_s=settings.worker_idle_ttl_s,
+        spares=settings.worker_spares,
         max_queue=settings.max_queue_per_function,
         # a function with network must not reach the hub's own servers, even on public addresses
         deny_addresses=(settings.mongo_url, settings.kafka_bootstrap, settings.s3_endpoint),

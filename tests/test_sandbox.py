@@ -57,6 +57,9 @@ def fnstats(p: SandboxPool, name: str) -> dict[str, Any]:
 
 
 async def make_pool(tmp: Path, isolation: str = "bwrap", **kw: Any) -> SandboxPool:
+    # HUB_TEST_SPARES=N runs the sandbox suites again with first workers taken from N spare
+    # workers (hub.sandbox.prewarm); tests/test_prewarm.py covers them either way.
+    kw.setdefault("spares", int(os.environ.get("HUB_TEST_SPARES", "0")))
     pool = SandboxPool(isolation, data_dir=tmp, **kw)
     try:
         await pool.start()

@@ -139,7 +139,13 @@ class Prewarmed:
     def eligible(self, fn: FunctionRuntime) -> bool:
         if self.count <= 0 or network_policy(fn.network) is not None or fn.deps_dir is not None:
             return False
-        return not any(str(k).startswith(_START_ENV_PREFIXES) for k in fn.env)
+        if any(str(k).startswith(_START_ENV_PREFIXES) for k in fn.env) or not os.path.isdir(fn.code_dir):
+            return False  # (no code: a fresh start reports bwrap's own words for it)
+        try:
+            clean_env(fn)
+        except SandboxConfigError:
+            return False  # a fresh start refuses it with the usual InvalidConfiguration
+        return True
 
     def take(self, fn: FunctionRuntime) -> Spare | None:
         """A live spare for ``fn``'s new worker (:meth:`Spare.assign` it next), or None."""
