@@ -69,6 +69,19 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _put_code(code_dir: Path, spare_dir: Path) -> None:
+    shutil.copytree(code_dir, spare_dir, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy)
+
+
+def _small(code_dir: Path, most: int = 32) -> bool:
+    """At most ``most`` plain files and no directories (what an inline function deploys)."""
+    with os.scandir(code_dir) as it:
+        for n, entry in enumerate(it):
+            if n >= most or entry.is_dir(follow_symlinks=False):
+                return False
+    return True
+
+
 class Spare(Worker):
     """A worker started without a function (its code directory is ``spare_dir``, empty)."""
 
@@ -102,11 +115,15 @@ class Spare(Worker):
         try:
             frame = json.dumps({"op": "assign", "config": config, "env": clean_env(fn)},
                                separators=(",", ":")).encode()
-            await asyncio.to_thread(shutil.copytree, fn.code_dir, self.spare_dir, symlinks=True,
-                                    dirs_exist_ok=True, copy_function=_link_or_copy)
+            if _small(fn.code_dir):  # a few links: cheaper than two thread hand-offs
+                _put_code(fn.code_dir, self.spare_dir)
+            else:
+                await asyncio.to_thread(_put_code, fn.code_dir, self.spare_dir)
             assert self._sock is not None
-            await asyncio.wait_for(self._loop.sock_sendall(
-                self._sock, len(frame).to_bytes(4, "big") + frame), init_timeout_s)
+            data = len(frame).to_bytes(4, "big") + frame
+            sent = self._sock.send(data)  # the common case: all of it, without a loop round trip
+            if sent < len(data):
+                await asyncio.wait_for(self._loop.sock_sendall(self._sock, data[sent:]), init_timeout_s)
         except (OSError, asyncio.TimeoutError, SandboxConfigError, AssertionError) as exc:
             self.kill()
             await self._wait_exit(5.0)
