@@ -188,6 +188,18 @@ async def bench_burst(pool: SandboxPool, root: Path, size: int, rounds: int,
     return out
 
 
+async def hub_cpu_per_cold_start(pool: SandboxPool, root: Path, n: int) -> float:
+    """CPU of this process (the hub's side: spawning, the spare's code copy, the protocol) per
+    cold start, ms; the replacement spare's start is counted (each round waits it out)."""
+    cpu = 0.0
+    for _ in range(n):
+        t = time.process_time()
+        await cold_start(pool, root)
+        await asyncio.sleep(0.15)  # the replacement (started 20 ms after the take) parks
+        cpu += time.process_time() - t
+    return cpu * 1000 / n
+
+
 def spare_costs(pool: SandboxPool, idle_s: float) -> dict[str, float]:
     """RSS/PSS per parked spare (its processes summed) and the CPU they use while parked."""
     pw = pool._prewarmed
@@ -366,11 +378,14 @@ async def main() -> int:
             spare_pool = None
     burst: dict[str, dict[str, list[float]]] = {}
     costs = None
+    cpu_fresh = cpu_spares = 0.0
     try:
         cold = await bench_cold(pool, root, args.cold_runs, spare_pool)
         if spare_pool is not None:
             await spares_parked(spare_pool)
             costs = spare_costs(spare_pool, 5.0)
+            cpu_fresh = await hub_cpu_per_cold_start(pool, root, 30)
+            cpu_spares = await hub_cpu_per_cold_start(spare_pool, root, 30)
             if args.burst > 0:
                 for _ in range(args.burst_rounds):  # interleaved, one round at a time
                     for key, p, settle in (("fresh", pool, False), ("spares", spare_pool, True)):
@@ -440,6 +455,9 @@ async def main() -> int:
         print(row(f"per parked spare ({costs['count']:.0f} parked)", f"{costs['rss']:.1f} MB RSS",
                   f"PSS {costs['pss']:.1f} MB; CPU while parked {costs['cpu_ms']:.0f} ms in "
                   f"{costs['idle_s']:.0f} s (all spares)", "", "", None))
+    if costs is not None:
+        print(row("hub CPU per cold start (30 in a row, 150 ms apart)", f"{cpu_spares:.2f} ms with spares",
+                  f"{cpu_fresh:.2f} ms without", f"{cpu_spares / cpu_fresh:.2f}x", "", None))
     if burst:
         print(f"\nBurst: {args.burst} first invocations of different functions at once, "
               f"{args.burst_rounds} rounds interleaved ({args.spares} spares, all parked at each "
