@@ -88,8 +88,9 @@ async def test_first_worker_is_a_spare_with_a_fresh_workers_layout(pool: Sandbox
     assert "GREETING=hello" in got["child_env"]  # and what its own processes inherit
     assert got["seccomp"] == "2"  # the filter is on
     assert got["uid"] != 0 and not got["mods"]
-    # a replacement is started at once
+    # a replacement is started
     await until(lambda: all_parked(pool) and worker_pid(pool, fn.name) not in parked_pids(pool))
+    assert pool.stats()["spares"] == {"parked": SPARES, "taken_total": 1}
 
 
 async def test_spare_never_reused_across_functions(pool: SandboxPool, tmp_path: Path) -> None:

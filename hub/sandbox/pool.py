@@ -588,7 +588,10 @@ class SandboxPool:
             fns[name] = row
             for k in totals:
                 totals[k] += row[k]
-        return {"isolation": self.isolation, "functions": fns, "totals": totals}
+        out = {"isolation": self.isolation, "functions": fns, "totals": totals}
+        if self._prewarmed is not None:  # /readyz: spare workers parked, and taken so far
+            out["spares"] = {"parked": len(self._prewarmed.parked), "taken_total": self._prewarmed.taken_total}
+        return out
 
     def workers(self, name: str | None = None) -> list[Worker]:
         """Live workers (idle and busy), e.g. to measure their memory."""

@@ -4,7 +4,7 @@ Most of a cold start is the sandbox's and the interpreter's own start (bwrap's n
 ~30 mounts, the seccomp filter, setpriv, ``python -I -S`` and the runtime), not the function's
 import: bench/README.md has the breakdown. A pool with ``spares > 0`` keeps that many workers
 started ahead of time; the first invocation of a function that has no warm worker takes one,
-hands it its function, and a replacement is started at once.
+hands it its function, and a replacement is started.
 
 What keeps this as isolated as a worker started for its function:
 
@@ -121,7 +121,10 @@ class Spare(Worker):
                 await asyncio.to_thread(_put_code, fn.code_dir, self.spare_dir)
             assert self._sock is not None
             data = len(frame).to_bytes(4, "big") + frame
-            sent = self._sock.send(data)  # the common case: all of it, without a loop round trip
+            try:
+                sent = self._sock.send(data)  # the common case: all of it, without a loop round trip
+            except (BlockingIOError, InterruptedError):
+                sent = 0
             if sent < len(data):
                 await asyncio.wait_for(self._loop.sock_sendall(self._sock, data[sent:]), init_timeout_s)
         except (OSError, asyncio.TimeoutError, SandboxConfigError, AssertionError) as exc:
