@@ -15,6 +15,8 @@ import pytest
 from hub.sandbox.bwrap import clean_env
 from hub.sandbox.pool import SandboxPool
 from hub.sandbox.prewarm import Prewarmed, Spare
+from tests.test_isolation import PROBE as NET_PROBE
+from tests.test_isolation import host_ips, policy, refused
 from tests.test_sandbox import ctx, make_pool, ok, until, write_fn
 
 pytestmark = pytest.mark.timeout(120)
@@ -90,7 +92,7 @@ async def test_first_worker_is_a_spare_with_a_fresh_workers_layout(pool: Sandbox
     assert got["uid"] != 0 and not got["mods"]
     # a replacement is started
     await until(lambda: all_parked(pool) and worker_pid(pool, fn.name) not in parked_pids(pool))
-    assert pool.stats()["spares"] == {"parked": SPARES, "taken_total": 1}
+    assert pool.stats()["spares"] == {"parked": SPARES, "parked_network": 0, "taken_total": 1}
 
 
 async def test_spare_never_reused_across_functions(pool: SandboxPool, tmp_path: Path) -> None:
@@ -139,6 +141,38 @@ async def test_spare_killed_while_parked_is_replaced(pool: SandboxPool, tmp_path
     rep = await pool.invoke(fn, {}, ctx())
     ok(rep)
     assert rep.cold_start
+
+
+def network_parked(p: SandboxPool) -> bool:
+    parked = prewarmed(p).parked_network
+    return len(parked) == prewarmed(p).net_count and all(runtime_pid(w) for w in parked)
+
+
+async def test_network_spare_has_the_rules_of_a_fresh_worker(pool: SandboxPool, tmp_path: Path) -> None:
+    if pool._cfg is None or pool._cfg.spares is None:
+        pytest.skip("network namespaces are not prepared ahead of time here (hub not root)")
+    assert not prewarmed(pool).parked_network  # none before a function with network came
+    server = await asyncio.start_server(lambda r, w: w.close(), host="0.0.0.0", port=0)
+    port = server.sockets[0].getsockname()[1]
+    dests = [("127.0.0.1", port), *((ip, port) for ip in host_ips())]
+    try:
+        first = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
+        assert all(refused(v) for v in ok(await pool.invoke(first, {"tcp": dests}, ctx())).values())
+        await until(lambda: network_parked(pool), timeout=30.0)
+        before = {w.pid for w in prewarmed(pool).parked_network}
+        # an allow list gets its own rules at its start: not a network spare
+        allow = write_fn(tmp_path, NET_PROBE, network=policy("10.0.0.5:5432"), timeout_s=30.0)
+        ok(await pool.invoke(allow, {"tcp": []}, ctx()))
+        assert worker_pid(pool, allow.name) not in before
+        fn = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
+        got = ok(await pool.invoke(fn, {"tcp": dests}, ctx()))
+        assert worker_pid(pool, fn.name) in before  # taken from the network spares
+        assert got and all(refused(v) for v in got.values()), got  # nothing of the host
+        await until(lambda: network_parked(pool) and worker_pid(pool, fn.name) not in
+                    {w.pid for w in prewarmed(pool).parked_network}, timeout=30.0)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_functions_a_spare_cannot_serve_start_fresh(pool: SandboxPool, tmp_path: Path) -> None:

@@ -296,6 +296,7 @@ class Attachment:
         self.ns_fd = self._spare.fd if self._spare is not None else -1
         self.info_r, self.info_w = os.pipe2(os.O_CLOEXEC) if self._spare is None else (-1, -1)
         self.gate = self._spare is None or bool(policy.allow)
+        self.born = self._spare.born if self._spare is not None else time.monotonic()  # its rules' age
         self._procs = self._spare.procs if self._spare is not None else _Procs()
         self._closed = False
 

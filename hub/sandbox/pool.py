@@ -590,7 +590,9 @@ class SandboxPool:
                 totals[k] += row[k]
         out = {"isolation": self.isolation, "functions": fns, "totals": totals}
         if self._prewarmed is not None:  # /readyz: spare workers parked, and taken so far
-            out["spares"] = {"parked": len(self._prewarmed.parked), "taken_total": self._prewarmed.taken_total}
+            pw = self._prewarmed
+            out["spares"] = {"parked": len(pw.parked), "parked_network": len(pw.parked_network),
+                             "taken_total": pw.taken_total}
         return out
 
     def workers(self, name: str | None = None) -> list[Worker]:

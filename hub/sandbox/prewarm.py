@@ -23,10 +23,15 @@ What keeps this as isolated as a worker started for its function:
 - **Env and secrets arrive with the assignment**, over the protocol socket; until then the
   process has only the neutral defaults every function gets (PATH, HOME, LANG, TMPDIR).
 
-Who gets one: functions without network (their namespace is wired while the worker starts,
-hub.sandbox.network), without dependencies (``/opt/python`` would need a mount inside a running
-sandbox) and whose env sets nothing the interpreter or the loader reads only at their start
-(``LANG``/``LC_*``, ``LD_*``, ...). Everything else starts a worker as before.
+Who gets one: functions without dependencies (``/opt/python`` would need a mount inside a running
+sandbox) whose env sets nothing the interpreter or the loader reads only at their start
+(``LANG``/``LC_*``, ``LD_*``, ...), and either without network or with ``network: true`` and no
+``allow`` list. The latter take a *network spare*: a spare started inside one of the network
+namespaces hub.sandbox.netns wires ahead of time (pasta serving it, the default rules loaded: what
+a fresh worker of such a function gets when a namespace is ready), kept once a function with
+network has been seen (as netns does), and, like those namespaces, not handed out once its rules
+are older than ``SPARE_MAX_AGE_S`` (the host's addresses in them may change). Everything else
+starts a worker as before.
 
 Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/README.md). A burst
 of more first invocations than there are spares: the first ``spares`` take one, the rest start
@@ -47,6 +52,7 @@ import structlog
 
 from hub.sandbox.base import FunctionRuntime, network_policy
 from hub.sandbox.bwrap import TASK_DIR, SandboxConfigError, SpawnConfig, clean_env
+from hub.sandbox.netns import SPARE_MAX_AGE_S
 from hub.sandbox.outcome import Kind, Outcome
 from hub.sandbox.worker import Worker, runtime_config
 
@@ -60,6 +66,7 @@ _BACKOFF_MAX_S = 30.0
 # (a few ms) has most likely answered, and starting a sandbox (fork + exec of bwrap, ~2 ms of the
 # event loop) is not part of it. A burst takes the parked ones in the meantime.
 _REFILL_DELAY_S = 0.02
+_NET_RETRY_S = 0.2  # a network spare waits for hub.sandbox.netns to have a namespace ready
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -87,11 +94,13 @@ class Spare(Worker):
 
     spare = True
 
-    def __init__(self, cfg: SpawnConfig, spare_dir: Path) -> None:
+    def __init__(self, cfg: SpawnConfig, spare_dir: Path, network: bool = False) -> None:
         # A stand-in with no name, code or env of anyone's: what the sandbox is built from.
-        super().__init__(FunctionRuntime(name="", version="", handler="", code_dir=spare_dir), cfg)
+        super().__init__(FunctionRuntime(name="", version="", handler="", code_dir=spare_dir,
+                                         network=network), cfg)
         self._scratch = spare_dir  # removed with the worker (Worker._cleanup)
         self.spare_dir = spare_dir
+        self.born = time.monotonic()  # a network spare: when its namespace's rules were made
 
     def park(self) -> bool:
         """Start; the runtime waits for its function. False if it could not be started."""
@@ -103,6 +112,11 @@ class Spare(Worker):
                 self._exited.set_result(-1)
             self._cleanup()
             return False
+        if self._net is not None:  # a network spare: in a namespace wired ahead of time
+            if self._net.gate:  # none was ready after all (too old): the caller stops this one
+                return False
+            self.born = self._net.born
+            self._net.started()  # hub.sandbox.netns makes the next namespace
         return True
 
     async def assign(self, fn: FunctionRuntime, init_timeout_s: float) -> Outcome:
@@ -144,6 +158,10 @@ class Prewarmed:
         # One directory per pool process; a crashed hub's are removed by the next one's start.
         self.root = root / f"{os.getpid()}-{os.urandom(4).hex()}"
         self._parked: list[Spare] = []  # oldest first: the one furthest through its start
+        # network spares: as many as netns keeps namespaces, once a function with network came
+        self.net_count = cfg.spares.target if cfg.spares is not None and count > 0 else 0
+        self._net_wanted = False
+        self._parked_net: list[Spare] = []
         self._failures = 0  # spares that died or failed to start since one was last assigned
         self._refill: asyncio.TimerHandle | None = None
         self._reaping: set[asyncio.Task[None]] = set()
@@ -161,7 +179,8 @@ class Prewarmed:
         self.fill()
 
     def eligible(self, fn: FunctionRuntime) -> bool:
-        if self.count <= 0 or network_policy(fn.network) is not None or fn.deps_dir is not None:
+        """Could a spare serve ``fn`` (network aside: see :meth:`take`)?"""
+        if self.count <= 0 or fn.deps_dir is not None:
             return False
         if any(str(k).startswith(_START_ENV_PREFIXES) for k in fn.env) or not os.path.isdir(fn.code_dir):
             return False  # (no code: a fresh start reports bwrap's own words for it)
@@ -175,37 +194,63 @@ class Prewarmed:
         """A live spare for ``fn``'s new worker (:meth:`Spare.assign` it next), or None."""
         if self._closed or not self.eligible(fn):
             return None
-        while self._parked:
-            spare = self._parked.pop(0)
+        policy = network_policy(fn.network)
+        parked = self._parked
+        if policy is not None:
+            if policy.allow or self.net_count <= 0:
+                return None  # an allow list: its own rules (or namespace) are made at its start
+            if not self._net_wanted:
+                self._net_wanted = True
+                self._schedule(_REFILL_DELAY_S)
+            parked = self._parked_net
+        while parked:
+            spare = parked.pop(0)
             spare.on_exit = None
-            if spare.alive:
+            if spare.alive and (policy is None or time.monotonic() - spare.born < SPARE_MAX_AGE_S):
                 self.taken_total += 1
                 self._failures = 0
                 self._schedule(_REFILL_DELAY_S)
                 return spare
             self._stop(spare)
+        self._schedule(_REFILL_DELAY_S)  # (none parked: a burst, or old ones were let go)
         return None
 
     def fill(self) -> None:
-        """Start spares until ``count`` are parked."""
+        """Start spares until ``count`` (and ``net_count`` network spares) are parked."""
         self._refill = None
         while not self._closed and len(self._parked) < self.count:
-            d = self.root / f"s{os.urandom(6).hex()}"
-            d.mkdir(mode=0o755)
-            os.chmod(d, 0o755)
-            spare = Spare(self.cfg, d)
-            if not spare.park():
-                self._failed()
+            if not self._park(self._parked, network=False):
                 return
-            spare.on_exit = self._died
-            self._parked.append(spare)
+        while not self._closed and self._net_wanted and len(self._parked_net) < self.net_count:
+            assert self.cfg.spares is not None
+            if not self.cfg.spares.ready:  # none wired yet: ask for one, look again soon
+                self.cfg.spares.fill()
+                self._schedule(_NET_RETRY_S)
+                return
+            if not self._park(self._parked_net, network=True):
+                return
+
+    def _park(self, parked: list[Spare], network: bool) -> bool:
+        d = self.root / f"s{os.urandom(6).hex()}"
+        d.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+        spare = Spare(self.cfg, d, network)
+        if not spare.park():
+            if spare.pid is not None:
+                self._stop(spare)
+            self._failed()
+            return False
+        spare.on_exit = self._died
+        parked.append(spare)
+        return True
 
     def _died(self, w: Worker) -> None:
-        if isinstance(w, Spare) and w in self._parked:
-            self._parked.remove(w)
-            self._stop(w)
-            log.warning("a spare worker ended while parked", pid=w.pid)
-            self._failed()
+        for parked in (self._parked, self._parked_net):
+            if isinstance(w, Spare) and w in parked:
+                parked.remove(w)
+                self._stop(w)
+                log.warning("a spare worker ended while parked", pid=w.pid)
+                self._failed()
 
     def _stop(self, w: Worker) -> None:
         w.kill()
@@ -226,12 +271,16 @@ class Prewarmed:
     def parked(self) -> list[Spare]:
         return list(self._parked)
 
+    @property
+    def parked_network(self) -> list[Spare]:
+        return list(self._parked_net)
+
     async def close(self) -> None:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
             self._refill = None
-        spares, self._parked = self._parked, []
+        spares, self._parked, self._parked_net = self._parked + self._parked_net, [], []
         for s in spares:
             s.kill()
         await asyncio.gather(*(s.wait_closed() for s in spares), *self._reaping, return_exceptions=True)
