@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     worker_idle_ttl_s: float = 60.0
     # Sandboxes started ahead of any function (hub.sandbox.prewarm): a function's first worker
     # takes one instead of starting bwrap and the interpreter. Each parked one holds an idle
-    # worker's memory (~12 MB RSS, ~3.5 MB PSS) and no CPU. 0: every worker starts on demand.
+    # worker's memory (~12 MB RSS, ~3.5 MB PSS) and no CPU; once a function with network ran,
+    # one more waits in a network namespace (+ its pasta, ~30 MB). 0: every worker starts on demand.
     worker_spares: int = Field(default=2, ge=0, le=64)
     max_queue_per_function: int = 1000
     # Inbox (webhook + async invoke) processing
