@@ -67,6 +67,7 @@ _BACKOFF_MAX_S = 30.0
 # event loop) is not part of it. A burst takes the parked ones in the meantime.
 _REFILL_DELAY_S = 0.02
 _NET_RETRY_S = 0.2  # a network spare waits for hub.sandbox.netns to have a namespace ready
+_NET_RETRIES = 50  # ... for 10 s at most (pasta failing): no timer runs on an idle hub
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -161,6 +162,7 @@ class Prewarmed:
         # network spares: as many as netns keeps namespaces, once a function with network came
         self.net_count = cfg.spares.target if cfg.spares is not None and count > 0 else 0
         self._net_wanted = False
+        self._net_waits = 0
         self._parked_net: list[Spare] = []
         self._failures = 0  # spares that died or failed to start since one was last assigned
         self._refill: asyncio.TimerHandle | None = None
@@ -224,9 +226,14 @@ class Prewarmed:
         while not self._closed and self._net_wanted and len(self._parked_net) < self.net_count:
             assert self.cfg.spares is not None
             if not self.cfg.spares.ready:  # none wired yet: ask for one, look again soon
+                self._net_waits += 1
+                if self._net_waits > _NET_RETRIES:  # netns cannot make them: until the next one
+                    self._net_wanted, self._net_waits = False, 0  # with network asks again
+                    return
                 self.cfg.spares.fill()
                 self._schedule(_NET_RETRY_S)
                 return
+            self._net_waits = 0
             if not self._park(self._parked_net, network=True):
                 return
 
