@@ -33,7 +33,8 @@ network has been seen (as netns does), and, like those namespaces, not handed ou
 are older than ``SPARE_MAX_AGE_S`` (the host's addresses in them may change). Everything else
 starts a worker as before.
 
-Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/README.md). A burst
+Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/README.md); a
+network spare holds its pasta too (~30 MB, and netns then prepares its next namespace). A burst
 of more first invocations than there are spares: the first ``spares`` take one, the rest start
 as before (the replacements start 20 ms after a spare is taken, next to them). A spare that dies
 while parked is replaced after a back-off that grows while spares keep dying young.
