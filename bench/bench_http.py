@@ -24,7 +24,12 @@ interleaved, so a noisy machine hurts both alike.
   it, a thread blocked in ``send`` while the process it woke runs is counted as busy, which on a
   busy 2-CPU machine makes the socket writes look several times costlier than they are;
 - every round's line and table row carry the 1-minute load average at its end: the machine may
-  be shared, and the ratios (same run) and CPU per request are what compare across runs.
+  be shared, and the ratios (same run) and CPU per request are what compare across runs;
+- ``--compare DIR``: a second hub started from another source tree (e.g. ``git archive HEAD |
+  tar -x -C DIR`` before a change) on the same MongoDB, its 16-connection rounds alternated with
+  this tree's hub and the plain handler, so a change is measured against its "before" under the
+  same load (a before and an after from two runs on a shared machine differ by more than most
+  changes do).
 
 Targets (issue 10): >= 1,000 requests/s and >= 0.3x the plain handler; p50 added latency <= 1 ms
 over the warm invoke; (issue 21) p99 <= 15 ms at 16 connections. Exits non-zero when one is missed.
@@ -209,6 +214,29 @@ def machine_cpu() -> tuple[float, float]:
     return total - idle, total
 
 
+def cpu_per_request(rows: list[tuple[float, float, float, int]]) -> tuple[float, float, float]:
+    """(hub, workers, mongod) CPU ms per request over the rounds ``rows``."""
+    n_req = max(1, sum(c[3] for c in rows))
+    hub_ms, workers_ms, mongo_ms = (sum(c[i] for c in rows) / n_req * 1000 for i in range(3))
+    return hub_ms, workers_ms, mongo_ms
+
+
+async def start_from(hub: Any, tree: Path) -> None:
+    """Start ``hub`` (a bench_throughput.HubProcess) from the source tree ``tree``: HubProcess
+    runs ``python -m hub.cli.commands`` in bench_throughput's ROOT, so ROOT points there while
+    the process starts."""
+    import bench_throughput
+
+    if not (tree / "hub" / "cli" / "commands.py").is_file():
+        raise SystemExit(f"--compare {tree}: not a source tree of the hub (no hub/cli/commands.py)")
+    saved = bench_throughput.ROOT
+    bench_throughput.ROOT = tree.resolve()
+    try:
+        await hub.start()
+    finally:
+        bench_throughput.ROOT = saved
+
+
 def load_average() -> float:
     """The 1-minute load average (what else the machine was doing)."""
     return os.getloadavg()[0]
@@ -257,6 +285,8 @@ async def main() -> int:
                     help="extra environment for the hub process (repeatable)")
     ap.add_argument("--profile", default="", help="py-spy a separate hub round: output prefix (PREFIX.txt)")
     ap.add_argument("--profile-duration", type=int, default=10)
+    ap.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                    help="also run a hub from the source tree DIR; rounds alternate with this tree's hub")
     ap.add_argument("--profile-gil", action="store_true",
                     help="py-spy --gil: only samples holding the GIL (the hub's Python CPU time)")
     args = ap.parse_args()
@@ -274,29 +304,36 @@ async def main() -> int:
     log(f"scratch dir {root}; client {client}, {args.connections} connections, {args.duration:.0f} s rounds")
     mongo = await asyncio.to_thread(MongoServer(root / "mongo").start)
     mongo_pid = mongo.pid or 0
-    hub = HubProcess(root, "http", mongo.url, "127.0.0.1:9", args.log_level,
-                     dict(kv.split("=", 1) for kv in args.hub_env))
+    hub_env = dict(kv.split("=", 1) for kv in args.hub_env)
+    hub = HubProcess(root, "http", mongo.url, "127.0.0.1:9", args.log_level, hub_env)
+    other = HubProcess(root, "compare", mongo.url, "127.0.0.1:9", args.log_level, hub_env) if args.compare else None
+    hubs = {"hub": hub, **({"compare": other} if other else {})}
     plain = Plain(root)
-    rounds: dict[str, list[dict[str, Any]]] = {"hub": [], "plain": [], "hub_c1": [], "plain_c1": []}
-    cpu: list[tuple[float, float, float, int]] = []  # hub, workers, mongod CPU s; requests
-    busy: dict[str, list[float]] = {"hub": [], "plain": []}  # machine CPU busy fraction per round
+    rounds: dict[str, list[dict[str, Any]]] = {"hub": [], "compare": [], "plain": [], "hub_c1": [], "plain_c1": []}
+    # per hub: (hub, workers, mongod CPU s; requests) of each 16-connection round
+    cpu: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in hubs}
+    busy: dict[str, list[float]] = {"hub": [], "compare": [], "plain": []}  # machine CPU busy fraction per round
     profile_out: Path | None = None
     started = time.monotonic()
     try:
         await hub.start()
+        if other is not None:
+            await start_from(other, args.compare)
         await plain.start()
         async with aiohttp.ClientSession() as s:
-            api = Api(s, hub.url)
-            await api.put_function("bench-noop", NOOP_CODE, max_concurrency=args.max_concurrency)
-            await api.put_trigger("bench-noop", "bench-noop",
-                                  {"type": "http", "path": ROUTE, "methods": ["GET"], "auth": "none"})
-            async with s.get(hub.fn_url + "/fn" + ROUTE) as r:
-                assert r.status == 200 and await r.text() == "null", (r.status, await r.text())
+            for each in hubs.values():
+                api = Api(s, each.url)
+                await api.put_function("bench-noop", NOOP_CODE, max_concurrency=args.max_concurrency)
+                await api.put_trigger("bench-noop", "bench-noop",
+                                      {"type": "http", "path": ROUTE, "methods": ["GET"], "auth": "none"})
+                async with s.get(each.fn_url + "/fn" + ROUTE) as r:
+                    assert r.status == 200 and await r.text() == "null", (r.status, await r.text())
         hub_url = hub.fn_url + "/fn" + ROUTE
+        urls = [(name, each.fn_url + "/fn" + ROUTE) for name, each in hubs.items()] + [("plain", plain.url)]
         for i in range(args.rounds):
-            for name, url in (("hub", hub_url), ("plain", plain.url)):
+            for name, url in urls:
                 await warm_up(client, url, args.connections)
-                meter = CpuMeter(hub.pid) if name == "hub" else None
+                meter = CpuMeter(hubs[name].pid) if name in hubs else None
                 if meter:
                     meter.start()
                 mongo0 = proc_cpu_s(mongo_pid) or 0.0
@@ -306,7 +343,8 @@ async def main() -> int:
                 busy[name].append((m1[0] - m0[0]) / max(1.0, m1[1] - m0[1]))
                 if meter:
                     hub_cpu, workers_cpu = await meter.stop()
-                    cpu.append((hub_cpu, workers_cpu, (proc_cpu_s(mongo_pid) or 0.0) - mongo0, res["requests"]))
+                    cpu[name].append((hub_cpu, workers_cpu, (proc_cpu_s(mongo_pid) or 0.0) - mongo0,
+                                      res["requests"]))
                 res["load"] = load_average()
                 rounds[name].append(res)
                 log(f"{name} c={args.connections} round {i + 1}: {res['rps']:,.0f} req/s, p50 {res['p50_ms']:.2f} ms, "
@@ -335,6 +373,8 @@ async def main() -> int:
     finally:
         plain.stop()
         await hub.stop()
+        if other is not None:
+            await other.stop()
         await asyncio.to_thread(mongo.stop)
         shutil.rmtree(root / "mongo", ignore_errors=True)
 
@@ -349,8 +389,7 @@ async def main() -> int:
     added = hub_c1 - warm50
     answered = sum(r["requests"] for k in rounds for r in rounds[k] if k.startswith("hub"))
     non2xx = sum(r["non_2xx"] for k in rounds for r in rounds[k])
-    n_req = max(1, sum(c[3] for c in cpu))
-    hub_ms, workers_ms, mongo_ms = (sum(c[i] for c in cpu) / n_req * 1000 for i in range(3))
+    hub_ms, workers_ms, mongo_ms = cpu_per_request(cpu["hub"])
 
     print(f"\n# HTTP trigger benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, client {client} "
           f"(another process), hub log level {args.log_level}, sandbox bwrap, {time.monotonic() - started:.0f} s\n")
@@ -364,6 +403,11 @@ async def main() -> int:
         print(f"| 1 connection, #{i + 1} | {h['rps']:,.0f} | {h['p50_ms']:.3f} / {h['p99_ms']:.3f} ms "
               f"| {p['rps']:,.0f} | {p['p50_ms']:.3f} / {p['p99_ms']:.3f} ms | {h['rps'] / p['rps']:.2f}x "
               f"| {h['load']:.1f} / {p['load']:.1f} |")
+    if other is not None:
+        for i, (c, p) in enumerate(zip(rounds["compare"], rounds["plain"])):
+            print(f"| {args.connections} connections, #{i + 1}, the hub from {args.compare} | {c['rps']:,.0f} "
+                  f"| {c['p50_ms']:.2f} / {c['p99_ms']:.2f} ms | {p['rps']:,.0f} | {p['p50_ms']:.2f} / "
+                  f"{p['p99_ms']:.2f} ms | {c['rps'] / p['rps']:.2f}x | {c['load']:.1f} / {p['load']:.1f} |")
     print(f"\n- warm `pool.invoke` of the same no-op with an http-shaped event, in-process: p50 {warm50 * 1000:.0f} us, "
           f"p99 {warm99 * 1000:.0f} us")
     print(f"- hub p50 at 1 connection {hub_c1:.3f} ms = warm invoke {warm50:.3f} ms + {added:.3f} ms added "
@@ -372,6 +416,14 @@ async def main() -> int:
           f"{mongo_ms:.3f} ms; machine busy {100 * sum(busy['hub']) / len(busy['hub']):.0f}% during the hub "
           f"rounds, {100 * sum(busy['plain']) / len(busy['plain']):.0f}% during the plain ones "
           f"({os.cpu_count()} CPUs, the client included)")
+    if other is not None:
+        c_hub, c_workers, c_mongo = cpu_per_request(cpu["compare"])
+        print(f"- the hub from {args.compare}, same rounds: req/s {med('compare', 'rps'):,.0f} "
+              f"({med('compare', 'rps') / plain_rps:.2f}x the plain handler), worst p99 "
+              f"{max(r['p99_ms'] for r in rounds['compare']):.2f} ms; CPU per request hub {c_hub:.3f} ms, "
+              f"workers {c_workers:.3f} ms, mongod {c_mongo:.3f} ms (this tree's hub / that one: "
+              f"{hub_ms / max(c_hub, 1e-9):.2f}x, {workers_ms / max(c_workers, 1e-9):.2f}x, "
+              f"{mongo_ms / max(c_mongo, 1e-9):.2f}x)")
     print(f"- records: {stats['records']} for {answered} answered requests "
           f"({stats['succeeded_records']} succeeded, other {stats['other'] or 'none'}); non-2xx answers {non2xx}")
     checks = [
