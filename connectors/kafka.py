@@ -177,6 +177,8 @@ async def commit_start_offsets(bootstrap: str, topic: str, group_id: str, start:
 # rebalance; a chunk still running after REVOKE_GRACE_S is cancelled instead (its events run again
 # on the new owner), so no partition is worked on by two members at once.
 REBALANCE_TIMEOUT_MS = 300_000
+FETCH_PARTITION_BYTES = 256 * 1024
+FETCH_MAX_BYTES = 1024 * 1024
 REVOKE_GRACE_S = 240.0
 COMMIT_ON_CLOSE_S = 5.0
 
@@ -312,6 +314,12 @@ class KafkaSubscription(SupervisedLoop):
             # How long the broker may hold a fetch when there is nothing new: the latency of the
             # first message after a quiet spell, against fetch requests per second while idle.
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            # What one fetch may bring (aiokafka's defaults: 1 MB a partition, 50 MB in all). A
+            # backlog's first fetch of every partition at once was a passing +5 MB of hub RSS
+            # (issue 21: 120 MB); a quarter of it still feeds a lane for thousands of events,
+            # and a message larger than this still comes (as the first of its fetch).
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,
         )
         committer: asyncio.Task[None] | None = None
         try:
