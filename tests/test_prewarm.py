@@ -235,3 +235,107 @@ async def test_close_ends_spares_and_removes_their_directories(tmp_path: Path) -
     assert not root.exists()
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+async def test_deep_code_tree_is_linked_into_the_spare(pool: SandboxPool, tmp_path: Path) -> None:
+    # A deployed path may be 1023 bytes: 511 directories deep. shutil.copytree recursed past
+    # Python's limit on it (a RecursionError: the invocation crashed with a PoolError, and the
+    # hub logged a 500-frame traceback for seconds of CPU) where a fresh worker just binds it.
+    fn = write_fn(tmp_path, """
+import os
+def handler(event, context):
+    path = "/var/task/" + "a/" * 511 + "x.txt"
+    return [open(path).read(), oct(os.stat("/var/task/a").st_mode & 0o777), os.path.islink("/var/task/l")]
+""")
+    deep = Path(fn.code_dir, *["a"] * 511)
+    deep.mkdir(parents=True)
+    (deep / "x.txt").write_text("deep")
+    os.symlink("/etc/hostname", Path(fn.code_dir, "l"))  # copied as a link, never followed by the hub
+    for d in [deep, *deep.parents]:
+        if d == Path(fn.code_dir):
+            break
+        os.chmod(d, 0o755)
+    before = parked_pids(pool)
+    assert ok(await pool.invoke(fn, {}, ctx())) == ["deep", "0o755", True]
+    assert worker_pid(pool, fn.name) in before
+
+
+async def test_network_spare_not_taken_once_the_host_has_a_new_address(
+        pool: SandboxPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A network spare's rules refuse the host's addresses of when they were made: one the host
+    # gained since (a server listening on 0.0.0.0 answers there) was reachable from it, where a
+    # fresh worker's rules refused it (measured with `ip addr add <public>/32 dev lo`).
+    if pool._cfg is None or pool._cfg.spares is None:
+        pytest.skip("network namespaces are not prepared ahead of time here (hub not root)")
+    first = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
+    ok(await pool.invoke(first, {"tcp": []}, ctx()))
+    await until(lambda: network_parked(pool), timeout=30.0)
+    before = {w.pid for w in prewarmed(pool).parked_network}
+    import hub.sandbox.netns as netns
+    import hub.sandbox.prewarm as prewarm
+    from hub.sandbox.network import host_addresses
+
+    def more() -> list[Any]:
+        import ipaddress
+
+        return sorted([*host_addresses(), ipaddress.ip_network("1.2.3.4/32")], key=lambda n: (n.version, n))
+
+    monkeypatch.setattr(prewarm, "host_addresses", more)
+    monkeypatch.setattr(netns, "host_addresses", more)
+    fn = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
+    ok(await pool.invoke(fn, {"tcp": []}, ctx()))
+    assert worker_pid(pool, fn.name) not in before  # its rules were made now
+    await until(lambda: network_parked(pool) and not before & {w.pid for w in prewarmed(pool).parked_network},
+                timeout=30.0)
+    assert all(w.hosts == more() for w in prewarmed(pool).parked_network)  # the new ones know it
+
+
+HUB = """
+import asyncio, sys
+from pathlib import Path
+from hub.sandbox.pool import SandboxPool
+async def main():
+    p = SandboxPool("bwrap", data_dir=Path(sys.argv[1]), spares=1)
+    await p.start()
+    while not p._prewarmed.parked:
+        await asyncio.sleep(0.01)
+    print("ROOT", p._prewarmed.root, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_hubs_spare_dirs_go_even_when_its_pid_is_reused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    hub = subprocess.Popen([sys.executable, "-c", HUB, str(data)], stdout=subprocess.PIPE,
+                           cwd=Path(__file__).parent.parent)
+    assert hub.stdout is not None
+    line = b""
+    while not line.startswith(b"ROOT "):  # (after the pool's log lines)
+        line = await asyncio.to_thread(hub.stdout.readline)
+        assert line, "the hub ended"
+    hub.kill()  # kill -9: no close()
+    hub.wait()
+    root = Path(line.decode().split(" ", 1)[1].strip())
+    assert root.is_dir() and any(root.iterdir())
+    # the next hub of a container is pid 1 again: the old name's pid is alive, its lock is free
+    reused = root.with_name(f"1-{root.name.split('-', 1)[1]}")
+    root.rename(reused)
+    mine = root.with_name(f"{os.getpid()}-{os.urandom(4).hex()}")
+    mine.mkdir()
+    held = os.open(mine / ".lock", os.O_RDWR | os.O_CREAT)
+    import fcntl
+
+    fcntl.flock(held, fcntl.LOCK_EX)  # a live pool's (another process, or this one)
+    try:
+        p = await make_pool(data, spares=1)
+        try:
+            assert not reused.exists()
+            assert mine.exists()
+        finally:
+            await p.close()
+    finally:
+        os.close(held)

@@ -40,6 +40,7 @@ import structlog
 
 from hub.sandbox.base import NetworkPolicy
 from hub.sandbox.network import (
+    IPNet,
     NetworkConfig,
     NetworkUnavailable,
     host_addresses,
@@ -203,24 +204,26 @@ class _Procs:
 class Spare:
     """A namespace the hub made, pasta serving it and the default rules loaded."""
 
-    def __init__(self, fd: int, procs: _Procs) -> None:
+    def __init__(self, fd: int, procs: _Procs, hosts: list[IPNet]) -> None:
         self.fd = fd
         self.procs = procs
         self.born = time.monotonic()
+        self.hosts = hosts  # the host's addresses its rules refuse: stale once the host's change
 
     @classmethod
     async def make(cls, cfg: NetworkConfig) -> Spare:
         fd = await asyncio.to_thread(_new_netns)
         procs = _Procs()
         path = f"/proc/self/fd/{fd}"  # each helper gets the fd at the same number
+        hosts = host_addresses()
         try:
-            await asyncio.gather(procs.rules(cfg, path, None, ruleset([], cfg.deny, host_addresses()), (fd,)),
+            await asyncio.gather(procs.rules(cfg, path, None, ruleset([], cfg.deny, hosts), (fd,)),
                                  procs.pasta(cfg, path, None, "none", (fd,)))
         except BaseException:
             procs.close()
             os.close(fd)
             raise
-        return cls(fd, procs)
+        return cls(fd, procs, hosts)
 
     def close(self) -> None:
         self.procs.close()
@@ -242,9 +245,11 @@ class Spares:
 
     def take(self, policy: NetworkPolicy) -> Spare | None:
         spare = None
+        hosts: list[IPNet] = host_addresses() if self.ready else []  # ~0.1 ms: /proc/net
         while self.ready and spare is None:
             cand = self.ready.pop(0)
-            if time.monotonic() - cand.born > SPARE_MAX_AGE_S:
+            # a host address added since it was wired is not refused by its rules (0.0.0.0 servers)
+            if time.monotonic() - cand.born > SPARE_MAX_AGE_S or cand.hosts != hosts:
                 cand.close()
             else:
                 spare = cand
@@ -297,6 +302,7 @@ class Attachment:
         self.info_r, self.info_w = os.pipe2(os.O_CLOEXEC) if self._spare is None else (-1, -1)
         self.gate = self._spare is None or bool(policy.allow)
         self.born = self._spare.born if self._spare is not None else time.monotonic()  # its rules' age
+        self.hosts = self._spare.hosts if self._spare is not None else None  # ... and host addresses
         self._procs = self._spare.procs if self._spare is not None else _Procs()
         self._closed = False
 

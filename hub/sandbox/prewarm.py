@@ -30,8 +30,14 @@ sandbox) whose env sets nothing the interpreter or the loader reads only at thei
 namespaces hub.sandbox.netns wires ahead of time (pasta serving it, the default rules loaded: what
 a fresh worker of such a function gets when a namespace is ready), kept once a function with
 network has been seen (as netns does), and, like those namespaces, not handed out once its rules
-are older than ``SPARE_MAX_AGE_S`` (the host's addresses in them may change). Everything else
-starts a worker as before.
+are older than ``SPARE_MAX_AGE_S`` or the host's addresses differ from the ones its rules refuse
+(an address the host gained since was reachable from it). Everything else starts a worker as
+before.
+
+The spare directories of a pool live below one directory of its own, ``flock``-ed while the pool
+lives: the next hub's start removes the ones no live pool holds (a hub killed with -9; the pid in
+the name is no proof, a restarted container's hub has the same one). The code is put in place
+without recursion (a deployed path may be 511 directories deep) and without following a link.
 
 Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/README.md); a
 network spare holds its pasta too (~30 MB, and netns then prepares its next namespace). A burst
@@ -43,9 +49,11 @@ while parked is replaced after a back-off that grows while spares keep dying you
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -54,6 +62,7 @@ import structlog
 from hub.sandbox.base import FunctionRuntime, network_policy
 from hub.sandbox.bwrap import TASK_DIR, SandboxConfigError, SpawnConfig, clean_env
 from hub.sandbox.netns import SPARE_MAX_AGE_S
+from hub.sandbox.network import IPNet, host_addresses
 from hub.sandbox.outcome import Kind, Outcome
 from hub.sandbox.worker import Worker, runtime_config
 
@@ -73,13 +82,29 @@ _NET_RETRIES = 50  # ... for 10 s at most (pasta failing): no timer runs on an i
 
 def _link_or_copy(src: str, dst: str) -> None:
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     except OSError:  # another file system (or links refused): a copy
-        shutil.copy2(src, dst)
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _put_code(code_dir: Path, spare_dir: Path) -> None:
-    shutil.copytree(code_dir, spare_dir, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy)
+    """The version's tree, linked into the spare's directory with the modes it has. Iterative: a
+    deployed path may be 500 directories deep (shutil.copytree recursed past Python's limit);
+    never follows a symlink (one is copied as one, and resolves inside the sandbox)."""
+    todo = [(str(code_dir), str(spare_dir))]
+    while todo:
+        src, dst = todo.pop()
+        with os.scandir(src) as it:
+            for entry in it:
+                to = os.path.join(dst, entry.name)
+                if entry.is_symlink():
+                    os.symlink(os.readlink(entry.path), to)
+                elif entry.is_dir(follow_symlinks=False):
+                    os.mkdir(to, 0o700)  # its mode once its contents are in (below)
+                    todo.append((entry.path, to))
+                else:
+                    _link_or_copy(entry.path, to)
+        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
 
 
 def _small(code_dir: Path, most: int = 32) -> bool:
@@ -103,6 +128,7 @@ class Spare(Worker):
         self._scratch = spare_dir  # removed with the worker (Worker._cleanup)
         self.spare_dir = spare_dir
         self.born = time.monotonic()  # a network spare: when its namespace's rules were made
+        self.hosts: list[IPNet] | None = None  # ... and the host's addresses they refuse
 
     def park(self) -> bool:
         """Start; the runtime waits for its function. False if it could not be started."""
@@ -117,7 +143,7 @@ class Spare(Worker):
         if self._net is not None:  # a network spare: in a namespace wired ahead of time
             if self._net.gate:  # none was ready after all (too old): the caller stops this one
                 return False
-            self.born = self._net.born
+            self.born, self.hosts = self._net.born, self._net.hosts
             self._net.started()  # hub.sandbox.netns makes the next namespace
         return True
 
@@ -143,7 +169,7 @@ class Spare(Worker):
                 sent = 0
             if sent < len(data):
                 await asyncio.wait_for(self._loop.sock_sendall(self._sock, data[sent:]), init_timeout_s)
-        except (OSError, asyncio.TimeoutError, SandboxConfigError, AssertionError) as exc:
+        except Exception as exc:  # (OSError, a timeout, ...): the invocation gets a clear error
             self.kill()
             await self._wait_exit(5.0)
             self.init_ms = (time.perf_counter() - t0) * 1000.0
@@ -157,8 +183,10 @@ class Prewarmed:
     def __init__(self, cfg: SpawnConfig, count: int, root: Path) -> None:
         self.cfg = cfg
         self.count = count
-        # One directory per pool process; a crashed hub's are removed by the next one's start.
+        # One directory per pool, locked while it lives; a crashed hub's are removed by the next
+        # one's start (see _stale).
         self.root = root / f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._lock = -1
         self._parked: list[Spare] = []  # oldest first: the one furthest through its start
         # network spares: as many as netns keeps namespaces, once a function with network came
         self.net_count = cfg.spares.target if cfg.spares is not None and count > 0 else 0
@@ -174,11 +202,12 @@ class Prewarmed:
     def start(self) -> None:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         for old in self.root.parent.iterdir():
-            pid = old.name.split("-", 1)[0]
-            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            if _stale(old):
                 shutil.rmtree(old, ignore_errors=True)
         self.root.mkdir(mode=0o755)
         os.chmod(self.root, 0o755)
+        self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours alone (a fresh name)
         self.fill()
 
     def eligible(self, fn: FunctionRuntime) -> bool:
@@ -209,7 +238,9 @@ class Prewarmed:
         while parked:
             spare = parked.pop(0)
             spare.on_exit = None
-            if spare.alive and (policy is None or time.monotonic() - spare.born < SPARE_MAX_AGE_S):
+            # a network spare's rules refuse the host's addresses of when they were made
+            if spare.alive and (policy is None or (time.monotonic() - spare.born < SPARE_MAX_AGE_S
+                                                   and spare.hosts == host_addresses())):
                 self.taken_total += 1
                 self._failures = 0
                 self._schedule(_REFILL_DELAY_S)
@@ -293,3 +324,29 @@ class Prewarmed:
             s.kill()
         await asyncio.gather(*(s.wait_closed() for s in spares), *self._reaping, return_exceptions=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+
+def _stale(d: Path) -> bool:
+    """A pool's directory that no live pool holds: its lock is free (the pid in its name may be
+    anyone's by now: a hub restarted in a container is pid 1 again, and its predecessor's links to
+    deleted functions' code would stay forever)."""
+    pid = d.name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        fd = os.open(d / ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # a pool between its mkdir and its lock (never one of this process:
+        # start() does both at once), or one from before locks
+        return pid == str(os.getpid()) or not os.path.exists(f"/proc/{pid}")
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: that pool lives
+        return False
+    finally:
+        os.close(fd)
