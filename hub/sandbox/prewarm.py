@@ -23,7 +23,7 @@ What keeps this as isolated as a worker started for its function:
 - **Env and secrets arrive with the assignment**, over the protocol socket; until then the
   process has only the neutral defaults every function gets (PATH, HOME, LANG, TMPDIR).
 
-Who gets one: functions without dependencies (``/opt/python`` would need a mount inside a running
+Who gets one: functions with little code (``_MOST_ENTRIES``), without dependencies (``/opt/python`` would need a mount inside a running
 sandbox) whose env sets nothing the interpreter or the loader reads only at their start
 (``LANG``/``LC_*``, ``LD_*``, ...), and either without network or with ``network: true`` and no
 ``allow`` list. The latter take a *network spare*: a spare started inside one of the network
@@ -37,7 +37,9 @@ before.
 The spare directories of a pool live below one directory of its own, ``flock``-ed while the pool
 lives: the next hub's start removes the ones no live pool holds (a hub killed with -9; the pid in
 the name is no proof, a restarted container's hub has the same one). The code is put in place
-without recursion (a deployed path may be 511 directories deep) and without following a link.
+without recursion and without following a link; code of more than ``_MOST_ENTRIES`` files and
+directories gets a fresh worker (linking and removing them is hub CPU a bind never spends: a
+version may hold 1000 files 511 directories deep each).
 
 Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/README.md); a
 network spare holds its pasta too (~30 MB, and netns then prepares its next namespace). A burst
@@ -72,6 +74,12 @@ log = structlog.get_logger("hub.sandbox")
 # started before them could not honour the function's values.
 _START_ENV_PREFIXES = ("LANG", "LC_", "LD_", "GLIBC_", "MALLOC_", "PYTHON", "LANGUAGE")
 _BACKOFF_MAX_S = 30.0
+# A spare takes code of at most this many files and directories: linking them in and removing them
+# is hub CPU a fresh worker (one bind) never spends, ~80 us each. A version may hold 1000 files
+# 511 directories deep each: 10,000 directories cost 1.06 s of hub CPU per cold start (and a
+# 1.15 s stall of the event loop, which removed them) against 10 ms for a fresh worker.
+_MOST_ENTRIES = 128
+_INLINE_ENTRIES = 16  # ... up to this many are linked and removed on the loop (two thread hand-offs cost more)
 # The replacement of a taken spare starts this much later: by then the cold start that took it
 # (a few ms) has most likely answered, and starting a sandbox (fork + exec of bwrap, ~2 ms of the
 # event loop) is not part of it. A burst takes the parked ones in the meantime.
@@ -107,13 +115,18 @@ def _put_code(code_dir: Path, spare_dir: Path) -> None:
         os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
 
 
-def _small(code_dir: Path, most: int = 32) -> bool:
-    """At most ``most`` plain files and no directories (what an inline function deploys)."""
-    with os.scandir(code_dir) as it:
-        for n, entry in enumerate(it):
-            if n >= most or entry.is_dir(follow_symlinks=False):
-                return False
-    return True
+def _entries(code_dir: Path | str, most: int) -> int:
+    """Files and directories below ``code_dir``, counted up to ``most + 1`` and no further."""
+    n, todo = 0, [str(code_dir)]
+    while todo:
+        with os.scandir(todo.pop()) as it:
+            for entry in it:
+                n += 1
+                if n > most:
+                    return n
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+    return n
 
 
 class Spare(Worker):
@@ -129,6 +142,7 @@ class Spare(Worker):
         self.spare_dir = spare_dir
         self.born = time.monotonic()  # a network spare: when its namespace's rules were made
         self.hosts: list[IPNet] | None = None  # ... and the host's addresses they refuse
+        self.entries = 0  # in its code directory, up to _INLINE_ENTRIES + 1
 
     def park(self) -> bool:
         """Start; the runtime waits for its function. False if it could not be started."""
@@ -147,6 +161,14 @@ class Spare(Worker):
             self._net.started()  # hub.sandbox.netns makes the next namespace
         return True
 
+    def _cleanup(self) -> None:
+        big = self._scratch if self.entries > _INLINE_ENTRIES else None
+        if big is not None:  # its code (up to _MOST_ENTRIES) is removed off the loop
+            self._scratch = None
+        super()._cleanup()
+        if big is not None:
+            self._loop.run_in_executor(None, shutil.rmtree, big, True)
+
     async def assign(self, fn: FunctionRuntime, init_timeout_s: float) -> Outcome:
         """Give this spare its one function and wait for the handler's import (as
         :meth:`Worker.start`). Never raises."""
@@ -157,7 +179,8 @@ class Spare(Worker):
         try:
             frame = json.dumps({"op": "assign", "config": config, "env": clean_env(fn)},
                                separators=(",", ":")).encode()
-            if _small(fn.code_dir):  # a few links: cheaper than two thread hand-offs
+            self.entries = _entries(fn.code_dir, _INLINE_ENTRIES)
+            if self.entries <= _INLINE_ENTRIES:  # a few links: cheaper than two thread hand-offs
                 _put_code(fn.code_dir, self.spare_dir)
             else:
                 await asyncio.to_thread(_put_code, fn.code_dir, self.spare_dir)
@@ -214,8 +237,13 @@ class Prewarmed:
         """Could a spare serve ``fn`` (network aside: see :meth:`take`)?"""
         if self.count <= 0 or fn.deps_dir is not None:
             return False
-        if any(str(k).startswith(_START_ENV_PREFIXES) for k in fn.env) or not os.path.isdir(fn.code_dir):
-            return False  # (no code: a fresh start reports bwrap's own words for it)
+        if any(str(k).startswith(_START_ENV_PREFIXES) for k in fn.env):
+            return False
+        try:
+            if _entries(fn.code_dir, _MOST_ENTRIES) > _MOST_ENTRIES:
+                return False  # more to link and remove than a fresh start costs
+        except OSError:
+            return False  # no code: a fresh start reports bwrap's own words for it
         try:
             clean_env(fn)
         except SandboxConfigError:
