@@ -23,16 +23,16 @@ What keeps this as isolated as a worker started for its function:
 - **Env and secrets arrive with the assignment**, over the protocol socket; until then the
   process has only the neutral defaults every function gets (PATH, HOME, LANG, TMPDIR).
 
-Who gets one: functions with little code (``_MOST_ENTRIES``), without dependencies (``/opt/python`` would need a mount inside a running
-sandbox) whose env sets nothing the interpreter or the loader reads only at their start
-(``LANG``/``LC_*``, ``LD_*``, ...), and either without network or with ``network: true`` and no
-``allow`` list. The latter take a *network spare*: a spare started inside one of the network
-namespaces hub.sandbox.netns wires ahead of time (pasta serving it, the default rules loaded: what
-a fresh worker of such a function gets when a namespace is ready), kept once a function with
-network has been seen (as netns does), and, like those namespaces, not handed out once its rules
-are older than ``SPARE_MAX_AGE_S`` or the host's addresses differ from the ones its rules refuse
-(an address the host gained since was reachable from it). Everything else starts a worker as
-before.
+Who gets one: functions with little code (``_MOST_ENTRIES``), without dependencies (``/opt/python``
+would need a mount inside a running sandbox) whose env sets nothing the interpreter or the loader
+reads only at their start (``LANG``/``LC_*``, ``LD_*``, ...), and either without network or with
+``network: true`` and no ``allow`` list. The latter take a *network spare*: a spare started inside
+one of the network namespaces hub.sandbox.netns wires ahead of time (pasta serving it, the default
+rules loaded: what a fresh worker of such a function gets when a namespace is ready), kept once a
+function with network has been seen (as netns does), and, like those namespaces, not handed out
+once its rules are older than ``SPARE_MAX_AGE_S`` or the host's addresses differ from the ones its
+rules refuse (an address the host gained since was reachable from it). Everything else starts a
+worker as before.
 
 The spare directories of a pool live below one directory of its own, ``flock``-ed while the pool
 lives: the next hub's start removes the ones no live pool holds (a hub killed with -9; the pid in
@@ -79,7 +79,7 @@ _BACKOFF_MAX_S = 30.0
 # 511 directories deep each: 10,000 directories cost 1.06 s of hub CPU per cold start (and a
 # 1.15 s stall of the event loop, which removed them) against 10 ms for a fresh worker.
 _MOST_ENTRIES = 128
-_INLINE_ENTRIES = 16  # ... up to this many are linked and removed on the loop (two thread hand-offs cost more)
+_INLINE_ENTRIES = 16  # ... up to this many are linked and removed on the loop (no thread hop)
 # The replacement of a taken spare starts this much later: by then the cold start that took it
 # (a few ms) has most likely answered, and starting a sandbox (fork + exec of bwrap, ~2 ms of the
 # event loop) is not part of it. A burst takes the parked ones in the meantime.
