@@ -16,7 +16,11 @@ whitespace ignored (``# -> {"key": "x", "size": 1}`` matches JSON printed with i
 
 Bounds. A ``--follow``/``-f`` log command or a ``follow=true`` stream with no ``--timeout`` or
 ``max_s`` of its own runs under ``timeout FOLLOW_S`` (its exit 124 counts as success); every
-command is bounded by the session's deadline.
+command is bounded by the session's deadline. A follow command with documented shapes is ended
+(SIGTERM to its process group, which counts as success) as soon as all of them have appeared:
+they are what it runs for, and waiting out its own bound (40 s in the quickstart, sized for a
+first upload on a cold stack) would prove only that ``--timeout`` ends a follow with exit 0,
+which tests/test_cli_usability.py checks on its own.
 
 Markers. ``<!-- readme-test: skip (why) -->`` on the line before a block: it is not run (the
 README says why, in the marker). Blocks that are not ``sh`` (``python`` examples) are not run.
@@ -27,6 +31,7 @@ for minutes each, on purpose, and are not a new user's first hour.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shlex
@@ -152,6 +157,39 @@ def bounded(text: str) -> str:
     return text
 
 
+def ended_when_shown(step: Step, text: str, shown: str) -> str:
+    """``text`` (a follow command) in the background, its output to a file that ``shown`` (a
+    command given the file and the shapes) is asked about every 0.25 s; once it says yes, the
+    command's process group gets SIGTERM and its 143 counts as 0. Its output is printed after, so
+    the step's own checks read it as usual."""
+    if not step.shapes or not FOLLOW.search(step.text):
+        return text
+    shapes = " ".join(shlex.quote(s) for s in step.shapes)
+    return "\n".join([
+        '__o=$(mktemp); set -m; {', text.strip(), '} >"$__o" 2>&1 & __p=$!; set +m',
+        f'while kill -0 $__p 2>/dev/null && ! {shown} "$__o" {shapes}; do sleep 0.25; done',
+        'if kill -0 $__p 2>/dev/null; then kill -TERM -- -$__p; wait $__p; __f=$?; [ $__f -eq 143 ] && __f=0;'
+        ' else wait $__p; __f=$?; fi',
+        'cat "$__o"; rm -f "$__o"; [ $__f -eq 0 ]',
+    ])
+
+
+SHOWN_SCRIPT = """\
+import re, sys
+{source}
+output = open(sys.argv[1], errors="replace").read()
+sys.exit(0 if all(shape_shown(s, output) for s in sys.argv[2:]) else 1)
+"""
+
+
+def shape_checker(directory: Path) -> str:
+    """The command :func:`ended_when_shown` asks (``shown.py`` in ``directory``): exit 0 when
+    the file it is given shows every shape it is given (:func:`shape_shown`)."""
+    checker = directory / "shown.py"
+    checker.write_text(SHOWN_SCRIPT.format(source=inspect.getsource(shape_shown)))
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(checker))}"
+
+
 def shape_shown(shape: str, output: str) -> bool:
     squeeze = lambda s: re.sub(r"\s+", "", s)  # noqa: E731
     rest = squeeze(output)
@@ -165,11 +203,12 @@ def shape_shown(shape: str, output: str) -> bool:
     return True
 
 
-def script(all_steps: list[Step]) -> str:
-    """One bash session: each step, then a marker with its exit status; the first failure ends it."""
+def script(all_steps: list[Step], shown: str = "false") -> str:
+    """One bash session: each step, then a marker with its exit status; the first failure ends it.
+    ``shown``: the shape check a follow command is ended by (see :func:`ended_when_shown`)."""
     parts = ["exec 2>&1", "set -o pipefail"]
     for n, step in enumerate(all_steps):
-        parts.append(bounded(step.text))
+        parts.append(ended_when_shown(step, bounded(step.text), shown))
         parts.append(f'__rc=$?; printf "\\n@@readme-step {n} rc=%d@@\\n" "$__rc"; [ "$__rc" -eq 0 ] || exit 97')
     return "\n".join(parts) + "\n"
 
@@ -207,6 +246,18 @@ def test_steps_shapes_and_bounds() -> None:
     assert not shape_shown("new upload ... succeeded", "x succeeded y\n   new upload z")
 
 
+def test_a_follow_command_ends_once_its_shapes_have_shown(tmp_path: Path) -> None:
+    """The early end of a follow command (ended_when_shown), on a stand-in that would run 60 s."""
+    shown = shape_checker(tmp_path)
+    follow = "sh -c 'echo start; sleep 0.3; echo new upload photos/cat.jpg; sleep 60; echo never' --follow"
+    step = Step("x.md", 1, follow, ["new upload ... cat.jpg"])
+    assert ended_when_shown(Step("x.md", 1, follow), follow, shown) == follow  # no shape: as it was
+    done = subprocess.run(["bash", "-c", ended_when_shown(step, follow, shown) + "\necho rc=$?"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert "new upload photos/cat.jpg" in done.stdout and "never" not in done.stdout, done
+    assert done.stdout.rstrip().endswith("rc=0"), done
+
+
 # -- the README against the real stack -----------------------------------------------------------------
 @pytest.mark.timeout(420)
 def test_readme_blocks_run_against_the_run_commands_stack(tmp_path: Path) -> None:
@@ -232,7 +283,8 @@ def test_readme_blocks_run_against_the_run_commands_stack(tmp_path: Path) -> Non
             time.sleep(0.2)
         reader_env = {"PATH": clean.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "LANG": "C.UTF-8",
                       "TERM": "dumb"}
-        (work / "readme.sh").write_text(script(all_steps))
+        shown = shape_checker(tmp_path)
+        (work / "readme.sh").write_text(script(all_steps, shown))
         try:
             done = subprocess.run(["bash", "readme.sh"], cwd=work, env=reader_env, stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=SESSION_S)
