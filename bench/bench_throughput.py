@@ -565,6 +565,21 @@ def check_text(st: dict[str, Any], n: int) -> tuple[str, bool]:
     return text + ("" if ok else f" (expected {n}: MISMATCH)"), ok
 
 
+async def mongo_commands(mongo_url: str) -> Counter[str]:
+    """mongod's count of each command it has run (serverStatus), for round trips per event. It
+    counts every client's, the benchmark's own polling included (a few a second)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    try:
+        status = await client.admin.command("serverStatus")
+    finally:
+        await client.close()
+    out: Counter[str] = Counter()
+    for name, row in (status.get("metrics", {}).get("commands") or {}).items():
+        if isinstance(row, dict) and isinstance(row.get("total"), int):
+            out[name] = row["total"]
+    return out
+
+
 async def wait_succeeded(mongo_url: str, db: str, trigger: str, n: int, timeout: float) -> int:
     """Poll until the succeeded records of ``trigger`` cover ``n`` event ids; returns how many do."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
@@ -966,11 +981,83 @@ class Bench:
     # ---- 5. S3 inbox -------------------------------------------------------------------------
     async def scenario_s3(self) -> dict[str, Any]:
         """The webhook with the reconciling scan's dedup on (issue 21's target) and, when asked,
-        off (``--s3-dedup on,off``), one fresh hub each, interleaved in that order."""
+        off (``--s3-dedup on,off``), one fresh hub each, interleaved in that order; then the same
+        POSTs to a plain aiohttp handler (what the HTTP server alone costs per POST)."""
         out: dict[str, Any] = {}
         for mode in [m for m in self.args.s3_dedup.split(",") if m]:
             out[mode] = await self.s3_run(dedup=mode == "on")
+        out["plain"] = await self.s3_plain_aiohttp()
         return out
+
+    def s3_bodies(self, bucket: str, n: int) -> list[bytes]:
+        """``n`` RGW-format notifications (one record each, every object a new ETag)."""
+        template = json.loads((ROOT / "tests/data/s3/rgw_put.json").read_text())
+        out = []
+        for i in range(n):
+            rec = json.loads(json.dumps(template["Records"][0]))
+            t = dt.datetime.now(dt.timezone.utc)
+            rec["eventTime"] = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            rec["s3"]["bucket"]["name"] = bucket
+            rec["s3"]["bucket"]["arn"] = f"arn:aws:s3:default::{bucket}"
+            rec["s3"]["object"]["key"] = f"in/obj-{i:06d}.json"
+            rec["s3"]["object"]["sequencer"] = f"{0x2B5D4366F8C1A917 + i:016X}"
+            rec["s3"]["object"]["eTag"] = uuid.uuid4().hex
+            rec["eventId"] = f"{t.timestamp():.6f}.{i}"
+            out.append(json.dumps({"Records": [rec]}).encode())
+        return out
+
+    @staticmethod
+    async def post_all(url: str, bodies: list[bytes], in_flight: int = 16) -> Counter[int]:
+        statuses: Counter[int] = Counter()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for b_ in bodies:
+            queue.put_nowait(b_)
+
+        async def poster(s: aiohttp.ClientSession) -> None:
+            while not queue.empty():
+                data = queue.get_nowait()
+                async with s.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as s:
+            await asyncio.gather(*(poster(s) for _ in range(in_flight)))
+        return statuses
+
+    async def s3_plain_aiohttp(self) -> dict[str, Any]:
+        """The same POSTs (16 in flight) to a plain aiohttp handler in another process that reads
+        the body, parses the JSON and answers a small JSON object: the HTTP server's own share
+        of the hub's CPU per notification."""
+        n = self.args.s3_events
+        port = free_port()
+        code = ("import json\nfrom aiohttp import web\n"
+                "async def h(r):\n    body = json.loads(await r.read())\n"
+                "    return web.json_response({'received': len(body['Records']), 'queued': 1, 'duplicates': 0})\n"
+                "app = web.Application()\napp.router.add_post('/v1/sources/s3/events', h)\n"
+                f"web.run_app(app, host='127.0.0.1', port={port}, print=None, access_log=None)\n")
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            url = f"http://127.0.0.1:{port}/v1/sources/s3/events?token=x"
+            async with aiohttp.ClientSession() as s:
+                for _ in range(200):
+                    try:
+                        async with s.get(f"http://127.0.0.1:{port}/") as r:
+                            await r.read()
+                        break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.05)
+            bodies = self.s3_bodies("plain", n)
+            cpu0 = proc_cpu_s(proc.pid) or 0.0
+            t0 = time.time()
+            statuses = await self.post_all(url, bodies)
+            took = time.time() - t0
+            cpu = (proc_cpu_s(proc.pid) or 0.0) - cpu0
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        log(f"s3 plain aiohttp handler: {n / took:,.0f}/s, {cpu * 1000 / n:.3f} ms CPU per POST")
+        return {"n": n, "accept_s": took, "e2e_s": took, "statuses": dict(statuses), "cpu_hub": cpu,
+                "cpu_workers": 0.0, "load": os.getloadavg()[0], "plain": True}
 
     async def s3_run(self, dedup: bool) -> dict[str, Any]:
         assert self.rgw is not None
@@ -978,7 +1065,6 @@ class Bench:
         n = self.args.s3_events
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         await asyncio.to_thread(rgw.s3_client().create_bucket, Bucket=bucket)
-        template = json.loads((ROOT / "tests/data/s3/rgw_put.json").read_text())
         name = "s3-b100" + ("" if dedup else "-nodedup")
         port = free_port()
         hub = self.hub(name, {
@@ -989,45 +1075,22 @@ class Bench:
             "HUB_S3_RECONCILE_INTERVAL_S": "30" if dedup else "0"})
         hub.port, hub.url = port, f"http://127.0.0.1:{port}"
 
-        def note(i: int) -> bytes:
-            rec = json.loads(json.dumps(template["Records"][0]))
-            t = dt.datetime.now(dt.timezone.utc)
-            rec["eventTime"] = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            rec["s3"]["bucket"]["name"] = bucket
-            rec["s3"]["bucket"]["arn"] = f"arn:aws:s3:default::{bucket}"
-            rec["s3"]["object"]["key"] = f"in/obj-{i:06d}.json"
-            rec["s3"]["object"]["sequencer"] = f"{0x2B5D4366F8C1A917 + i:016X}"
-            rec["s3"]["object"]["eTag"] = uuid.uuid4().hex
-            rec["eventId"] = f"{t.timestamp():.6f}.{i}"
-            return json.dumps({"Records": [rec]}).encode()
-
         async def body(hub: HubProcess, api: Api) -> dict[str, Any]:
             await api.put_function(f"fn-{name}", NOOP_CODE, max_concurrency=4)
             await api.put_trigger(name, f"fn-{name}", {"type": "s3", "bucket": bucket}, batch={"size": 100, "window_ms": 0})
-            bodies = [note(i) for i in range(n)]
+            bodies = self.s3_bodies(bucket, n)
             url = f"{hub.url}/v1/sources/s3/events?token={WEBHOOK_TOKEN}"
-            statuses: Counter[int] = Counter()
-            queue: asyncio.Queue[bytes] = asyncio.Queue()
-            for b_ in bodies:
-                queue.put_nowait(b_)
             spy = self._profiler(hub, name)
+            commands0 = await mongo_commands(self.mongo.admin_url)
             meter = CpuMeter(hub.pid)
             meter.start()
-
-            async def poster(s: aiohttp.ClientSession) -> None:
-                while not queue.empty():
-                    data = queue.get_nowait()
-                    async with s.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
-                        await r.read()
-                        statuses[r.status] += 1
-
             t0 = time.time()
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as s:
-                await asyncio.gather(*(poster(s) for _ in range(16)))
+            statuses = await self.post_all(url, bodies)
             t_accept = time.time()
             got = await wait_succeeded(self.mongo.url, hub.db, name, n, self.args.timeout)
             t1 = time.time()
             cpu_hub, cpu_workers = await meter.stop()
+            commands = (await mongo_commands(self.mongo.admin_url)) - commands0
             if spy:
                 await asyncio.to_thread(spy[0].wait, self.args.profile_duration + 30)
             st = await record_stats(self.mongo.url, hub.db, name)
@@ -1039,7 +1102,7 @@ class Bench:
             return {"n": n, "dedup": dedup, "accept_s": t_accept - t0, "e2e_s": end - t0,
                     "statuses": dict(statuses), "check": text, "ok": ok and set(statuses) == {200},
                     "cpu_hub": cpu_hub, "cpu_workers": cpu_workers, "rss": status_kb(hub.pid, "VmHWM") / 1024,
-                    "load": os.getloadavg()[0]}
+                    "load": os.getloadavg()[0], "records": st["succeeded_records"], "commands": commands}
 
         res: dict[str, Any] = await self.with_hub(hub, body)
         log(f"s3 (dedup {'on' if dedup else 'off'}): accept {n / res['accept_s']:,.0f}/s, end to end "
@@ -1165,22 +1228,33 @@ def report(results: dict[str, Any], bench: Bench, args: argparse.Namespace) -> b
         n = next(iter(runs.values()))["n"] if runs else 0
         print(f"\n## S3 inbox: {n:,} RGW notifications POSTed to the webhook (one per POST), 16 in flight, "
               f"batch 100\n")
-        print("| metric | " + " | ".join(f"scan dedup {m}" for m in runs) + " |")
+        print("| metric | " + " | ".join("plain aiohttp handler" if m == "plain" else f"scan dedup {m}"
+                                         for m in runs) + " |")
         print("|---|" + "---|" * len(runs))
+
+        def commands(r: dict[str, Any]) -> str:
+            c: Counter[str] = r["commands"]
+            top = ", ".join(f"{k} {v / r['n']:.2f}" for k, v in c.most_common(6))
+            return f"{sum(c.values()) / r['n']:.2f} ({top})"
+
         s3_rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
             ("webhook accept rate (notifications/s)", lambda r: f"{r['n'] / r['accept_s']:,.0f} ({r['accept_s']:.1f} s)"),
             ("end to end, first POST -> last record finished (events/s)",
              lambda r: f"{r['n'] / r['e2e_s']:,.0f} ({r['e2e_s']:.1f} s)"),
             ("hub CPU ms per notification (hub + workers)",
              lambda r: f"{r['cpu_hub'] * 1000 / r['n']:.3f} ({(r['cpu_hub'] + r['cpu_workers']) * 1000 / r['n']:.3f})"),
+            ("events per invocation", lambda r: f"{r['n'] / r['records']:.1f}" if r.get("records") else ""),
+            ("MongoDB commands per notification (all clients; top 6)", lambda r: commands(r) if "commands" in r else ""),
             ("HTTP statuses", lambda r: str(r["statuses"])),
-            ("peak hub RSS", lambda r: f"{r['rss']:.0f} MB"),
+            ("peak hub RSS", lambda r: f"{r['rss']:.0f} MB" if "rss" in r else ""),
             ("load average (1 min) at the end", lambda r: f"{r['load']:.2f}"),
-            ("records check", lambda r: r["check"]),
+            ("records check", lambda r: r.get("check", "")),
         ]
         for label, cell in s3_rows:
             print(f"| {label} | " + " | ".join(cell(r) for r in runs.values()) + " |")
         for mode, r in runs.items():
+            if mode == "plain":
+                continue
             all_ok &= r["ok"]
             if mode == "on":  # issue 21: >= 3,000/s end to end at <= 0.3 ms hub CPU per notification
                 rate, cpu = r["n"] / r["e2e_s"], r["cpu_hub"] * 1000 / r["n"]
