@@ -45,7 +45,9 @@ Cost: a parked spare uses no CPU and the memory of an idle warm worker (bench/RE
 network spare holds its pasta too (~30 MB, and netns then prepares its next namespace). A burst
 of more first invocations than there are spares: the first ``spares`` take one, the rest start
 as before (the replacements start 20 ms after a spare is taken, next to them). A spare that dies
-while parked is replaced after a back-off that grows while spares keep dying young.
+while parked is replaced after a back-off that grows while spares keep dying young. A version that
+did not start in a spare (its import crashed, ...) starts fresh workers for ``_COOL_S``: a crash
+loop would otherwise take every spare, each replaced at a fresh start's cost.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -79,6 +82,7 @@ _BACKOFF_MAX_S = 30.0
 # 511 directories deep each: 10,000 directories cost 1.06 s of hub CPU per cold start (and a
 # 1.15 s stall of the event loop, which removed them) against 10 ms for a fresh worker.
 _MOST_ENTRIES = 128
+_COOL_S = 30.0  # a version that did not start in a spare starts fresh workers this long
 _INLINE_ENTRIES = 16  # ... up to this many are linked and removed on the loop (no thread hop)
 # The replacement of a taken spare starts this much later: by then the cold start that took it
 # (a few ms) has most likely answered, and starting a sandbox (fork + exec of bwrap, ~2 ms of the
@@ -143,6 +147,7 @@ class Spare(Worker):
         self.born = time.monotonic()  # a network spare: when its namespace's rules were made
         self.hosts: list[IPNet] | None = None  # ... and the host's addresses they refuse
         self.entries = 0  # in its code directory, up to _INLINE_ENTRIES + 1
+        self.on_failed: Callable[[FunctionRuntime], None] | None = None  # its function did not start
 
     def park(self) -> bool:
         """Start; the runtime waits for its function. False if it could not be started."""
@@ -197,7 +202,10 @@ class Spare(Worker):
             await self._wait_exit(5.0)
             self.init_ms = (time.perf_counter() - t0) * 1000.0
             return Outcome(Kind.exited, message=f"could not start the worker: {exc!r}", exit_code=None)
-        return await self._ready(init_timeout_s - (time.perf_counter() - t0), t0)
+        out = await self._ready(init_timeout_s - (time.perf_counter() - t0), t0)
+        if out.kind is not Kind.ready and self.on_failed is not None:
+            self.on_failed(fn)
+        return out
 
 
 class Prewarmed:
@@ -221,6 +229,9 @@ class Prewarmed:
         self._reaping: set[asyncio.Task[None]] = set()
         self._closed = False
         self.taken_total = 0
+        # Versions that did not start in a spare (an import that crashes, ...): fresh workers for
+        # _COOL_S, so a crash loop does not keep taking the spares other functions' cold starts want.
+        self._cooling: dict[tuple[str, str], float] = {}
 
     def start(self) -> None:
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +265,8 @@ class Prewarmed:
         """A live spare for ``fn``'s new worker (:meth:`Spare.assign` it next), or None."""
         if self._closed or not self.eligible(fn):
             return None
+        if self._cooling and self._cooling.get((fn.name, fn.version), 0.0) > time.monotonic():
+            return None
         policy = network_policy(fn.network)
         parked = self._parked
         if policy is not None:
@@ -269,6 +282,7 @@ class Prewarmed:
             # a network spare's rules refuse the host's addresses of when they were made
             if spare.alive and (policy is None or (time.monotonic() - spare.born < SPARE_MAX_AGE_S
                                                    and spare.hosts == host_addresses())):
+                spare.on_failed = self._cool
                 self.taken_total += 1
                 self._failures = 0
                 self._schedule(_REFILL_DELAY_S)
@@ -276,6 +290,14 @@ class Prewarmed:
             self._stop(spare)
         self._schedule(_REFILL_DELAY_S)  # (none parked: a burst, or old ones were let go)
         return None
+
+    def _cool(self, fn: FunctionRuntime) -> None:
+        now = time.monotonic()
+        if len(self._cooling) >= 1024:  # bounded: the expired go, then (a flood of versions) all
+            self._cooling = {k: t for k, t in self._cooling.items() if t > now}
+            if len(self._cooling) >= 1024:
+                self._cooling.clear()
+        self._cooling[(fn.name, fn.version)] = now + _COOL_S
 
     def fill(self) -> None:
         """Start spares until ``count`` (and ``net_count`` network spares) are parked."""
