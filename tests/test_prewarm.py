@@ -377,3 +377,32 @@ async def test_a_version_that_crashes_at_import_stops_taking_spares(pool: Sandbo
     other = write_fn(tmp_path, PROBE)
     ok(await pool.invoke(other, {}, ctx()))
     assert worker_pid(pool, other.name) in parked  # the spares stayed for it
+
+
+async def test_network_spare_whose_pasta_died_is_not_taken(pool: SandboxPool, tmp_path: Path) -> None:
+    # pasta (~30 MB) is the likelier victim of the OOM killer than a parked spare; once it is
+    # gone the namespace has no route out: the function's first worker got ENETUNREACH for
+    # everything (and stayed warm with it), where a fresh worker's pasta gets it a route.
+    if pool._cfg is None or pool._cfg.spares is None:
+        pytest.skip("network namespaces are not prepared ahead of time here (hub not root)")
+    dest = {"tcp": [("10.0.0.1", 80)]}  # refused by the rules: ECONNREFUSED at once, with a route
+    first = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
+    assert ok(await pool.invoke(first, dest, ctx())) == {"10.0.0.1|80": "error:ECONNREFUSED"}
+    await until(lambda: network_parked(pool), timeout=30.0)
+    victims = prewarmed(pool).parked_network
+    spares = pool._cfg.spares
+    await until(lambda: bool(spares.ready), timeout=30.0)  # and one wired for a fresh network worker
+    for spare in victims:
+        assert spare._net is not None
+        for proc in spare._net._procs.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for ns in spares.ready:
+        for proc in ns.procs.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    fn = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
+    assert ok(await pool.invoke(fn, dest, ctx())) == {"10.0.0.1|80": "error:ECONNREFUSED"}
+    assert worker_pid(pool, fn.name) not in {w.pid for w in victims}

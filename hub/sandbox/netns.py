@@ -108,6 +108,10 @@ class _Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.fds: list[int] = []
 
+    def serving(self) -> bool:
+        """Its pasta still runs: a namespace whose pasta died (OOM-killed, ...) has no route out."""
+        return any(proc.poll() is None for proc in self.procs)
+
     def readable(self, fd: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.loop.create_future()
 
@@ -249,7 +253,8 @@ class Spares:
         while self.ready and spare is None:
             cand = self.ready.pop(0)
             # a host address added since it was wired is not refused by its rules (0.0.0.0 servers)
-            if time.monotonic() - cand.born > SPARE_MAX_AGE_S or cand.hosts != hosts:
+            if (time.monotonic() - cand.born > SPARE_MAX_AGE_S or cand.hosts != hosts
+                    or not cand.procs.serving()):
                 cand.close()
             else:
                 spare = cand
@@ -346,6 +351,9 @@ class Attachment:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+
+    def serving(self) -> bool:
+        return self._procs.serving()
 
     def started(self) -> None:
         """The worker is up (or failed): now make the next spare, not while it competed with

@@ -30,9 +30,9 @@ reads only at their start (``LANG``/``LC_*``, ``LD_*``, ...), and either without
 one of the network namespaces hub.sandbox.netns wires ahead of time (pasta serving it, the default
 rules loaded: what a fresh worker of such a function gets when a namespace is ready), kept once a
 function with network has been seen (as netns does), and, like those namespaces, not handed out
-once its rules are older than ``SPARE_MAX_AGE_S`` or the host's addresses differ from the ones its
-rules refuse (an address the host gained since was reachable from it). Everything else starts a
-worker as before.
+once its rules are older than ``SPARE_MAX_AGE_S``, the host's addresses differ from the ones its
+rules refuse (an address the host gained since was reachable from it) or its pasta has died (no
+route out: the worker would stay warm without network). Everything else starts a worker as before.
 
 The spare directories of a pool live below one directory of its own, ``flock``-ed while the pool
 lives: the next hub's start removes the ones no live pool holds (a hub killed with -9; the pid in
@@ -166,6 +166,12 @@ class Spare(Worker):
             self._net.started()  # hub.sandbox.netns makes the next namespace
         return True
 
+    def current(self) -> bool:
+        """A network spare: its rules are young, refuse the host's addresses of now, and its pasta
+        still runs (one OOM-killed leaves the namespace without a route out)."""
+        return (time.monotonic() - self.born < SPARE_MAX_AGE_S and self.hosts == host_addresses()
+                and self._net is not None and self._net.serving())
+
     def _cleanup(self) -> None:
         big = self._scratch if self.entries > _INLINE_ENTRIES else None
         if big is not None:  # its code (up to _MOST_ENTRIES) is removed off the loop
@@ -279,9 +285,7 @@ class Prewarmed:
         while parked:
             spare = parked.pop(0)
             spare.on_exit = None
-            # a network spare's rules refuse the host's addresses of when they were made
-            if spare.alive and (policy is None or (time.monotonic() - spare.born < SPARE_MAX_AGE_S
-                                                   and spare.hosts == host_addresses())):
+            if spare.alive and (policy is None or spare.current()):
                 spare.on_failed = self._cool
                 self.taken_total += 1
                 self._failures = 0
