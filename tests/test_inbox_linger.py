@@ -1,7 +1,8 @@
 """A batching trigger's inbox items gather while a chunk of it runs (hub.intake.inbox ``_spawn``,
 issue 21): a lone item starts at once, what arrives meanwhile goes as one chunk (a full batch at
-once, a partial one after the linger), and a stop starts what lingers within its grace instead of
-handing it back. On real MongoDB; the dispatcher is gated so the order is the test's."""
+once, a partial one after the linger), a stop starts what lingers within its grace instead of
+handing it back, and replays neither wait nor gather. On real MongoDB; the dispatcher is gated so
+the order is the test's."""
 
 from __future__ import annotations
 
@@ -119,6 +120,28 @@ async def test_items_flowing_in_gather_until_the_linger_ends(
         box._lingered(queue)  # the timer's end, now
         await eventually(lambda: _inbox_empty(store))
         assert gated.calls == [[_event(unique, 0).id], [_event(unique, n).id for n in range(1, 4)]]
+    finally:
+        await box.stop()
+        await store.client.drop_database(f"linger_{unique}")
+        await store.close()
+
+
+async def test_replays_of_a_batching_trigger_run_alone_and_do_not_linger(
+    servers: dict[str, Any], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay's chunk is its own dead letter's: replays get a queue of their own (batch 1), never
+    gathered into the trigger's batch nor held back by its linger."""
+    monkeypatch.setattr(inbox_module, "LINGER_S", 600.0)
+    store, gated = await _store(servers, unique), GatedDispatcher()
+    gated.gate.set()
+    box = inbox(store, "a", gated, router=_router(unique, batch=5))
+    await box.start()
+    try:
+        await box.put_events([_event(unique, 0)])
+        await box.put_replays([{"_id": f"dl{n}", "event": _event(unique, n).to_cloudevent(), "function": "f",
+                                "trigger": f"t-{unique}"} for n in range(1, 4)])
+        await eventually(lambda: _inbox_empty(store))
+        assert sorted(gated.calls) == [[_event(unique, n).id] for n in range(4)]
     finally:
         await box.stop()
         await store.client.drop_database(f"linger_{unique}")

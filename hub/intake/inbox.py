@@ -411,10 +411,14 @@ class Inbox:
             return
         held.pending = len(entries)
         for entry in entries:
-            key = f"{entry.target.key}:{entry.target.function}"
+            key, batch = f"{entry.target.key}:{entry.target.function}", entry.target.batch_size
+            if entry.replay_of is not None:
+                # a queue of their own: a replay runs alone (its dead letter is the chunk's), so
+                # it must neither be gathered into its trigger's batch nor linger for one
+                key, batch = f"{key}:replays", 1
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(entry.target.batch_size)
+                queue = self._queues[key] = _Queue(batch)
             queue.entries.put_nowait(entry)
             arrived = time.monotonic()
             queue.flowing, queue.arrived = arrived - queue.arrived < LINGER_S, arrived
