@@ -406,3 +406,25 @@ async def test_network_spare_whose_pasta_died_is_not_taken(pool: SandboxPool, tm
     fn = write_fn(tmp_path, NET_PROBE, network=True, timeout_s=30.0)
     assert ok(await pool.invoke(fn, dest, ctx())) == {"10.0.0.1|80": "error:ECONNREFUSED"}
     assert worker_pid(pool, fn.name) not in {w.pid for w in victims}
+
+
+async def test_spare_that_ends_before_its_assignment_gives_way_to_a_fresh_worker(
+        pool: SandboxPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Taken alive, gone before its function reached it (the OOM killer, ...): the invocation
+    # failed as "Crashed: could not start the worker: BrokenPipeError", for nothing the function did.
+    real = Spare.assign
+    lost: list[int | None] = []
+
+    async def dies_first(self: Spare, fn: Any, timeout: float) -> Any:
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        await self.wait_closed()
+        lost.append(self.pid)
+        return await real(self, fn, timeout)
+
+    monkeypatch.setattr(Spare, "assign", dies_first)
+    fn = write_fn(tmp_path, PROBE)
+    rep = await pool.invoke(fn, {}, ctx())
+    assert ok(rep)["task"] == ["main.py"] and rep.cold_start
+    (w,) = pool.workers(fn.name)
+    assert lost and w.pid not in lost and not isinstance(w, Spare)

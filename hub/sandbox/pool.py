@@ -438,6 +438,12 @@ class SandboxPool:
             try:
                 timeout = max(self.init_timeout_s, 0.1)
                 init = await (spare.assign(fn, timeout) if spare else worker.start(timeout))
+                if spare is not None and spare.lost:  # it ended before it got its function
+                    st.busy.discard(spare)
+                    worker = Worker(fn, self._cfg)
+                    worker.on_exit = lambda w, st=st: self._forget_idle(st, w)
+                    st.busy.add(worker)
+                    init = await worker.start(timeout)
             except BaseException:
                 st.busy.discard(worker)
                 self._stop_later(worker)

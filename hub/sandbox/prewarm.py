@@ -148,6 +148,7 @@ class Spare(Worker):
         self.hosts: list[IPNet] | None = None  # ... and the host's addresses they refuse
         self.entries = 0  # in its code directory, up to _INLINE_ENTRIES + 1
         self.on_failed: Callable[[FunctionRuntime], None] | None = None  # its function did not start
+        self.lost = False  # it could not be given its function (ended, ...): the pool starts one
 
     def park(self) -> bool:
         """Start; the runtime waits for its function. False if it could not be started."""
@@ -203,7 +204,8 @@ class Spare(Worker):
                 sent = 0
             if sent < len(data):
                 await asyncio.wait_for(self._loop.sock_sendall(self._sock, data[sent:]), init_timeout_s)
-        except Exception as exc:  # (OSError, a timeout, ...): the invocation gets a clear error
+        except Exception as exc:  # (OSError, a timeout, ...): not the function's doing
+            self.lost = True
             self.kill()
             await self._wait_exit(5.0)
             self.init_ms = (time.perf_counter() - t0) * 1000.0
