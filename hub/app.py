@@ -135,6 +135,8 @@ class Hub:
         self.secrets = Secrets(self.store.db, lambda: load_key(settings.secrets_key, settings.data_dir))
         self.tokens = Tokens(self.store.db)
         self.access_keys = AccessKeys(self.store.db, self.secrets)  # the Lambda API's SigV4 key pairs
+        for credentials in (self.tokens, self.access_keys):  # a revocation waits for every live instance
+            credentials.instance, credentials.peers = self.instance_id, self._live_peers
         # event_format "aws" (hub.spec.aws_events): where Lambda's events and ARNs say they run
         aws = AwsEnvironment(settings.aws_region, settings.aws_account, settings.kafka_bootstrap)
         self.registry = Registry(self.store, settings.data_dir, self.secrets, aws=aws)
@@ -395,6 +397,11 @@ class Hub:
             await self.trigger_sync.sync()
         except Exception as exc:
             log.warning("trigger sync after a takeover failed", error=str(exc))
+
+    async def _live_peers(self) -> list[str]:
+        """The instances whose heartbeat is recent (this one included)."""
+        within = 3 * self.settings.heartbeat_interval_s
+        return [str(doc["_id"]) for doc in await self.store.live_instances(within_s=within)]
 
     async def _heartbeat(self) -> None:
         """Other instances see this one (an s3 trigger then needs the shared HUB_PUBLIC_URL)."""

@@ -178,6 +178,9 @@ class Store:
         await db.function_versions.create_index([("name", ASCENDING), ("created_at", DESCENDING)])
         # heartbeats of instances gone for a day (recreated containers get new ids) go away
         await self._ttl_index(db.instances, "last_seen", 86400)
+        # instances' acknowledgements of revoked credentials (hub.catalog.credentials) are only
+        # read while the revocation waits for them
+        await self._ttl_index(db.credential_acks, "at", 86400)
 
     @staticmethod
     async def _ttl_index(coll: Any, field: str, seconds: int) -> None:

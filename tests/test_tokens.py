@@ -4,6 +4,7 @@ variants included), revocation reaching a second instance at once, and /readyz a
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -12,9 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+import structlog.testing
 from aiohttp import web
 
 from hub.app import Hub
+from hub.catalog import credentials
 from hub.catalog.tokens import SCOPES, rank, token_hash
 from hub.web.openapi import openapi_spec
 from hub.web.scopes import ROUTE_SCOPES, check_routes
@@ -181,6 +185,45 @@ async def test_revocation_is_immediate_on_another_instance(pair: tuple[Hub, Hub]
             assert status == 401, body
         async with http.get(b.url + "/metrics") as r:  # HUB_METRICS_PUBLIC=true on b
             assert r.status == 200
+
+
+async def test_revocation_waits_for_an_instance_whose_stream_trails(pair: tuple[Hub, Hub]) -> None:
+    """b's reader sees deletions half a second late (a busy instance): the DELETE on a answers
+    only once b has acknowledged, so b's very next request is refused all the same."""
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    real = b.tokens.changed
+    b.tokens.changed = lambda change: loop.call_later(0.5, real, change)  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as http:
+        api_a = Api(http, a.url)
+        token = (await api_a.ok("POST", "/v1/tokens", {"name": "late", "scope": "deploy"}))["token"]
+        on_b = Api(http, b.url, token)
+        await eventually(lambda: _status_is(on_b, 200))  # the creation reached b: now cached there
+        await api_a.ok("DELETE", "/v1/tokens/late")
+        assert (await on_b.call("GET", "/v1/functions"))[0] == 401
+        acks = await a.store.db.credential_acks.find({"_id": f"tokens/late/{b.instance_id}"}).to_list(None)
+        assert len(acks) == 1
+
+
+async def test_revocation_names_an_instance_that_never_acknowledges(
+        pair: tuple[Hub, Hub], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat without a process behind it (killed a moment ago): the revocation is done,
+    answers after REVOKE_WAIT_S and says which instance did not acknowledge it."""
+    a, _ = pair
+    monkeypatch.setattr(credentials, "REVOKE_WAIT_S", 0.5)
+    await a.store.db.instances.insert_one({"_id": "ghost", "nonce": "gone", "last_seen": a.store.now()})
+    async with aiohttp.ClientSession() as http:
+        api_a = Api(http, a.url)
+        token = (await api_a.ok("POST", "/v1/tokens", {"name": "haunted", "scope": "read"}))["token"]
+        with structlog.testing.capture_logs() as logs:
+            await api_a.ok("DELETE", "/v1/tokens/haunted")
+        assert (await Api(http, a.url, token).call("GET", "/v1/functions"))[0] == 401
+    warned = [e for e in logs if e.get("name") == "haunted" and "acknowledged" in e["event"]]
+    assert [e["instances"] for e in warned] == [["ghost"]]
+
+
+async def _status_is(api: Api, status: int) -> bool:
+    return (await api.call("GET", "/v1/functions"))[0] == status
 
 
 async def test_guessing_costs_the_guesser_not_the_hub(hub: Hub, api: Api, http: aiohttp.ClientSession) -> None:

@@ -4,8 +4,15 @@ config watch keeps honest: what API tokens (``hub.catalog.tokens``) and access k
 
 - **The cache is on only while the config watch follows the collection** (``following``): any
   change but a last-use stamp empties it on every instance, so a revoked credential is refused by
-  every instance as soon as the deletion reaches its change stream; ``revoke`` returns once this
-  instance's stream has seen it. While the stream is down every lookup reads MongoDB.
+  every instance as soon as the deletion reaches its change stream. While the stream is down every
+  lookup reads MongoDB.
+- **A revocation answers once every live instance has seen it.** Each instance's stream reaches a
+  deletion on its own schedule (a busy instance's reader can trail by far more than the
+  milliseconds it usually takes), so every instance acknowledges each deletion it has seen, after
+  emptying its cache, in ``credential_acks`` (the deletion's cluster time, per instance); the
+  revoking instance waits for its own stream and then for the acknowledgements of every instance
+  with a recent heartbeat (``peers``), up to ``REVOKE_WAIT_S``, and names the ones that did not
+  answer in a warning (an instance whose stream is down does not cache: it reads MongoDB).
 - **Unknown credentials are remembered too** (a flood of wrong guesses costs no MongoDB reads),
   up to ``NEGATIVE_CACHE_MAX``; past that the cache starts afresh.
 - **Last use is stamped at most once a minute** per credential and instance, in the background:
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -28,7 +35,9 @@ log = structlog.get_logger("hub.catalog.credentials")
 
 LAST_USE_EVERY_S = 60.0
 NEGATIVE_CACHE_MAX = 10_000
-REVOKE_WAIT_S = 2.0
+REVOKE_WAIT_S = 5.0  # how long a revocation waits for the streams (its own, then every peer's)
+ACK_POLL_S = 0.02
+ACKS = "credential_acks"  # (collection/name/instance) -> the latest deletion that instance saw
 
 T = TypeVar("T")
 
@@ -48,7 +57,12 @@ class WatchedCredentials(Generic[T]):
         self.cache_enabled = False
         self._last_use: dict[str, float] = {}  # name -> monotonic time of the last stamp written
         self._revoked: dict[str, asyncio.Event] = {}
+        self._deleted_at: dict[str, Any] = {}  # name being revoked -> its deletion's cluster time
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by the composition root: this instance's id (it acknowledges the deletions it has
+        # seen) and the ids of the instances with a recent heartbeat (a revocation waits for them).
+        self.instance: str | None = None
+        self.peers: Callable[[], Awaitable[list[str]]] | None = None
 
     # -- the config watch's listener --------------------------------------------------------
     def following(self, yes: bool) -> None:
@@ -61,8 +75,27 @@ class WatchedCredentials(Generic[T]):
             return  # a last-use stamp: nothing anyone is allowed to do changed
         self._forget()
         name = (change.get("documentKey") or {}).get("_id")
-        if change.get("operationType") == "delete" and isinstance(name, str) and name in self._revoked:
+        if change.get("operationType") != "delete" or not isinstance(name, str):
+            return
+        at = change.get("clusterTime")
+        if name in self._revoked:
+            self._deleted_at[name] = at
             self._revoked[name].set()
+        if self.instance is not None and at is not None:  # after the cache was emptied, above
+            self._background(self._acknowledge(name, at), "ack")
+
+    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(work, name=f"{self.collection}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _acknowledge(self, name: str, at: Any) -> None:
+        """Tell a revoking instance that this one has seen the deletion of ``name``."""
+        try:
+            await self.db[ACKS].update_one({"_id": f"{self.collection}/{name}/{self.instance}"},
+                                           {"$max": {"ts": at}, "$currentDate": {"at": True}}, upsert=True)
+        except Exception as exc:  # the revoker waits it out and names this instance
+            log.warning("acknowledging a revocation failed", kind=self.kind, name=name, error=str(exc))
 
     def _forget(self) -> None:
         self._generation += 1
@@ -91,9 +124,7 @@ class WatchedCredentials(Generic[T]):
         if t - self._last_use.get(name, -LAST_USE_EVERY_S) < LAST_USE_EVERY_S:
             return
         self._last_use[name] = t
-        task = asyncio.create_task(self._stamp(name), name=f"{self.collection}-last-use")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._stamp(name), "last-use")
 
     async def _stamp(self, name: str) -> None:
         try:
@@ -104,8 +135,9 @@ class WatchedCredentials(Generic[T]):
     # -- revocation -------------------------------------------------------------------------------
     async def _revoke(self, name: str, projection: Mapping[str, int]) -> dict[str, Any] | None:
         """Delete ``name``; returns its document (None: there was none) once this instance's
-        change stream has seen the deletion (every instance follows the same stream, so theirs
-        have too, give or take milliseconds)."""
+        change stream has seen the deletion and every live peer has acknowledged it (or
+        ``REVOKE_WAIT_S`` passed: logged)."""
+        deadline = time.monotonic() + REVOKE_WAIT_S
         seen = self._revoked.setdefault(name, asyncio.Event())
         try:
             doc = await self.coll.find_one_and_delete({"_id": name}, dict(projection))
@@ -117,9 +149,37 @@ class WatchedCredentials(Generic[T]):
                     await asyncio.wait_for(seen.wait(), REVOKE_WAIT_S)
                 except TimeoutError:
                     log.warning("a deletion has not come through the change stream yet", kind=self.kind, name=name)
+            at = self._deleted_at.get(name)
+            if at is not None and self.peers is not None:
+                await self._peers_saw(name, at, deadline)
             return dict(doc)
         finally:
             self._revoked.pop(name, None)
+            self._deleted_at.pop(name, None)
+
+    async def _peers_saw(self, name: str, at: Any, deadline: float) -> None:
+        """Wait until every other live instance has acknowledged the deletion of ``name`` at
+        cluster time ``at`` (or the deadline: the ones that did not are named)."""
+        assert self.peers is not None
+        missing: list[str] = []
+        while True:
+            try:
+                peers = [p for p in await self.peers() if p != self.instance]
+                ids = {f"{self.collection}/{name}/{p}": p for p in peers}
+                acked = {d["_id"] for d in await self.db[ACKS].find(
+                    {"_id": {"$in": list(ids)}, "ts": {"$gte": at}}, {"_id": 1}).to_list(None)}
+                missing = sorted(p for key, p in ids.items() if key not in acked)
+            except Exception as exc:  # MongoDB gone meanwhile: the deletion itself is done
+                log.warning("could not check which instances saw a revocation", kind=self.kind, name=name,
+                            error=str(exc))
+                return
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("instances have not acknowledged a revocation: they may accept it for a "
+                            "moment longer", kind=self.kind, name=name, instances=missing)
+                return
+            await asyncio.sleep(ACK_POLL_S)
 
     async def close(self) -> None:
         if self._tasks:

@@ -9,7 +9,8 @@ Lookups are served from memory, but only while the config watch (``hub.catalog.w
 the ``tokens`` collection: any change there other than a last-use stamp empties every instance's
 cache, so a revoked token is refused by every instance as soon as the deletion reaches its change
 stream (milliseconds); while the stream is down, every request reads MongoDB. The ``DELETE``
-that revokes waits until this instance's stream has seen the deletion before it answers.
+that revokes answers once every live instance has acknowledged the deletion
+(``hub.catalog.credentials``).
 
 Last use is written at most once a minute per token and instance, in the background: a token
 used a thousand times a second costs one write a minute, not a write a request.
