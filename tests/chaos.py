@@ -35,6 +35,17 @@ from tests.hubfixtures import API_TOKEN, WEBHOOK_TOKEN, eventually
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv/bin/python" if (ROOT / ".venv/bin/python").exists() else Path(sys.executable)
 
+# How long a restarted hub watches its instance id's last heartbeat before it takes the id over
+# (hub.app.INSTANCE_LIVE_S, 10 s, no setting): these tests restart a hub only once its
+# predecessor is dead (kill -9 and reaped, or exited at a crash point), so the watch can only end
+# in a takeover, and each restart spent up to 10 s in it: ~7 s a restart, 21 restarts in
+# test_chaos.py. 3 s keeps the same path (it still waits for the dead process's last beat to age,
+# 1.5 heartbeat intervals) and only shortens the wait. CHAOS_INSTANCE_LIVE_S=10: the hub's own.
+INSTANCE_LIVE_S = float(os.environ.get("CHAOS_INSTANCE_LIVE_S") or 3.0)
+# The hub's own entry point (python -m hub.cli.commands ...), with INSTANCE_LIVE_S set first.
+HUB_MAIN = ("import runpy, sys, hub.app; hub.app.INSTANCE_LIVE_S = float(sys.argv.pop(1)); "
+            "runpy.run_module('hub.cli.commands', run_name='__main__', alter_sys=True)")
+
 # What each sequence-id prefix stands for (used in failure reports).
 SOURCES = {"k": "kafka", "m": "mongodb", "s": "s3", "a": "async-invoke"}
 
@@ -139,7 +150,7 @@ class HubProcess:
     def start(self, **extra_env: str) -> None:
         assert not self.alive(), "hub already running"
         env = {**self.env, **extra_env}
-        self.proc = spawn([PYTHON, "-m", "hub.cli.commands", "serve"], self.log_path, env=env, cwd=ROOT)
+        self.proc = spawn([PYTHON, "-c", HUB_MAIN, str(INSTANCE_LIVE_S), "serve"], self.log_path, env=env, cwd=ROOT)
         self.starts += 1
 
     async def wait_healthy(self, http: aiohttp.ClientSession, timeout: float = 90.0) -> None:

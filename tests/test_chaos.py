@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -47,6 +48,7 @@ from tests.chaos import (
     timed_get,
     wait_all_succeeded,
 )
+from tests.cleanup import _forget_buckets as forget_buckets
 from tests.hubfixtures import Api, eventually
 from tests.test_kafka_connector import create_topic
 from tests.test_sources import minio_client
@@ -84,9 +86,11 @@ async def _hub_process(servers: dict[str, Any], tmp_path: Path, mongo_url: str, 
     hub = HubProcess(env, tmp_path / "hub.log", port)
     try:
         yield hub
-    except BaseException:
-        print(f"--- hub log tail ({hub.log_path}; started {hub.starts}x, killed {hub.kills}x) ---")
-        print(hub.tail(80))
+    except BaseException as exc:
+        # printed, and on the exception too: a concurrent case's failure is raised by another test
+        tail = f"--- hub log tail ({hub.log_path}; started {hub.starts}x, killed {hub.kills}x) ---\n{hub.tail(80)}"
+        print(tail)
+        exc.add_note(tail)
         raise
     finally:
         hub.cleanup()
@@ -117,23 +121,14 @@ async def _mongo_insert_until_done(coll: Any, seq: str) -> None:
 
 
 async def _delete_s3_notification(rgw: Any, bucket: str) -> None:
-    """Best effort: stop RGW pushing (and retrying) to this test's dead hub port."""
-    def clean() -> None:
-        import boto3
-
-        kw = dict(endpoint_url=rgw.endpoint, aws_access_key_id=rgw.access_key,
-                  aws_secret_access_key=rgw.secret_key, region_name=rgw.region)
-        try:
-            boto3.client("s3", **kw).put_bucket_notification_configuration(
-                Bucket=bucket, NotificationConfiguration={})
-            sns = boto3.client("sns", **kw)
-            for t in sns.list_topics().get("Topics", []):
-                if t["TopicArn"].endswith(f"trigger-hub-{bucket}"):
-                    sns.delete_topic(TopicArn=t["TopicArn"])
-        except Exception as exc:  # noqa: BLE001 - cleanup only
-            print(f"(could not remove the RGW notification for {bucket}: {exc})")
-
-    await asyncio.to_thread(clean)
+    """Best effort: stop RGW pushing (and retrying) to this test's dead hub port. (RGW refuses
+    the empty configuration boto3 would send: tests/cleanup.py deletes it RGW's way.)"""
+    settings = SimpleNamespace(s3_endpoint=rgw.endpoint, s3_access_key=rgw.access_key,
+                               s3_secret_key=rgw.secret_key, s3_region=rgw.region)
+    try:
+        await asyncio.to_thread(forget_buckets, settings, [bucket])
+    except Exception as exc:  # noqa: BLE001 - cleanup only
+        print(f"(could not remove the RGW notification for {bucket}: {exc})")
 
 
 # -- 1 ---------------------------------------------------------------------------------------
@@ -472,17 +467,55 @@ CRASH_SEAM_HELP = (
 )
 
 
+CRASH_POINT_TEST = "test_crash_point_between_outcome_and_marker"
+
+
+@pytest.fixture(scope="module")
+async def crash_point_failures(request: pytest.FixtureRequest, servers: dict[str, Any],
+                               tmp_path_factory: pytest.TempPathFactory, http: aiohttp.ClientSession
+                               ) -> dict[tuple[str, str], Exception | None]:
+    """Every selected case of the crash-point test, run at once; (source, point) -> what it raised.
+
+    The cases share nothing but the servers (each has its own hub process, database, topic or
+    bucket and witness), and their time is nearly all waiting: hub starts, the restarted hub
+    watching its instance id's last heartbeat before it takes it over (tests.chaos.INSTANCE_LIVE_S),
+    Kafka group joins, an S3 event's notification or reconciling scan (~15 s). One after the other
+    the six took 117 s (load ~4); at once, ~27 s. Each test then raises its own case's failure."""
+    selected = [(item.callspec.params["source"], item.callspec.params["point"])
+                for item in request.session.items
+                if getattr(item, "originalname", None) == CRASH_POINT_TEST and hasattr(item, "callspec")]
+
+    async def case(source: str, point: str) -> Exception | None:
+        try:
+            await _crash_point_case(source, point, servers, tmp_path_factory.mktemp(f"crash-{source}-{point}"), http)
+        except Exception as exc:  # noqa: BLE001 - raised again by the case's own test
+            return exc
+        return None
+
+    failures = await asyncio.gather(*(case(source, point) for source, point in selected))
+    return dict(zip(selected, failures))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("point", ["after_record", "after_dead_letter"])
 @pytest.mark.parametrize("source", ["kafka", "mongodb", "s3"])
 async def test_crash_point_between_outcome_and_marker(
-    source: str, point: str, servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession
+    source: str, point: str, crash_point_failures: dict[tuple[str, str], Exception | None]
 ) -> None:
     """Issue 6 item 2, deterministic, for each source: the hub dies exactly between writing an
     event's final outcome (succeeded record / dead letter) and the source's ack (Kafka commit,
     change-stream resume token, inbox item deleted), via the test seam HUB_TEST_CRASH_POINT; after
     a restart the event is redelivered (the log says it was skipped) and the function -- its own
-    reports, not only the records -- never runs it again."""
+    reports, not only the records -- never runs it again. (The cases run concurrently, in
+    :func:`crash_point_failures`; see :func:`_crash_point_case` for each one's steps.)"""
+    failure = crash_point_failures[(source, point)]
+    if failure is not None:
+        raise failure
+
+
+async def _crash_point_case(source: str, point: str, servers: dict[str, Any], tmp_path: Path,
+                            http: aiohttp.ClientSession) -> None:
+    """One case of the crash-point test, on a hub process of its own."""
     tag = uuid.uuid4().hex[:8]
     fail = point == "after_dead_letter"
     prefix = {"kafka": "k", "mongodb": "m", "s3": "s"}[source]
@@ -593,6 +626,7 @@ async def test_crash_mid_batch_never_reruns_its_finished_records(
                 await produce_seq(producer, topic, f"b-{i}", 0, fail=i == 2)
             assert await hub.wait_exit(timeout=60) == 137, "the hub did not die at the crash point"
             first = await db.invocations.find_one({"trigger": "t-batch"})
+            assert first is not None, "the crashed batch left no record"
             assert first["result"]["seqs"] == [f"b-{i}" for i in range(5)] and len(first["done"]) == 2
 
             hub.start()
