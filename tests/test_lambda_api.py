@@ -374,6 +374,7 @@ async def test_tokens_and_signatures_do_not_mix(hub: Hub, api: Api, http: aiohtt
         assert (await _send(http, method, hub.url + path, b"", headers))[0] == 401, path
     # the secret is stored encrypted and never listed
     doc = await hub.store.db.access_keys.find_one({"access_key_id": key["access_key_id"]})
+    assert doc is not None
     assert key["secret_access_key"] not in str(doc) and key["secret_access_key"].encode() not in bytes(doc["ciphertext"])
     listed = await api.ok("GET", "/v1/access-keys")
     mine = [k for k in listed["access_keys"] if k["access_key_id"] == key["access_key_id"]]

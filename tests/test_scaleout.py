@@ -230,6 +230,7 @@ async def test_a_holder_that_lost_its_lease_cannot_move_the_cursor(
         db = mongo[f"fence_{unique}"]
         lease = await db.leases.find_one({"_id": "stream:t"})
         state = await db.source_state.find_one({"trigger": "t"})
+        assert lease is not None and state is not None
         assert state["fence"] == lease["token"]  # saves carry the holder's token
         # another instance takes over (a newer token) and saves once
         newer = lease["token"] + 1
@@ -244,6 +245,7 @@ async def test_a_holder_that_lost_its_lease_cannot_move_the_cursor(
 
         await eventually(stopped, timeout=30)
         after = await db.source_state.find_one({"_id": state["_id"]})
+        assert after is not None
         assert after["fence"] == newer and after["marker"] == "new holder"
         status, ready = await api.call("GET", "/readyz")
         assert ready["subscriptions"]["t"]["state"] == "held by other-instance"

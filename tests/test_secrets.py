@@ -220,6 +220,7 @@ async def test_another_key_is_refused_clearly(servers: dict[str, Any], tmp_path:
     # a ciphertext moved onto another secret's document does not decrypt there (name bound as AD)
     await api.ok("PUT", f"/v1/secrets/{name}-b", {"value": "v2-value"})
     doc = await hub.store.db.secrets.find_one({"_id": name})
+    assert doc is not None
     await hub.store.db.secrets.update_one({"_id": f"{name}-b"}, {"$set": {
         "nonce": doc["nonce"], "ciphertext": doc["ciphertext"], "version": doc["version"]}})
     with pytest.raises(SecretUnavailable, match="altered"):

@@ -50,7 +50,7 @@ async def _status(http: aiohttp.ClientSession, base: str, method: str, path: str
                   raw: bool = False) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     url = base + path
-    body = None if method in ("GET", "DELETE") else {}
+    body: dict[str, Any] | None = None if method in ("GET", "DELETE") else {}
     async with http.request(method, url if not raw else aiohttp.client.URL(url, encoded=True), json=body,
                             headers=headers) as r:
         return r.status, await r.json(content_type=None) if r.content_type == "application/json" else None
@@ -120,7 +120,7 @@ async def test_token_lifecycle(hub: Hub, api: Api, http: aiohttp.ClientSession, 
     await eventually(lambda: _last_used(api, f"life-{unique}"), timeout=10)
     # stored hashed: the token itself is in no document
     doc = await hub.store.db.tokens.find_one({"_id": f"life-{unique}"})
-    assert doc["hash"] == token_hash(token) and token not in str(doc)
+    assert doc is not None and doc["hash"] == token_hash(token) and token not in str(doc)
     assert (await api.call("POST", "/v1/tokens", {"name": f"life-{unique}", "scope": "read"}))[0] == 409
     for bad in ({"name": "self", "scope": "read"}, {"name": "x", "scope": "root"}, {"name": "../x", "scope": "read"},
                 {"name": "x"}, {"name": "x", "scope": "read", "token": "mine"}):
@@ -193,7 +193,11 @@ async def test_revocation_waits_for_an_instance_whose_stream_trails(pair: tuple[
     a, b = pair
     loop = asyncio.get_running_loop()
     real = b.tokens.changed
-    b.tokens.changed = lambda change: loop.call_later(0.5, real, change)  # type: ignore[method-assign]
+
+    def late(change: Any) -> None:
+        loop.call_later(0.5, real, change)
+
+    b.tokens.changed = late  # type: ignore[method-assign]
     async with aiohttp.ClientSession() as http:
         api_a = Api(http, a.url)
         token = (await api_a.ok("POST", "/v1/tokens", {"name": "late", "scope": "deploy"}))["token"]

@@ -67,7 +67,7 @@ async def test_a_record_without_metadata_gets_the_uploaders_trace_from_a_head(rg
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     tp = f"00-{trace_id}-{span_id}-01"
     for key in ("traced.txt", "plain.txt"):
-        meta = {"traceparent": tp, "tracestate": "up=1"} if key == "traced.txt" else {"owner": "alice"}
+        meta: dict[str, str | list[str] | tuple[str]] = {"traceparent": tp, "tracestate": "up=1"} if key == "traced.txt" else {"owner": "alice"}
         await asyncio.to_thread(client.put_object, bucket, key, io.BytesIO(b"x"), 1, metadata=meta)
 
     notification = {"Records": [record(bucket, "traced.txt", metadata=False),  # HEAD finds the parent
