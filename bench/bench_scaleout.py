@@ -435,6 +435,9 @@ class Throughput:
         r = Result(name, self.n_instances, n, t0, first, last, {k: v["events"] for k, v in inst.items()},
                    {k: v["first"] - first for k, v in inst.items()}, cpu, mongo_cpu, busy, check, min(got, n),
                    extra or {})
+        records = sum(v["records"] for v in inst.values())
+        if records:  # how many events each handler call carried (batching, the inbox's gathering)
+            r.extra["per_invocation"] = sum(v["events"] for v in inst.values()) / records
         log(f"N={self.n_instances} {name}: {r.steady:,.0f}/s steady, {r.total:,.0f}/s total; shares "
             f"{share_text(r)}; {check.text}")
         return r
@@ -979,6 +982,8 @@ def report(results: list[Result], takeover: dict[str, Any] | None, args: argpars
                          f"{r.extra['lat_max']:.1f} s; {r.extra['scan']} found by the scan)")
             if r.extra.get("reader"):
                 extra = f" (reader {r.extra['reader'].rsplit('-', 1)[-1]})"
+            if r.scenario.startswith("s3-hook") and "per_invocation" in r.extra:
+                extra += f" ({r.extra['per_invocation']:.1f} events per invocation)"
             print(f"| {label}{extra} | {r.instances} | {r.n:,} | {r.steady:,.0f} | {r.total:,.0f} | {share_text(r)} "
                   f"| {offs} s | {1000 * r.cpu / max(1, r.done):.2f} / {1000 * r.mongo_cpu / max(1, r.done):.2f} | "
                   f"{100 * r.busy:.0f}% | {r.check.text} |")

@@ -109,6 +109,10 @@ log = structlog.get_logger("hub.intake.s3_reconcile")
 
 STATE = "s3_reconcile"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Under a steady flow of POSTs a batch of admissions waits up to this long for the senders the
+# last batch answered (hub.intake.group_commit): three round trips per batch, shared by twice as
+# many notifications.
+ADMIT_LINGER_S = 0.005
 
 
 def _scan_observation(bucket: str, obj: ListedObject) -> Observation:
@@ -223,7 +227,8 @@ class S3Reconciler:
             return 0, 0
         group = self._admits.get(put)
         if group is None:
-            group = self._admits[put] = GroupCommit(lambda batch: self._admit_batch(batch, put), name="s3-admit")
+            group = self._admits[put] = GroupCommit(lambda batch: self._admit_batch(batch, put), name="s3-admit",
+                                                    linger_s=ADMIT_LINGER_S)
         queued = sum(await group.submit(events))
         return queued, len(events) - queued
 
