@@ -44,11 +44,12 @@ from hub.sandbox.base import WorkerPool
 from hub.settings import Settings
 from hub.store import InstanceTaken, Store
 from hub.tracing import Tracing
+from hub.web.fn_server import FnRunner
 from hub.web.function_urls import RECORD_LINGER_S, FunctionUrls
 from hub.web.readiness import Readiness
 from hub.web.limits import BodyBudget
 from hub.web.protocol import HubRunner
-from hub.web.routes import make_app, make_fn_app
+from hub.web.routes import make_app
 from hub.web.services import Services
 
 log = structlog.get_logger("hub.app")
@@ -192,9 +193,9 @@ class Hub:
                                      body_timeout_s=settings.http_body_timeout_s,
                                      body_budget=budget, tracing=self.tracing)
         self.web = make_app(services)
-        self.fn_web = make_fn_app(function_urls)  # its own listener: never the console's origin
+        self.function_urls = function_urls  # on a listener of its own: never the console's origin
         self._runner: web.AppRunner | None = None
-        self._fn_runner: web.AppRunner | None = None
+        self._fn_runner: FnRunner | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
         self._beat_stop = asyncio.Event()  # set last in stop(): beats go on while work drains
@@ -263,8 +264,8 @@ class Hub:
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self._fn_runner = HubRunner(self.fn_web, access_log=None,
-                                        keepalive_timeout=self.settings.http_head_timeout_s)
+        self._fn_runner = FnRunner(self.function_urls, access_log=None,
+                                   keepalive_timeout=self.settings.http_head_timeout_s)
         await self._fn_runner.setup()
         fn_site = web.TCPSite(self._fn_runner, self.settings.fn_host or self.settings.http_host, self.settings.fn_port)
         await fn_site.start()

@@ -269,7 +269,7 @@ class HttpEvent(Event):
         return doc
 
 
-def request_data(request: web.Request, route: Route, raw_path: str, segments: list[str], body: bytes,
+def request_data(request: web.BaseRequest, route: Route, raw_path: str, segments: list[str], body: bytes,
                  request_id: str, t: float, clf_time: str, drop_authorization: bool = False) -> dict[str, Any]:
     """Lambda's function-URL / API Gateway v2 payload (version 2.0), paths relative to /fn.
 
@@ -516,7 +516,7 @@ class FunctionUrls:
         finally:
             self._token_read = None
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = new_id()
         try:
             return await self._handle(request, request_id)
@@ -525,7 +525,7 @@ class FunctionUrls:
             log.exception("http trigger request failed", request_id=request_id, path=request.path)
             return error_response(503 if isinstance(exc, ConnectionFailure) else 500, request_id)
 
-    async def _handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
         self._requests.inc()
         raw = request.rel_url.raw_path
         raw_path = raw[len(PREFIX):] or "/"
@@ -594,7 +594,7 @@ class FunctionUrls:
         response = web.Response(status=code, body=payload, headers=headers)
         return response
 
-    async def _check_token(self, request: web.Request, name: str) -> int | None:
+    async def _check_token(self, request: web.BaseRequest, name: str) -> int | None:
         """None when the request carries the trigger's own token; else 401 (none), 403 (wrong),
         or 503 when its hash could not be read (MongoDB away since the trigger was made)."""
         auth = request.headers.get("Authorization", "")

@@ -44,7 +44,7 @@ class BodyBudget:
             self.held -= size
 
 
-async def read_body(request: web.Request, limit: int, timeout_s: float,
+async def read_body(request: web.BaseRequest, limit: int, timeout_s: float,
                     budget: BodyBudget | None = None) -> bytes | None:
     """The body, or None when it is larger than ``limit`` (refused from Content-Length before
     reading when the client sends one; otherwise read no further than the limit). Raises
@@ -63,7 +63,7 @@ async def read_body(request: web.Request, limit: int, timeout_s: float,
         return await _read(request, limit, timeout_s)
 
 
-async def _read(request: web.Request, limit: int, timeout_s: float) -> bytes | None:
+async def _read(request: web.BaseRequest, limit: int, timeout_s: float) -> bytes | None:
     try:
         async with asyncio.timeout(timeout_s):
             if request.content_length is not None:

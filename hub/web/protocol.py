@@ -7,7 +7,8 @@ with a traceback. Here that answer has the JSON shape of every other error, says
 without echoing the input, and is logged as one line. Anything else (a real server error) is
 aiohttp's own handling, unchanged.
 
-Reached through :class:`HubRunner`, the runner both listeners use. It relies on aiohttp's
+Reached through :class:`HubRunner`, the admin listener's runner, and :class:`JsonErrorServer`, the
+function-URL listener's server (hub.web.fn_server). It relies on aiohttp's
 ``AppRunner._make_server`` and ``RequestHandler.handle_error`` (aiohttp is pinned; the tests in
 ``tests/test_safe_defaults.py`` fail if an upgrade changes them).
 """
@@ -55,7 +56,9 @@ class _JsonErrorHandler(RequestHandler):
         return response
 
 
-class _JsonErrorServer(web.Server):
+class JsonErrorServer(web.Server):
+    """``web.Server`` whose connections answer unparseable heads in JSON."""
+
     def __call__(self) -> RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
@@ -65,5 +68,5 @@ class HubRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.__class__ = _JsonErrorServer  # the same server, handing out the handler above
+        server.__class__ = JsonErrorServer  # the same server, handing out the handler above
         return server

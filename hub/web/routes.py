@@ -1,7 +1,7 @@
-"""The two listeners' aiohttp applications: the admin one (every route of the HTTP API in one
-table, the error-and-auth middleware, the collaborators the handlers use: :class:`Services`) and
-the function-URL one (``/fn/...`` only, on its own port, so that no function's answer shares an
-origin with the console or the admin API).
+"""The admin listener's aiohttp application: every route of the HTTP API in one table, the
+error-and-auth middleware, the collaborators the handlers use (:class:`Services`). The
+function-URL listener (``/fn/...`` only, on its own port, so that no function's answer shares an
+origin with the console or the admin API) has no application: :mod:`hub.web.fn_server`.
 
 ``hub.app`` builds the :class:`~hub.web.services.Services` and calls :func:`make_app`; nothing
 here knows the ``Hub`` itself.
@@ -20,29 +20,17 @@ from hub.web import admin_history as hist
 from hub.web import admin_triggers as trg
 from hub.web import health, static
 from hub.web.admin_history import LOG_STREAMS, stop_log_streams
-from hub.web.function_urls import PREFIX as FN_PREFIX
-from hub.web.function_urls import FunctionUrls
 from hub.web.logstream import LogStreams
 from hub.web.auth import require_scope
 from hub.web.s3_webhook import s3_webhook
 from hub.web.scopes import ROUTE_SCOPE_TABLE, check_routes, effective
 from hub.web.services import SERVICES, Services
-from hub.web.wire import MAX_BODY, MAX_REQUEST_LINE, errors_and_auth, fn_errors
+from hub.web.wire import MAX_BODY, MAX_REQUEST_LINE, errors_and_auth
 
 
 async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer of the hub: a browser never guesses a type the hub did not send."""
     response.headers["X-Content-Type-Options"] = "nosniff"
-
-
-def make_fn_app(function_urls: FunctionUrls) -> web.Application:
-    """The function-URL listener: ``/fn`` and below, nothing else (JSON 404 for the rest)."""
-    app = web.Application(middlewares=[fn_errors], client_max_size=MAX_BODY,
-                          handler_args={"max_line_size": MAX_REQUEST_LINE})
-    app.on_response_prepare.append(_nosniff)
-    app.router.add_route("*", FN_PREFIX, function_urls.handle)
-    app.router.add_route("*", FN_PREFIX + "/{tail:.*}", function_urls.handle)
-    return app
 
 
 def make_app(services: Services) -> web.Application:
