@@ -16,7 +16,7 @@ from hub.delivery.dispatch import Dispatcher, Target, backoff_delay
 from hub.events import Event
 from hub.metrics import Metrics
 from hub.spec.models import FunctionSpec, RetryPolicy
-from hub.delivery.records import Completions, RecordWriter
+from hub.delivery.records import Completions, RecordWriter, dead_letter_id
 from hub.catalog.registry import Registry
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
 from hub.store import Store
@@ -177,6 +177,26 @@ async def test_a_chunk_runs_once_per_event_with_one_duplicate_check(
     assert writer.records == 50 and writer.writes < 50
     docs = await store.db.invocations.find({"trigger": "t"}).to_list(None)
     assert sorted(k for doc in docs for k in doc["done"]) == sorted(f"t|{e.id}" for e in events)
+
+
+@pytest.mark.integration
+async def test_duplicate_check_sees_a_dead_letter_written_after_it_found_none(store: Store) -> None:
+    """The check asks a trigger with no dead letters only whether it has any; "none" is never
+    remembered, so one written meanwhile (another instance, the inbox) still counts, and one of
+    another trigger or a replayed one does not."""
+    completions = Completions(store.db)
+    ids = [f"e{i}" for i in range(5)]
+    assert await completions.finished("t", ids) == {}
+    await store.put_dead_letter({"_id": dead_letter_id("t", "e3"), "trigger": "t", "event": {"id": "e3"}})
+    await store.put_dead_letter({"_id": dead_letter_id("other", "e1"), "trigger": "other", "event": {"id": "e1"}})
+    assert await completions.finished("t", ids) == {"e3": "dead_lettered"}
+    assert await completions.finished("t", ids, dead_letter_id("t", "e3")) == {}
+    # a direct invoke's key (no trigger in its dead letters) takes the full query every time
+    await store.put_dead_letter({"_id": dead_letter_id("invoke:fn", "e2"), "trigger": None, "event": {"id": "e2"}})
+    assert await completions.finished("invoke:fn", ids) == {"e2": "dead_lettered"}
+    # a success is found whatever else the record's done list holds
+    await store.db.invocations.insert_one({"_id": "r1", "done": ["t|e0", "t|zz", "other|e4"]})
+    assert await completions.finished("t", ids) == {"e0": "succeeded", "e3": "dead_lettered"}
 
 
 def _batch_script(fail: Callable[[list[str]], list[str] | Exception]) -> Script:
