@@ -80,8 +80,9 @@ class GroupCommit(Generic[T, R]):
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
-        if (self.linger_s > 0 and len(self._waiting) < self._expected
-                and loop.time() - self._ended < self.linger_s):
+        # (one batch at a time only: with several in flight "the last batch" means nothing)
+        if (self.linger_s > 0 and self.parallel == 1 and self._gathered is None
+                and len(self._waiting) < self._expected and loop.time() - self._ended < self.linger_s):
             # a steady flow: the senders the last batch answered are on their way back
             self._gathered = asyncio.Event()
             try:
