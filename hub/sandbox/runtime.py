@@ -96,6 +96,7 @@ _loop: Any = None
 _logger: Any = None
 _function_name = ""
 _aws = False  # event_format "aws": a Lambda context, Lambda's environment and error documents
+_proc_fds: dict[str, int] = {}  # hub.sandbox.runtime._proc
 
 
 # ---------------------------------------------------------------------------- framing
@@ -157,9 +158,7 @@ def _apply_limits(limits: Doc) -> ModuleType:
     setl(resource.RLIMIT_NOFILE, limits.get("nofile"))
     setl(resource.RLIMIT_FSIZE, limits.get("fsize"))
     setl(resource.RLIMIT_NPROC, limits.get("nproc"))
-    as_bytes = limits.get("as")
-    if as_bytes:
-        setl(resource.RLIMIT_AS, as_bytes)
+    setl(resource.RLIMIT_AS, limits.get("as") or None)
     cpu = limits.get("cpu")
     if cpu:
         # Hard limit = the worker's lifetime CPU budget (the pool recycles workers that get
@@ -184,12 +183,9 @@ def _cpu_seconds(resource: ModuleType) -> float:
 
 
 def _arm_cpu(resource: ModuleType, timeout_s: float) -> None:
-    """Soft RLIMIT_CPU = CPU used so far + this invocation's timeout (+1 s slack).
-
-    The pool's wall-clock timeout normally fires first; this catches multi-threaded spinning
-    that burns CPU faster than wall time. SIGXCPU then ends the worker; the pool reports it as
-    a timeout.
-    """
+    """Soft RLIMIT_CPU = CPU used so far + this invocation's timeout (+1 s slack). The pool's
+    wall-clock timeout normally fires first; this catches multi-threaded spinning that burns CPU
+    faster than wall time. SIGXCPU then ends the worker; the pool reports it as a timeout."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
         if hard == resource.RLIM_INFINITY:
@@ -212,15 +208,21 @@ def _reset_peak() -> None:
         pass
 
 
+def _proc(path: str) -> bytes:
+    """A /proc file of this process, read at offset 0 through an fd kept open (per invocation)."""
+    fd = _proc_fds.get(path)
+    if fd is None:
+        fd = _proc_fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return os.pread(fd, 4096, 0)
+
+
 def _peak_rss_kb(resource: ModuleType) -> int:
-    peak = 0
     try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    peak = int(line.split()[1])
-                    break
-    except (OSError, ValueError):
+        status = _proc("/proc/self/status")
+        at = status.index(b"VmHWM:")
+        peak = int(status[at + 6:status.index(b"kB", at)])
+    except (OSError, ValueError):  # the function closed or reused the fd: open it again next time
+        _proc_fds.pop("/proc/self/status", None)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
@@ -232,17 +234,15 @@ def _peak_rss_kb(resource: ModuleType) -> int:
 def _last_pid() -> int:
     # /proc/loadavg's 5th field: the last pid allocated *in our pid namespace*.
     try:
-        with open("/proc/loadavg", "rb") as f:
-            return int(f.read().split()[4])
+        return int(_proc("/proc/loadavg").split()[4])
     except (OSError, ValueError, IndexError):
+        _proc_fds.pop("/proc/loadavg", None)
         return 0
 
 
 def _stray_processes(baseline: int) -> int:
-    """Processes the function left running (sandbox only: we are pid 2 in our own pid ns).
-
-    Costs one small read unless the function ever started a process.
-    """
+    """Processes the function left running (sandbox only: we are pid 2 in our own pid ns);
+    one small read unless the function ever started a process."""
     if _last_pid() <= baseline:
         return 0
     try:
