@@ -42,7 +42,10 @@ async def s3_webhook(request: web.Request) -> web.Response:
     prefix = "not an S3 notification: "
     try:
         # Parsed here, bounded in depth; an empty body is left to parse_notification to explain.
-        events = parse_notification(parse_json(raw, MAX_PAYLOAD_DEPTH, prefix) if raw.strip() else raw)
+        # owned: the parsed body is handed over (nothing here reads it again), so its records
+        # are not copied
+        events = parse_notification(parse_json(raw, MAX_PAYLOAD_DEPTH, prefix) if raw.strip() else raw,
+                                    owned=True)
     except SubscriptionConfirmation as confirm:
         return reply(await _confirm_sns(confirm))
     except NotificationError as exc:
