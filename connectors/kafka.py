@@ -86,6 +86,8 @@ def _text_or_b64(raw: bytes | None) -> str | None:
 
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text: a backlog's
 # messages mostly share their second, and datetime formatting was a tenth of message_event
+_MS_TEXT = ["Z"] + [f".{ms:03d}000Z" for ms in range(1, 1000)]  # each millisecond's tail, written
+# once: a concatenation is a third of an f-string with a format spec (0.13 vs 0.4 us an event)
 
 
 def kafka_time(timestamp_ms: int) -> str:
@@ -95,7 +97,7 @@ def kafka_time(timestamp_ms: int) -> str:
     if _second[0] != seconds:
         _second[1] = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0] = seconds
-    return f"{_second[1]}.{ms:03d}000Z" if ms else f"{_second[1]}Z"
+    return _second[1] + _MS_TEXT[ms]
 
 
 def message_event(msg: ConsumerRecord[bytes, bytes]) -> Event:
@@ -344,8 +346,13 @@ class KafkaSubscription(SupervisedLoop):
                 self._adapt_fetch_wait(consumer, bool(batch))
                 if self._rebalancing:
                     continue
+                arrived = time.monotonic()  # once a fetch, not once a message
                 for tp, msgs in batch.items():
-                    self._lane(tp).put([self._item(m) for m in msgs])
+                    if self.ordering == "key":
+                        items = [self._item(m, arrived) for m in msgs]
+                    else:  # partition order, the default: no per-message key to work out
+                        items = [Item(message_event(m), m.offset + 1, None, arrived) for m in msgs]
+                    self._lane(tp).put(items)
                     if msgs:
                         self._committed.setdefault(tp, msgs[0].offset)  # where this member began
                         self._read[tp] = msgs[-1].offset + 1
@@ -376,11 +383,10 @@ class KafkaSubscription(SupervisedLoop):
         if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", None) != wanted:
             fetcher._fetch_max_wait_ms = wanted
 
-    def _item(self, msg: ConsumerRecord[bytes, bytes]) -> Item:
-        key = None
-        if self.ordering == "key":
-            key = msg.key.hex() if msg.key is not None else f"\0{msg.offset}"  # no key: no order to keep
-        return Item(message_event(msg), msg.offset + 1, key)
+    def _item(self, msg: ConsumerRecord[bytes, bytes], arrived: float) -> Item:
+        """``ordering="key"``: the message's key says which items keep their order."""
+        key = msg.key.hex() if msg.key is not None else f"\0{msg.offset}"  # no key: no order to keep
+        return Item(message_event(msg), msg.offset + 1, key, arrived)
 
     def _lane(self, tp: TopicPartition) -> Lane:
         lane = self.lanes.get(tp)

@@ -122,6 +122,16 @@ def record(ts: Any) -> ConsumerRecord[bytes, bytes]:
                           serialized_value_size=8, headers=[("h", b"v")])
 
 
+def test_kafka_time_writes_what_isoformat_writes() -> None:
+    """The cached second and the per-millisecond tails give datetime's own text, whole seconds
+    (no fraction) and second boundaries included."""
+    from connectors.kafka import kafka_time
+
+    for ms in [*range(1_765_100_000_000, 1_765_100_002_001), 1, 999, 1000, 1_700_000_000_000]:
+        expected = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        assert kafka_time(ms) == expected
+
+
 def test_message_event_without_timestamp_is_now() -> None:
     for ts in (-1, None):
         before = dt.datetime.now(dt.timezone.utc)

@@ -114,8 +114,12 @@ class Chunk:
             self.broken = fut.exception()
 
     def finished_prefix(self) -> tuple[int, BaseException | None]:
+        last: asyncio.Future[Any] | None = None  # a batch's events share their record's future
         for i, event in enumerate(self.events):
             fut = self.durable.get(event.id)
+            if fut is last and fut is not None:
+                continue
+            last = fut
             if fut is None or not fut.done():
                 return i, self.broken or RuntimeError("not run")
             if fut.cancelled():
@@ -174,7 +178,7 @@ class Dispatcher:
 
     async def settle(self, chunk: Chunk) -> dict[str, str]:
         """The second half: wait until every outcome is durable; ``Unfinished`` if not all are."""
-        for fut in list(chunk.durable.values()):
+        for fut in {id(f): f for f in chunk.durable.values()}.values():  # a batch's events share one
             if not fut.done():
                 try:
                     # shielded: a cancelled wait must not cancel the write's own future (the
@@ -225,26 +229,29 @@ class Dispatcher:
                      replay_of: str | None) -> tuple[list[Event], asyncio.Future[None]]:
         """Wait for any delivery of these events already running here (until its outcome is
         durable), re-check them, and claim what is left for this one."""
+        key = target.key
+        inflight = self._inflight
         while True:
-            busy = {id(f): f for e in group
-                    if (f := self._inflight.get(completion_key(target.key, e.id))) is not None}
+            busy = {id(f): f for e in group if (f := inflight.get(completion_key(key, e.id))) is not None}
             if not busy:
                 break
             await asyncio.gather(*(asyncio.shield(f) for f in busy.values()), return_exceptions=True)
             group = await self._not_finished(target, chunk, group, replay_of)
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for event in group:
-            self._inflight[completion_key(target.key, event.id)] = claim
+            inflight[completion_key(key, event.id)] = claim
         return group, claim
 
     def _release(self, target: Target, group: list[Event], claim: asyncio.Future[None], chunk: Chunk) -> None:
         """Drop the claim once the group's outcomes are durable (or failed): a duplicate that
         arrives before that waits, then finds them finished."""
+        target_key, inflight = target.key, self._inflight
+
         def done(_: object = None) -> None:
             for event in group:
-                key = completion_key(target.key, event.id)
-                if self._inflight.get(key) is claim:
-                    del self._inflight[key]
+                key = completion_key(target_key, event.id)
+                if inflight.get(key) is claim:
+                    del inflight[key]
             if not claim.done():
                 claim.set_result(None)
 
@@ -417,6 +424,7 @@ class Dispatcher:
         if secret_values:  # only functions with secrets pay for this
             _mask_report(report, secret_values)
         status = report.status.value
+        target_key = target.key
         if report.status is Status.succeeded and outcome.failed:
             status = "partial"
         record: dict[str, Any] = {
@@ -438,16 +446,19 @@ class Dispatcher:
             **report.to_doc(),
             "status": status,
             # the success markers: see hub.delivery.records
-            "done": [completion_key(target.key, e.id) for e in outcome.succeeded],
+            "done": [completion_key(target_key, e.id) for e in outcome.succeeded],
         }
         if fn is not None and fn.event_format == "aws":
             _lambda_view(record, report)
         if is_batch:
-            failed = {e.id for e in outcome.failed}
-            skipped = {e.id for e in outcome.not_processed}
             record["batch_size"] = len(events)
-            record["items"] = [{"event_id": e.id, "status": "failed" if e.id in failed else
-                                "not_processed" if e.id in skipped else "succeeded"} for e in events]
+            if len(outcome.succeeded) == len(events):  # the usual batch: no sets to build and ask
+                record["items"] = [{"event_id": i, "status": "succeeded"} for i in record["event_ids"]]
+            else:
+                failed = {e.id for e in outcome.failed}
+                skipped = {e.id for e in outcome.not_processed}
+                record["items"] = [{"event_id": e.id, "status": "failed" if e.id in failed else
+                                    "not_processed" if e.id in skipped else "succeeded"} for e in events]
         return record
 
     def _observe(self, target: Target, record: dict[str, Any], report: InvocationReport) -> None:
