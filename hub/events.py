@@ -63,14 +63,20 @@ class Event:
     def prepared(self) -> Prepared | None:
         """The CloudEvent as a :class:`Prepared` payload (``data["value"]`` spliced in as
         ``value_json``), or None without ``value_json`` (then ``to_cloudevent`` is the payload)."""
-        if self.value_json is None:
+        doc = self.prepared_record()
+        return None if doc is None else Prepared(doc)
+
+    def prepared_record(self) -> dict[str, Any] | None:
+        """What ``prepared`` holds, as a plain dict: a record of a :class:`Prepared` batch envelope
+        (a dict display is a quarter cheaper than the subclass; one per event at batch 100)."""
+        value_json = self.value_json
+        if value_json is None:
             return None
         data = dict(self.data)
-        data["value"] = orjson.Fragment(self.value_json)
-        doc = Prepared(
-            specversion="1.0", id=self.id, source=self.source, type=self.type, subject=self.subject,
-            time=self.time, datacontenttype=self.datacontenttype, data=data,
-        )
+        data["value"] = orjson.Fragment(value_json)
+        doc = {"specversion": "1.0", "id": self.id, "source": self.source, "type": self.type,
+               "subject": self.subject, "time": self.time, "datacontenttype": self.datacontenttype,
+               "data": data}
         if self.traceparent:
             doc["traceparent"] = self.traceparent
             if self.tracestate:
@@ -112,7 +118,8 @@ def new_event(*, id: str, source: str, type: str, data: Any, subject: str | None
 class Prepared(dict[str, Any]):
     """A handler payload built to be written by ``orjson.dumps`` (no options): its leaves are
     ``str`` (the hub's own text or text decoded as strict UTF-8), ``int`` within 64 bits, ``None``,
-    nested ``Prepared``/``list`` of those, and ``orjson.Fragment`` of JSON text orjson's strict
+    nested ``Prepared``/``list`` of those or dicts from ``Event.prepared_record``, and
+    ``orjson.Fragment`` of JSON text orjson's strict
     parser accepted. orjson writes such a payload as the stdlib encoder would (same values; no NaN,
     no big int, no non-str key, no lone surrogate can be in it), so the pool
     (``hub.sandbox.pool``) takes the fast encoder for it and the stdlib's for anything else."""

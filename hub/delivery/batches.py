@@ -30,7 +30,7 @@ ENVELOPE_TYPE = "hub.batch"
 def envelope(events: list[Event], source: str | None, trigger: str | None) -> dict[str, Any]:
     """The batch payload; a :class:`Prepared` one (written by orjson around each record's
     ``value_json``) when every record has its value as JSON text already."""
-    records = [e.prepared() for e in events]
+    records = [e.prepared_record() for e in events]
     source = source or (events[0].source if events else None)
     if all(r is not None for r in records):
         return Prepared(type=ENVELOPE_TYPE, source=source, trigger=trigger, records=records)
