@@ -135,12 +135,6 @@ async def _serve(settings: Any) -> None:
     # that starts many hubs would keep every earlier one's leftovers frozen.
     gc.collect()
     gc.freeze()
-    # A young collection every 10,000 new container objects, not 700: under a Kafka backlog
-    # every event is a handful of them and lives in a lane for a while, so at 700 the collector
-    # ran ~1,000 young and ~90 middle collections per 100,000 events and promoted the waiting
-    # events each time (0.20 s of hub CPU, a tenth of it; now 0.06 s; issue 21). Only cyclic
-    # garbage waits longer for it; everything else is still freed at once by reference counting.
-    gc.set_threshold(10_000, 10, 10)
     try:
         await stop.wait()
     finally:
