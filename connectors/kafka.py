@@ -33,11 +33,18 @@ from aiokafka.structs import ConsumerRecord
 
 from connectors.base import Sink, SupervisedLoop
 from connectors.lanes import Item, Lane
-from hub.events import Event, new_event, utc_now_iso
+from hub.events import (
+    MAX_PAYLOAD_DEPTH,
+    Event,
+    json_depth_exceeds,
+    new_event,
+    utc_now_iso,
+)
 
 
 def decode_value(raw: bytes | None) -> tuple[Any, str]:
-    """JSON when it parses, else text when it is UTF-8, else base64 (the encoding says which)."""
+    """JSON when it parses (nested at most MAX_PAYLOAD_DEPTH deep), else text when it is UTF-8,
+    else base64 (the encoding says which)."""
     if raw is None:
         return None, "null"
     try:
@@ -45,11 +52,20 @@ def decode_value(raw: bytes | None) -> tuple[Any, str]:
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode(), "base64"
     try:
-        return json.loads(text), "json"
+        value = json.loads(text)
     except ValueError:
         return text, "text"
     except RecursionError:  # nested deeper than Python's json will go: the handler gets the text
         return text, "text"
+    return (text, "text") if _too_deep(raw, value) else (value, "json")
+
+
+def _too_deep(raw: bytes, value: Any) -> bool:
+    """Nested deeper than an event may be stored (and than the worker's stdlib decoder reads,
+    past ~990): such a value reaches the handler as its text, like one json cannot read, rather
+    than crash every worker that receives it and stop its partition (its dead letter could not
+    be stored either). Counting brackets first keeps the walk off the usual value."""
+    return raw.count(b"[") + raw.count(b"{") > MAX_PAYLOAD_DEPTH and json_depth_exceeds(value, MAX_PAYLOAD_DEPTH)
 
 
 # A run of 19 digits may be an integer beyond 64 bits, which orjson reads as a float (the stdlib as
@@ -63,16 +79,18 @@ _LONG_RUN = b"0" * 19
 def json_value(raw: bytes) -> tuple[Any, bytes] | None:
     """``raw`` decoded, when orjson's strict parser takes it and reads it as the stdlib would,
     with ``raw`` itself as the value's JSON text; else None (not JSON, or JSON only the stdlib
-    reads: NaN, Infinity, integers beyond 64 bits, lone surrogates, a BOM, very deep nesting).
+    reads: NaN, Infinity, integers beyond 64 bits, lone surrogates, a BOM; or nested deeper than
+    MAX_PAYLOAD_DEPTH, which :func:`decode_value` hands over as text).
 
     The text is valid JSON per orjson, so it can be spliced into a request as one value and
     nothing in it can add a field next to it (a hostile producer cannot forge the request)."""
     if len(raw) >= 19 and _LONG_RUN in raw.translate(_DIGITS_TO_ZERO):
         return None
     try:
-        return orjson.loads(raw), raw
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+    return None if _too_deep(raw, value) else (value, raw)
 
 
 def _text_or_b64(raw: bytes | None) -> str | None:

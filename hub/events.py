@@ -22,6 +22,24 @@ from typing import Any
 
 import orjson
 
+# Event data is stored inside inbox items and dead letters (item.event.data.<value>), and MongoDB
+# stores at most 100 levels: payloads and message values may nest at most this deep as JSON.
+MAX_PAYLOAD_DEPTH = 64
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` has more than ``limit`` levels of lists/objects (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        items = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if items is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in items if isinstance(child, (dict, list)))
+    return False
+
 
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")

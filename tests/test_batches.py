@@ -70,6 +70,46 @@ async def test_kafka_batch_closes_at_size_or_window(api: Api, servers: dict[str,
     assert [i["invocation_id"] for i in found["invocations"]] == [one["invocation_id"]]
 
 
+ECHO_DEPTH = """
+def handler(event, context):
+    records = event["records"] if event.get("type") == "hub.batch" else [event]
+    return [[r["data"]["encoding"], len(r["data"]["value"]) if r["data"]["encoding"] == "text" else r["data"]["value"]]
+            for r in records]
+"""
+
+
+@pytest.mark.parametrize("batch", [None, {"size": 10, "window_ms": 200}])
+async def test_kafka_values_nested_too_deep_reach_the_handler_as_text(
+    api: Api, servers: dict[str, Any], unique: str, batch: dict[str, Any] | None
+) -> None:
+    """A value nested deeper than an event may be stored (64) is handed over as its text: at
+    1,010 levels, orjson reads it but the worker's stdlib decoder would not, and every worker
+    that got it crashed before the function ran (its dead letter could not be stored either),
+    stopping the partition behind it. The messages after it run."""
+    topic = f"deep-{unique}"
+    await create_topic(servers["kafka"].bootstrap, topic, 1)
+    await api.put_function(f"echo-{unique}", ECHO_DEPTH)
+    await api.put_trigger(f"d-{unique}", f"echo-{unique}", {"type": "kafka", "topic": topic},
+                          **({"batch": batch} if batch else {}))
+    values = [b'{"ok": 1}', b"[" * 1010 + b"]" * 1010, b"[" * 995 + b"]" * 995, b"[" * 65 + b"]" * 65, b'{"ok": 2}']
+    producer = AIOKafkaProducer(bootstrap_servers=servers["kafka"].bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+    async def all_seen() -> list[Any]:
+        invs = await api.invocations(trigger=f"d-{unique}")
+        seen = [r for i in invs if i["status"] == "succeeded" for r in i["result"]]
+        return seen if len(seen) >= len(values) else []
+
+    seen = await eventually(all_seen, timeout=60)
+    assert sorted(map(repr, seen)) == sorted(map(repr, [["json", {"ok": 1}], ["text", 2020], ["text", 1990],
+                                                         ["text", 130], ["json", {"ok": 2}]]))
+
+
 async def test_kafka_partial_failure_keeps_order_and_dead_letters_the_poison(
     api: Api, servers: dict[str, Any], unique: str
 ) -> None:

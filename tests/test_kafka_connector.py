@@ -22,7 +22,7 @@ from aiokafka.errors import ConsumerStoppedError, KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 
 from connectors.base import Unfinished
-from connectors.kafka import KafkaSubscription, commit_start_offsets, message_event
+from connectors.kafka import KafkaSubscription, commit_start_offsets, decode_value, message_event
 from hub.events import Event
 from tests.hubfixtures import eventually
 
@@ -190,6 +190,14 @@ def test_value_bytes_and_encodings() -> None:
     big = message_event(value_record(b"[123456789012345678901]")).data
     assert big["value"] == [123456789012345678901] and big["encoding"] == "json"
     assert message_event(value_record(b"[" * 2000 + b"]" * 2000)).data["encoding"] == "text"
+    # deeper than an event may be stored (hub.events.MAX_PAYLOAD_DEPTH): text by either parser
+    for deep in (b"[" * 65 + b"]" * 65, b'{"a":' * 65 + b"1" + b"}" * 65, b"[" * 1010 + b"]" * 1010):
+        data = message_event(value_record(deep)).data
+        assert (data["encoding"], data["value"]) == ("text", deep.decode())
+        assert decode_value(deep) == (deep.decode(), "text")
+    at_limit = b"[" * 64 + b"]" * 64
+    assert message_event(value_record(at_limit)).data["encoding"] == "json"
+    assert message_event(value_record(b'["[[[[' + b"[" * 70 + b'"]')).data["encoding"] == "json"  # in a string
     assert message_event(value_record(b"\xff")).data["encoding"] == "base64"
 
 

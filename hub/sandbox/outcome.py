@@ -14,6 +14,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.events import json_depth_exceeds
 from hub.sandbox.base import FunctionRuntime, InvocationReport, Status
 
 # A dying interpreter or C library says one of these on stderr when an allocation fails.
@@ -222,23 +223,6 @@ def as_float(v: Any, lo: float = 0.0, hi: float = 1e9) -> float:
     if not math.isfinite(f):
         return 0.0
     return min(max(f, lo), hi)
-
-
-def json_depth_exceeds(obj: Any, limit: int) -> bool:
-    """True if ``obj`` has more than ``limit`` levels of lists/dicts (iterative)."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        cur, depth = stack.pop()
-        if isinstance(cur, dict):
-            items: Any = cur.values()
-        elif isinstance(cur, list):
-            items = cur
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((x, depth + 1) for x in items if isinstance(x, (dict, list)))
-    return False
 
 
 def _live(pid: int) -> bool:

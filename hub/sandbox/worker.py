@@ -31,6 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from hub.events import json_depth_exceeds
 from hub.sandbox.base import FunctionRuntime
 from hub.sandbox.bwrap import SandboxConfigError, SpawnConfig, worker_command
 from hub.sandbox.netns import Attachment
@@ -43,7 +44,6 @@ from hub.sandbox.outcome import (
     as_int,
     descendants,
     is_signal,
-    json_depth_exceeds,
     live_descendants,
     only_chain,
     tree_memory_bytes,

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import DocumentTooLarge
 
 from hub.catalog.code import CodeError, CodeTooLarge, CodeUnavailable
-from hub.catalog.registry import Conflict, NotFound
+from hub.catalog.registry import Conflict, NotFound, is_version
 from hub.catalog.triggers import TriggerError
-from hub.catalog.registry import is_version
+from hub.events import MAX_PAYLOAD_DEPTH, json_depth_exceeds
 from hub.spec.models import NAME_RE, error_field, error_message
 from hub.web import limits
 from hub.web.limits import BodyBudget
@@ -43,9 +43,8 @@ MAX_SYNC_PAYLOAD = 6 * 1024 * 1024  # Lambda's synchronous invoke limit
 MAX_ASYNC_PAYLOAD = 1024 * 1024  # queued in a MongoDB document (Lambda's async limit is 1 MB)
 MAX_WEBHOOK_BODY = 1024 * 1024  # S3 servers send a record or a few per request
 MAX_SPEC_DEPTH = 32  # function and trigger definitions (a filter nests at most 16 inside)
-# Invoke payloads and webhook notifications are stored inside an inbox item or a dead letter
-# (item.event.data.<payload>), and MongoDB stores at most 100 levels.
-MAX_PAYLOAD_DEPTH = 64
+# Invoke payloads and webhook notifications are stored inside an inbox item or a dead letter:
+# hub.events.MAX_PAYLOAD_DEPTH.
 MAX_STORED_EVENT_DEPTH = 96
 MAX_URL_BYTES = 8192  # longer URLs get a JSON 414
 MAX_REQUEST_LINE = 64 * 1024  # aiohttp's request-line limit (default 8190): URLs up to it get our 414
@@ -87,20 +86,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
-
-
-def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """True if ``value`` has more than ``limit`` levels of lists/objects (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        items = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if items is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in items if isinstance(child, (dict, list)))
-    return False
 
 
 def _not_json_constant(name: str) -> Any:
