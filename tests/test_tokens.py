@@ -187,26 +187,52 @@ async def test_revocation_is_immediate_on_another_instance(pair: tuple[Hub, Hub]
             assert r.status == 200
 
 
-async def test_revocation_waits_for_an_instance_whose_stream_trails(pair: tuple[Hub, Hub]) -> None:
-    """b's reader sees deletions half a second late (a busy instance): the DELETE on a answers
-    only once b has acknowledged, so b's very next request is refused all the same."""
-    a, b = pair
+def _trailing(hub: Hub) -> None:
+    """``hub``'s reader hands credential changes on half a second late (a busy instance)."""
     loop = asyncio.get_running_loop()
-    real = b.tokens.changed
+    real = hub.tokens.changed
 
     def late(change: Any) -> None:
         loop.call_later(0.5, real, change)
 
-    b.tokens.changed = late  # type: ignore[method-assign]
+    hub.tokens.changed = late  # type: ignore[method-assign]
+
+
+async def _cached_on(api_a: Api, b: Hub, name: str) -> Api:
+    """A deploy token made through ``api_a``, used on ``b`` until b has it cached."""
+    token = (await api_a.ok("POST", "/v1/tokens", {"name": name, "scope": "deploy"}))["token"]
+    on_b = Api(api_a.session, b.url, token)
+    await eventually(lambda: _status_is(on_b, 200))  # the creation reached b: now cached there
+    return on_b
+
+
+async def test_revocation_waits_for_an_instance_whose_stream_trails(pair: tuple[Hub, Hub]) -> None:
+    """b's reader sees deletions half a second late: the DELETE on a answers only once b has
+    acknowledged, so b's very next request is refused all the same."""
+    a, b = pair
+    _trailing(b)
     async with aiohttp.ClientSession() as http:
         api_a = Api(http, a.url)
-        token = (await api_a.ok("POST", "/v1/tokens", {"name": "late", "scope": "deploy"}))["token"]
-        on_b = Api(http, b.url, token)
-        await eventually(lambda: _status_is(on_b, 200))  # the creation reached b: now cached there
+        on_b = await _cached_on(api_a, b, "late")
         await api_a.ok("DELETE", "/v1/tokens/late")
         assert (await on_b.call("GET", "/v1/functions"))[0] == 401
         acks = await a.store.db.credential_acks.find({"_id": f"tokens/late/{b.instance_id}"}).to_list(None)
         assert len(acks) == 1
+
+
+async def test_revocation_waits_for_peers_while_its_own_stream_is_down(pair: tuple[Hub, Hub]) -> None:
+    """a's config watch is down (it caches nothing and its stream tells it nothing), b's trails:
+    a DELETE on a still answers only once b has acknowledged the deletion; two DELETEs of one
+    token at once: one deletes (and waits), the other finds nothing."""
+    a, b = pair
+    _trailing(b)
+    async with aiohttp.ClientSession() as http:
+        api_a = Api(http, a.url)
+        on_b = await _cached_on(api_a, b, "blind")
+        a.tokens.following(False)  # what the watch does when its stream fails
+        statuses = await asyncio.gather(*(api_a.call("DELETE", "/v1/tokens/blind") for _ in range(2)))
+        assert sorted(status for status, _ in statuses) == [200, 404]
+        assert (await on_b.call("GET", "/v1/functions"))[0] == 401
 
 
 async def test_revocation_names_an_instance_that_never_acknowledges(

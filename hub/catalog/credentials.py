@@ -11,8 +11,10 @@ config watch keeps honest: what API tokens (``hub.catalog.tokens``) and access k
   milliseconds it usually takes), so every instance acknowledges each deletion it has seen, after
   emptying its cache, in ``credential_acks`` (the deletion's cluster time, per instance); the
   revoking instance waits for its own stream and then for the acknowledgements of every instance
-  with a recent heartbeat (``peers``), up to ``REVOKE_WAIT_S``, and names the ones that did not
-  answer in a warning (an instance whose stream is down does not cache: it reads MongoDB).
+  with a recent heartbeat (``peers``) of the deletion's cluster time (from the delete's own reply:
+  the wait holds even while the revoker's stream is down), up to ``REVOKE_WAIT_S``, and names the
+  ones that did not answer in a warning (an instance whose stream is down does not cache: it
+  reads MongoDB).
 - **Unknown credentials are remembered too** (a flood of wrong guesses costs no MongoDB reads),
   up to ``NEGATIVE_CACHE_MAX``; past that the cache starts afresh.
 - **Last use is stamped at most once a minute** per credential and instance, in the background:
@@ -56,8 +58,7 @@ class WatchedCredentials(Generic[T]):
         self._generation = 0
         self.cache_enabled = False
         self._last_use: dict[str, float] = {}  # name -> monotonic time of the last stamp written
-        self._revoked: dict[str, asyncio.Event] = {}
-        self._deleted_at: dict[str, Any] = {}  # name being revoked -> its deletion's cluster time
+        self._revoked: dict[str, set[asyncio.Event]] = {}  # name -> its revocations waiting for the stream
         self._tasks: set[asyncio.Task[None]] = set()
         # Set by the composition root: this instance's id (it acknowledges the deletions it has
         # seen) and the ids of the instances with a recent heartbeat (a revocation waits for them).
@@ -78,9 +79,8 @@ class WatchedCredentials(Generic[T]):
         if change.get("operationType") != "delete" or not isinstance(name, str):
             return
         at = change.get("clusterTime")
-        if name in self._revoked:
-            self._deleted_at[name] = at
-            self._revoked[name].set()
+        for seen in self._revoked.get(name, ()):
+            seen.set()
         if self.instance is not None and at is not None:  # after the cache was emptied, above
             self._background(self._acknowledge(name, at), "ack")
 
@@ -138,9 +138,14 @@ class WatchedCredentials(Generic[T]):
         change stream has seen the deletion and every live peer has acknowledged it (or
         ``REVOKE_WAIT_S`` passed: logged)."""
         deadline = time.monotonic() + REVOKE_WAIT_S
-        seen = self._revoked.setdefault(name, asyncio.Event())
+        seen = asyncio.Event()  # this call's own: two revocations of one name do not share it
+        self._revoked.setdefault(name, set()).add(seen)
         try:
-            doc = await self.coll.find_one_and_delete({"_id": name}, dict(projection))
+            async with self.db.client.start_session() as session:
+                doc = await self.coll.find_one_and_delete({"_id": name}, dict(projection), session=session)
+                # the deletion's cluster time, which every instance's stream event of it carries
+                # (whether or not this instance's own stream is up)
+                at = session.operation_time
             if doc is None:
                 return None
             self._forget()
@@ -149,13 +154,14 @@ class WatchedCredentials(Generic[T]):
                     await asyncio.wait_for(seen.wait(), REVOKE_WAIT_S)
                 except TimeoutError:
                     log.warning("a deletion has not come through the change stream yet", kind=self.kind, name=name)
-            at = self._deleted_at.get(name)
             if at is not None and self.peers is not None:
                 await self._peers_saw(name, at, deadline)
             return dict(doc)
         finally:
-            self._revoked.pop(name, None)
-            self._deleted_at.pop(name, None)
+            waiting = self._revoked.get(name, set())
+            waiting.discard(seen)
+            if not waiting:
+                self._revoked.pop(name, None)
 
     async def _peers_saw(self, name: str, at: Any, deadline: float) -> None:
         """Wait until every other live instance has acknowledged the deletion of ``name`` at
