@@ -380,6 +380,9 @@ async def test_consumer_is_closed_when_stopped_during_start() -> None:
         raise AssertionError("nothing to deliver")
 
     sub = subscription(f"127.0.0.1:{port}", "t", "g", sink)
+    # stop() waits this long for a start hung in bootstrap before it cancels it (the hub's own
+    # grace is ~25 s of the same wait: the path is the same)
+    sub.stop_grace_s = 1.0
     try:
         await sub.start()
         await asyncio.wait_for(connected.wait(), 30)
