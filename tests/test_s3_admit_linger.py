@@ -96,3 +96,14 @@ async def test_a_failed_batch_fails_its_callers_and_the_next_one_does_not_linger
     assert all(isinstance(g, RuntimeError) for g in got)
     # the senders' retries, one at a time: no linger for the two that do not come
     assert await asyncio.wait_for(group.submit([7]), 10) == [7]
+
+
+async def test_a_backlog_larger_than_a_batch_never_lingers() -> None:
+    """30 callers at once and batches of at most 10: after a batch, the callers still waiting are
+    fewer than it "expects" (the batch's and theirs), but a full batch is already there: it goes
+    at once (before, each waited out the linger: with 30 s this timed out)."""
+    writes = Writes()
+    group: GroupCommit[int, int] = GroupCommit(writes.run, max_items=10, linger_s=30.0)
+    got = await asyncio.wait_for(asyncio.gather(*(group.submit([i]) for i in range(30))), 10)
+    assert got == [[i * 10] for i in range(30)]
+    assert [len(b) for b in writes.batches] == [10, 10, 10]

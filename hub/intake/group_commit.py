@@ -82,7 +82,8 @@ class GroupCommit(Generic[T, R]):
         loop = asyncio.get_running_loop()
         # (one batch at a time only: with several in flight "the last batch" means nothing)
         if (self.linger_s > 0 and self.parallel == 1 and self._gathered is None
-                and len(self._waiting) < self._expected and loop.time() - self._ended < self.linger_s):
+                and len(self._waiting) < self._expected and loop.time() - self._ended < self.linger_s
+                and sum(len(items) for items, _ in self._waiting) < self.max_items):  # not a full batch already
             # a steady flow: the senders the last batch answered are on their way back
             self._gathered = asyncio.Event()
             try:
