@@ -207,6 +207,8 @@ class Completions:
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self.db = db
         self._with_dead_letters: set[str] = set()  # a hint: a trigger not in it is asked each time
+        # The trigger-wide question ({"trigger": target_key}) relies on every dead letter storing
+        # ``trigger`` equal to its target's key (dispatch._dead_letter and the inbox's give-up do).
 
     async def finished(
         self, target_key: str, event_ids: Iterable[str], ignore_dead_letter: str | None = None
