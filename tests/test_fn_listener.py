@@ -63,6 +63,28 @@ async def test_expect_100_continue_gets_its_interim_answer(api: Api, unique: str
 
 
 @pytest.mark.integration
+async def test_a_refused_request_is_answered_before_its_body_is_asked_for(api: Api, unique: str) -> None:
+    """The interim 100 is sent only once the body is about to be read: a request without its
+    token, to no route, or whose Content-Length is over the limit gets its final answer at once,
+    and its sender never sends the body (it is never asked to)."""
+    await api.put_function(f"echo-{unique}", ECHO_BODY)
+    await api.put_trigger(f"tok-{unique}", f"echo-{unique}", {"type": "http", "path": f"/t{unique}", "auth": "token"})
+    await api.put_trigger(f"open-{unique}", f"echo-{unique}", {"type": "http", "path": f"/o{unique}", "auth": "none"})
+    for path, length, want in ((f"/t{unique}", 5, 401), (f"/nothing-{unique}", 5, 404),
+                               (f"/o{unique}", 2**31, 413)):
+        head = (f"POST /fn{path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                f"Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", _fn_port(api))
+        try:
+            writer.write(head)
+            await writer.drain()
+            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # no body sent
+        finally:
+            writer.close()
+        assert int(first.split()[1]) == want, (path, first)
+
+
+@pytest.mark.integration
 async def test_only_fn_paths_are_served_and_every_answer_says_nosniff(api: Api, unique: str) -> None:
     await api.put_function(f"echo-{unique}", ECHO_BODY)
     await api.put_trigger(f"echo-{unique}", f"echo-{unique}", {"type": "http", "path": "/", "auth": "none"})

@@ -11,8 +11,9 @@ did here, and what does it now:
   with ``%2F`` kept);
 - a URL over ``MAX_URL_BYTES`` is a JSON 414 (``hub.web.wire.fn_errors``, the middleware that
   was, now called directly);
-- ``Expect: 100-continue`` gets its interim ``100 Continue`` before the body is read (the
-  router's default expect handler did it), any other ``Expect`` a JSON 417;
+- ``Expect: 100-continue`` gets its interim ``100 Continue`` when the body is about to be read,
+  after the route, its token and the Content-Length were checked (``hub.web.limits.read_body``;
+  the router's default expect handler sent it before any check), any other ``Expect`` a JSON 417;
 - every answer, aiohttp's own error answers included, carries ``X-Content-Type-Options:
   nosniff`` (the request's prepare hook, which is where the signal ran);
 - bodies are capped at ``MAX_BODY`` by ``read()`` (the Application's ``client_max_size``);
@@ -33,6 +34,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from hub.web.function_urls import PREFIX, FunctionUrls
+from hub.web.limits import EXPECTS_CONTINUE
 from hub.web.protocol import JsonErrorServer
 from hub.web.wire import MAX_BODY, MAX_REQUEST_LINE, fn_errors, reply
 
@@ -58,9 +60,7 @@ class FnListener:
         if expect and request.version == HttpVersion11:  # HTTP/1.0 has no interim answers
             if expect.lower() != "100-continue":
                 return reply({"error": "Expectation Failed: only 100-continue is supported"}, 417)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the answer itself has not started
-            await request.writer.drain()
+            request[EXPECTS_CONTINUE] = True  # sent by read_body, once the checks let it in
         return await fn_errors(request, self._route)  # type: ignore[arg-type]  # a 414 and the JSON 404
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:

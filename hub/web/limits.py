@@ -7,6 +7,10 @@ when it runs out (from the connect, or from the previous answer). A body is read
 ``HUB_HTTP_BODY_TIMEOUT_S`` (then 408). Public routes (function URLs, the S3 webhook) also share a
 :class:`BodyBudget`: the bytes all their bodies in flight may hold at once, so a crowd of large
 uploads gets 503 with ``Retry-After`` instead of the hub's memory.
+
+A client that sent ``Expect: 100-continue`` on the fn port is told to go on only here, once the
+body is about to be read (:data:`EXPECTS_CONTINUE`): a request refused first (401, 403, 404, 413
+from its Content-Length, 503) is answered without the client ever sending its body.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+
+# Set on a request by the fn listener (hub.web.fn_server) for ``Expect: 100-continue``: the
+# interim answer is owed, and sent by :func:`read_body` before it reads.
+EXPECTS_CONTINUE = "hub.expects_continue"
 
 
 class BodyTimeout(Exception):
@@ -63,9 +71,19 @@ async def read_body(request: web.BaseRequest, limit: int, timeout_s: float,
         return await _read(request, limit, timeout_s)
 
 
+async def _continue(request: web.BaseRequest) -> None:
+    """The interim ``100 Continue`` the request is owed, if any (once)."""
+    if request.get(EXPECTS_CONTINUE):
+        request[EXPECTS_CONTINUE] = False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not started
+        await request.writer.drain()
+
+
 async def _read(request: web.BaseRequest, limit: int, timeout_s: float) -> bytes | None:
     try:
         async with asyncio.timeout(timeout_s):
+            await _continue(request)
             if request.content_length is not None:
                 return await request.read()
             chunks: list[bytes] = []
