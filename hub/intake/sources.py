@@ -58,7 +58,10 @@ class DispatchSink:
         trigger = self.router.get(trigger_name)
         if trigger is None:
             return None
-        wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
+        if trigger.filter:
+            wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
+        else:  # the usual trigger: no call per event
+            wanted = list(range(len(events)))
         if not wanted:
             return None
         target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
