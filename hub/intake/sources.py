@@ -58,10 +58,7 @@ class DispatchSink:
         trigger = self.router.get(trigger_name)
         if trigger is None:
             return None
-        if trigger.filter:
-            wanted = [i for i, e in enumerate(events) if self.router.passes_filter(trigger, e)]
-        else:  # the usual trigger: no call per event
-            wanted = list(range(len(events)))
+        wanted = self.router.passing(trigger, events)
         if not wanted:
             return None
         target = Target(trigger.function, trigger.name, trigger.retry, trigger.batch_size, True, events[0].source)
