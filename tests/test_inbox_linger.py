@@ -7,6 +7,8 @@ the order is the test's."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -96,17 +98,28 @@ async def test_a_stop_starts_what_lingers_within_its_grace(
         await store.close()
 
 
+@asynccontextmanager
+async def _open_box(servers: dict[str, Any], unique: str, batch: int) -> AsyncIterator[tuple[Any, GatedDispatcher, Any]]:
+    """A started inbox on real MongoDB whose dispatcher runs at once; stopped and dropped after."""
+    store, gated = await _store(servers, unique), GatedDispatcher()
+    gated.gate.set()
+    box = inbox(store, "a", gated, router=_router(unique, batch=batch))
+    await box.start()
+    try:
+        yield store, gated, box
+    finally:
+        await box.stop()
+        await store.client.drop_database(f"linger_{unique}")
+        await store.close()
+
+
 async def test_items_flowing_in_gather_until_the_linger_ends(
     servers: dict[str, Any], unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing runs, but each item came right after the one before: they gather (not one chunk
     each), and the linger's end starts them without a full batch."""
     monkeypatch.setattr(inbox_module, "LINGER_S", 600.0)
-    store, gated = await _store(servers, unique), GatedDispatcher()
-    gated.gate.set()
-    box = inbox(store, "a", gated, router=_router(unique, batch=100))
-    await box.start()
-    try:
+    async with _open_box(servers, unique, batch=100) as (store, gated, box):
         await box.put_events([_event(unique, 0)])
         await eventually(lambda: _inbox_empty(store))
         # "right after": within LINGER_S (600 s here) of the one before
@@ -120,10 +133,6 @@ async def test_items_flowing_in_gather_until_the_linger_ends(
         box._lingered(queue)  # the timer's end, now
         await eventually(lambda: _inbox_empty(store))
         assert gated.calls == [[_event(unique, 0).id], [_event(unique, n).id for n in range(1, 4)]]
-    finally:
-        await box.stop()
-        await store.client.drop_database(f"linger_{unique}")
-        await store.close()
 
 
 async def test_replays_of_a_batching_trigger_run_alone_and_do_not_linger(
@@ -132,20 +141,12 @@ async def test_replays_of_a_batching_trigger_run_alone_and_do_not_linger(
     """A replay's chunk is its own dead letter's: replays get a queue of their own (batch 1), never
     gathered into the trigger's batch nor held back by its linger."""
     monkeypatch.setattr(inbox_module, "LINGER_S", 600.0)
-    store, gated = await _store(servers, unique), GatedDispatcher()
-    gated.gate.set()
-    box = inbox(store, "a", gated, router=_router(unique, batch=5))
-    await box.start()
-    try:
+    async with _open_box(servers, unique, batch=5) as (store, gated, box):
         await box.put_events([_event(unique, 0)])
         await box.put_replays([{"_id": f"dl{n}", "event": _event(unique, n).to_cloudevent(), "function": "f",
                                 "trigger": f"t-{unique}"} for n in range(1, 4)])
         await eventually(lambda: _inbox_empty(store))
         assert sorted(gated.calls) == [[_event(unique, n).id] for n in range(4)]
-    finally:
-        await box.stop()
-        await store.client.drop_database(f"linger_{unique}")
-        await store.close()
 
 
 async def _true(value: bool) -> bool:
