@@ -325,6 +325,9 @@ async def test_openapi_documents_codes_schemas_and_bounds(api: Api) -> None:
     paths, schemas = spec["paths"], spec["components"]["schemas"]
     put_fn = paths["/v1/functions/{name}"]["put"]["responses"]
     assert {"200", "201", "400", "401", "413", "414", "503"} <= set(put_fn)
+    # function URLs: every answer the hub (not the function) gives on the fn port
+    fn_post = paths["/fn/{path}"]["post"]["responses"]
+    assert {"401", "403", "404", "405", "408", "413", "414", "417", "429", "500", "502", "503", "504"} <= set(fn_post)
     assert put_fn["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Function"}
     assert {"200", "202", "404"} <= set(paths["/v1/functions/{name}/invoke"]["post"]["responses"])
     assert "202" in paths["/v1/dead-letters/{id}/replay"]["post"]["responses"]

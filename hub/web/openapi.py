@@ -393,7 +393,10 @@ _FN_ERRORS = {
     "403": "auth 'token': not the trigger's token (the admin token never works here)",
     "404": "no enabled http trigger has this path",
     "405": "the path is routed, the method is not (see Allow)",
-    "413": "request body over 6 MB",
+    "408": "the body was sent more slowly than HUB_HTTP_BODY_TIMEOUT_S allows",
+    "413": "request body over 6 MB (refused from Content-Length before any is read)",
+    "417": "an Expect header other than 100-continue (100 Continue itself is sent once the route, "
+           "the token and the Content-Length have passed: a refused request never sends its body)",
     "429": "the function is at max_concurrency and its queue is full (Retry-After)",
     "502": "the function failed, crashed, ran out of memory or answered something that is not a response",
     "504": "the function timed out",

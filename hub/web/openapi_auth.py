@@ -97,7 +97,8 @@ def paths(op: Op, param: Callable[..., dict[str, Any]], json_body: Callable[[str
         },
         "/v1/tokens/{name}": {
             "parameters": [name],
-            "delete": op("Revoke a token: refused on every instance from the next request on",
+            "delete": op("Revoke a token: refused on every instance from the next request on (answers once every "
+                         "live instance has acknowledged the deletion, or after 5 s)",
                          {"200": "Deleted"}, "400 404 503"),
         },
     }

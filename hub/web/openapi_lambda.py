@@ -105,7 +105,8 @@ def paths(op: Op, param: Callable[..., dict[str, Any]], json_body: Callable[[str
         },
         "/v1/access-keys/{name}": {
             "parameters": [name],
-            "delete": op("Delete an access key pair: refused on every instance from the next request on",
+            "delete": op("Delete an access key pair: refused on every instance from the next request on "
+                         "(answers once every live instance has acknowledged the deletion, or after 5 s)",
                          {"200": "Deleted"}, "400 404 503"),
         },
         "/2015-03-31/functions/{name}/invocations": {
