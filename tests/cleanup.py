@@ -40,8 +40,8 @@ async def _triggers_cleaned_up(request: pytest.FixtureRequest) -> AsyncIterator[
     for trigger in created:
         await hub.triggers.delete(trigger["_id"])
     left = {(t.get("source") or {}).get("bucket") for t in after if t["_id"] in before}
-    buckets = {(t.get("source") or {}).get("bucket") for t in created
-               if (t.get("source") or {}).get("type") == "s3"} - left - {None}
+    buckets: set[str] = {b for t in created if (t.get("source") or {}).get("type") == "s3"
+                         and (b := (t.get("source") or {}).get("bucket")) is not None} - left
     names = [t["_id"] for t in created if (t.get("source") or {}).get("type") == "kafka"]
     if buckets and hub.settings.s3_endpoint and hub.settings.s3_flavor == "rgw":
         await asyncio.to_thread(_forget_buckets, hub.settings, sorted(buckets))

@@ -18,7 +18,7 @@ SERVER_FIXTURES = frozenset({"mongo_server", "kafka_server", "rgw_server", "serv
 
 
 def server_fixtures(item: pytest.Item) -> set[str]:
-    return SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    return set(SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 UNMARKED = pytest.StashKey[set[str]]()

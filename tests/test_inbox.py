@@ -109,7 +109,7 @@ async def test_s3_batches_from_the_inbox_retry_only_the_failed_record(
                           retry={"max_attempts": 2, "backoff_s": 0.05, "max_backoff_s": 0.1})
     template = json.loads((DATA / "rgw_put.json").read_text())
     keys = ["k0", "k1", "bad", "k3"]
-    body = {"Records": []}
+    body: dict[str, list[dict[str, Any]]] = {"Records": []}
     for i, key in enumerate(keys):
         rec = copy.deepcopy(template["Records"][0])
         rec["s3"]["bucket"]["name"] = bucket
