@@ -1,7 +1,11 @@
 """structlog set-up: JSON lines in production, console in dev, for our lines and the libraries'.
 
-Invocation context (invocation_id, function, trigger) is bound with structlog's contextvars so
-that every line logged while an invocation is handled carries it.
+Invocation context (invocation_id, function, trigger, and the trace's ids when traced) is set in
+one ``ContextVar`` (:data:`INVOCATION`, by ``hub.delivery.dispatch``) and merged into every line
+logged while the invocation is handled, ours and the libraries'. (structlog's
+``bound_contextvars`` did the same with a ContextVar per key and a generator context manager:
+~3.6 us per invocation, 1-3 % of the hub behind function URLs; one ``set``/``reset`` is ~0.3 us.)
+Lines bound with structlog's own contextvars are merged too.
 
 aiokafka, pymongo and aiohttp log through the standard library. Everything goes through one
 stdlib handler whose ``structlog.stdlib.ProcessorFormatter`` renders both our event dicts and
@@ -14,7 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import IO
+from contextvars import ContextVar
+from typing import IO, Any
 
 import structlog
 
@@ -67,6 +72,19 @@ class LibraryNoise(logging.Filter):
         return True
 
 
+# The invocation being handled in this task (set and reset around it by hub.delivery.dispatch).
+INVOCATION: ContextVar[dict[str, Any] | None] = ContextVar("hub_invocation", default=None)
+
+
+def merge_invocation(logger: Any, method: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """A processor: the current invocation's fields first, the line's own keys win (as structlog's
+    ``merge_contextvars`` does)."""
+    context = INVOCATION.get()
+    if context:
+        return {**context, **event_dict}
+    return event_dict
+
+
 def _level(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     return numeric if isinstance(numeric, int) else logging.INFO
@@ -84,6 +102,7 @@ def configure(fmt: str = "console", level: str = "info", stream: IO[str] | None 
                                                    exception_formatter=structlog.dev.plain_traceback))
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        merge_invocation,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -33,6 +33,7 @@ from hub.spec import aws_events
 from hub.catalog.code import CodeUnavailable
 from hub.catalog.secrets import SecretUnavailable, mask
 from hub.events import Event
+from hub.logs import INVOCATION
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
 from hub.delivery.records import Completions, RecordWriter, completion_key, dead_letter_id
@@ -407,15 +408,19 @@ class Dispatcher:
         traceparent = traceparent_of(span)
         ctx = InvokeContext(invocation_id=invocation_id, trigger=target.trigger, attempt=attempt,
                             traceparent=traceparent)
-        trace_ids = {"trace_id": traceparent.split("-")[1], "span_id": traceparent.split("-")[2]} if traceparent else {}
-        with structlog.contextvars.bound_contextvars(invocation_id=invocation_id, function=target.function_name,
-                                                     trigger=target.trigger, **trace_ids):
+        context = {"invocation_id": invocation_id, "function": target.function_name, "trigger": target.trigger}
+        if traceparent:
+            context["trace_id"], context["span_id"] = traceparent.split("-")[1:3]
+        bound = INVOCATION.set(context)  # every line logged meanwhile carries it (hub.logs)
+        try:
             if not aws:
                 return await self.pool.invoke(fn, payload, ctx), fn
             arn = self.registry.aws.function_arn(target.function_name, target.qualifier)
             report = await self.pool.invoke(fn, payload, replace(ctx, function_arn=arn))
             report.handed = payload  # recorded with the invocation: what the handler got
             return report, fn
+        finally:
+            INVOCATION.reset(bound)
 
     def _record(self, target: Target, events: list[Event], report: InvocationReport, fn: FunctionRuntime | None,
                 request_id: str, attempt: int, outcome: batches.Split, is_batch: bool) -> dict[str, Any]:
