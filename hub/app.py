@@ -45,7 +45,7 @@ from hub.settings import Settings
 from hub.store import InstanceTaken, Store
 from hub.tracing import Tracing
 from hub.web.fn_server import FnRunner
-from hub.web.function_urls import RECORD_LINGER_S, FunctionUrls
+from hub.web.function_urls import RECORD_BATCH, RECORD_LINGER_S, FunctionUrls
 from hub.web.readiness import Readiness
 from hub.web.limits import BodyBudget
 from hub.web.protocol import HubRunner
@@ -156,7 +156,8 @@ class Hub:
         # lets them wait longer for company (hub.web.function_urls.RECORD_LINGER_S) without
         # slowing the records that Kafka lanes and sync invokes wait for; a dispatcher of its own
         # uses it (run_once holds no state that the two would need to share).
-        self.fn_writer = RecordWriter(self.store.db, on_written=self.usage.add, linger_s=RECORD_LINGER_S)
+        self.fn_writer = RecordWriter(self.store.db, on_written=self.usage.add, linger_s=RECORD_LINGER_S,
+                                      linger_under=RECORD_BATCH)
         fn_dispatcher = Dispatcher(self.store, self.registry, self.pool, self.metrics, self.fn_writer,
                                    Completions(self.store.db), crash_point=settings.test_crash_point,
                                    instance=self.instance_id, tracing=self.tracing,

@@ -529,24 +529,31 @@ class Dispatcher:
         error). With ``durable`` it returns once the record is in MongoDB; without, the record
         follows in the next group commit (an http answer does not wait for it)."""
         if not self.tracing.enabled:  # tracing off costs nothing here, not even its context manager
-            written, record, report = await self._run_once(target, event, invocation_id, request_id, attempt, None)
+            written, record, report = await self._run_once(target, event, invocation_id, request_id, attempt,
+                                                           None, durable)
         else:
             with self.tracing.attempt([event], function=target.function_name, trigger=target.trigger,
                                       invocation_id=invocation_id, attempt=attempt) as span:
                 written, record, report = await self._run_once(target, event, invocation_id, request_id,
-                                                               attempt, span)
-        if durable:
+                                                               attempt, span, durable)
+        if written is not None:
             await asyncio.shield(written)
         self._observe(target, record, report)
         return record
 
     async def _run_once(self, target: Target, event: Event, invocation_id: str, request_id: str, attempt: int,
-                        span: Any) -> tuple[asyncio.Future[Any], dict[str, Any], InvocationReport]:
+                        span: Any, durable: bool
+                        ) -> tuple[asyncio.Future[Any] | None, dict[str, Any], InvocationReport]:
+        """The record, and the write to wait for (None: nobody waits)."""
         report, fn = await self._invoke(target, [event], invocation_id, attempt, span)
         outcome = batches.split([event], {event.id} if report.status is not Status.succeeded else set(), True)
         record = self._record(target, [event], report, fn, request_id, attempt, outcome, False)
         record["_id"] = invocation_id
-        return self._submit(record, report, span), record, report
+        if durable or span is not None:  # a traced write has a span of its own, ended when durable
+            written = self._submit(record, report, span)
+            return (written if durable else None), record, report
+        self.writer.post(record)  # no future for a caller that never waits (hub.delivery.records)
+        return None, record, report
 
     @staticmethod
     def _age_s(event: Event) -> float | None:

@@ -9,7 +9,9 @@ recorded but not marked (or the other way round). The duplicate check reads thos
 Records are written through :class:`RecordWriter`, a group commit: whatever is submitted while
 one ``insert_many`` is in flight goes out together in the next, so a hub running thousands of
 invocations a second makes tens of writes, not thousands. A caller that must not ack before its
-record is durable awaits the future ``submit`` returns.
+record is durable awaits the future ``submit`` returns; one that never waits (a function URL's
+answer goes before its record) uses ``post``, which makes no future: a record of those that cannot
+be written is logged instead of failing a future nobody reads.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from hub.store import storable
 
 log = structlog.get_logger("hub.delivery.records")
 
-Entries = list[tuple[dict[str, Any], "asyncio.Future[None]"]]
+Entries = list[tuple[dict[str, Any], "asyncio.Future[None] | None"]]  # None: posted, nobody waits
 MAX_BATCH = 1000
 # Under a steady flow (the last write ended less than LINGER_AFTER_S ago) a write that would carry
 # fewer than LINGER_UNDER records waits LINGER_S for more: at batch 1 or behind function URLs a
 # write otherwise carries one or two records, and each insert_many costs the hub (and mongod,
 # and the usage flush it triggers) the same whatever it carries. An idle hub's first record goes
-# out at once.
+# out at once. The linger ends early once LINGER_UNDER records are waiting.
 LINGER_S = 0.002
 LINGER_AFTER_S = 0.01
 LINGER_UNDER = 32
@@ -52,10 +54,12 @@ def dead_letter_id(target_key: str, event_id: str) -> str:
 class RecordWriter:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], max_batch: int = MAX_BATCH,
                  on_written: Callable[[list[dict[str, Any]]], None] | None = None,
-                 linger_s: float = LINGER_S) -> None:
+                 linger_s: float = LINGER_S, linger_under: int = LINGER_UNDER) -> None:
         self.coll = db.invocations
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.linger_under = linger_under
+        self._lingering: asyncio.Future[None] | None = None  # set while a linger waits for company
         self._last_write = -1.0  # loop time the last write ended
         # Told the records of each write that landed (usage metering, hub.delivery.usage): after the
         # write, never instead of it; it must not raise, and must not block.
@@ -78,7 +82,25 @@ class RecordWriter:
             return fut
         self._pending.append((doc, fut))
         self._wake.set()
+        self._enough()
         return fut
+
+    def post(self, doc: dict[str, Any]) -> None:
+        """Queue ``doc`` for a caller that never waits for it: no future (a future, its callback
+        and the callback's scheduling were ~2 us per function-URL request). A record that cannot
+        be written is logged (``records not written``); one queued after close is logged too."""
+        if self._closing:
+            log.warning("record not written: the record writer is closed", invocation_id=doc.get("_id"))
+            return
+        self._pending.append((doc, None))
+        self._wake.set()
+        self._enough()
+
+    def _enough(self) -> None:
+        """End a linger once enough records wait: a larger batch would not cost less per record
+        than the wait costs the records already waiting."""
+        if self._lingering is not None and len(self._pending) >= self.linger_under and not self._lingering.done():
+            self._lingering.set_result(None)
 
     async def write(self, doc: dict[str, Any]) -> None:
         await self.submit(doc)
@@ -90,11 +112,18 @@ class RecordWriter:
         """Write what is queued (for up to ``timeout``), then stop; the rest fails."""
         self._closing = True
         self._wake.set()
+        if self._lingering is not None and not self._lingering.done():
+            self._lingering.set_result(None)  # what lingers goes out now
         await finish_or_cancel(self._task, timeout)  # its writes are shielded
         log.debug("record writer closed", records=self.records, writes=self.writes)
+        lost = 0
         for _, fut in self._current + self._pending:
-            if not fut.done():
+            if fut is None:
+                lost += 1
+            elif not fut.done():
                 fut.set_exception(RuntimeError("the hub stopped before the record was written"))
+        if lost:
+            log.warning("records not written: the hub stopped before they were", records=lost)
         self._current, self._pending = [], []
 
     async def _run(self) -> None:
@@ -105,9 +134,17 @@ class RecordWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if (self.linger_s > 0 and not self._closing and len(self._pending) < LINGER_UNDER
-                    and asyncio.get_running_loop().time() - self._last_write < LINGER_AFTER_S):
-                await asyncio.sleep(self.linger_s)  # a steady flow: let a few more records join
+            loop = asyncio.get_running_loop()
+            if (self.linger_s > 0 and not self._closing and len(self._pending) < self.linger_under
+                    and loop.time() - self._last_write < LINGER_AFTER_S):
+                # a steady flow: let a few more records join (up to linger_s, or linger_under records)
+                self._lingering = loop.create_future()
+                timer = loop.call_later(self.linger_s, _resolve, self._lingering)
+                try:
+                    await self._lingering
+                finally:
+                    timer.cancel()
+                    self._lingering = None
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
             self._current = batch
             delay = 0.2
@@ -149,13 +186,20 @@ class RecordWriter:
         if not retry:
             self._retrying = False
         self.records += len(batch) - len(failed) - len(retry)
-        for i, (_, fut) in enumerate(batch):
+        unread: list[str] = []  # posted records that can never be written: nobody else hears of them
+        for i, (doc, fut) in enumerate(batch):
+            if fut is None:
+                if i in failed:
+                    unread.append(f"{doc.get('_id')}: {failed[i]}")
+                continue
             if fut.done() or i in retry:
                 continue
             if i in failed:
                 fut.set_exception(failed[i])
             else:
                 fut.set_result(None)
+        if unread:
+            log.warning("records not written", records=len(unread), errors=unread[:5])
         # -- usage metering (hub.delivery.usage): the records that landed in this write, once each --
         if self.on_written is not None:
             landed = [doc for i, (doc, _) in enumerate(batch) if i not in failed and i not in retry]
@@ -176,6 +220,11 @@ class RecordWriter:
             except Exception as exc:
                 failed[i] = exc
         return failed
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _fit(doc: dict[str, Any], limit: int = 15 * 1024 * 1024) -> dict[str, Any]:
