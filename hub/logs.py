@@ -76,7 +76,8 @@ class LibraryNoise(logging.Filter):
 INVOCATION: ContextVar[dict[str, Any] | None] = ContextVar("hub_invocation", default=None)
 
 
-def merge_invocation(logger: Any, method: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+def merge_invocation(logger: Any, method: str,
+                     event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
     """A processor: the current invocation's fields first, the line's own keys win (as structlog's
     ``merge_contextvars`` does)."""
     context = INVOCATION.get()
