@@ -92,14 +92,19 @@ class Lane:
 
     # -- feeding ----------------------------------------------------------------------------
     def put(self, items: list[Item]) -> None:
-        for item in items:
-            self._order.append(item)
-            if item.event is None:
-                item.done = True  # a marker is finished once everything before it is
-            else:
-                self._waiting.setdefault(item.key if self.by_key else None, deque()).append(item)
-        if items:
-            self._changed.set()
+        if not items:
+            return
+        self._order.extend(items)
+        if not self.by_key and all(item.event is not None for item in items):
+            # the usual fetch (one stream in order, no markers): one extend, not a call per item
+            self._waiting.setdefault(None, deque()).extend(items)
+        else:
+            for item in items:
+                if item.event is None:
+                    item.done = True  # a marker is finished once everything before it is
+                else:
+                    self._waiting.setdefault(item.key if self.by_key else None, deque()).append(item)
+        self._changed.set()
 
     @property
     def buffered(self) -> int:
