@@ -204,7 +204,8 @@ def test_value_bytes_and_encodings() -> None:
 def test_new_event_is_the_dataclass() -> None:
     from hub.events import new_event
 
-    fields = dict(id="i", source="kafka://t", type="kafka.message", data={"a": 1}, subject=None, time="t0")
+    fields: dict[str, Any] = dict(id="i", source="kafka://t", type="kafka.message", data={"a": 1}, subject=None,
+                                  time="t0")
     fast, slow = new_event(**fields), Event(**fields)
     assert fast == slow and fast.__dict__ == slow.__dict__ and repr(fast) == repr(slow)
 
