@@ -160,9 +160,8 @@ class Usage:
         self._pending: dict[tuple[str, str | None, dt.datetime], _Bucket] = {}
         self._pending_records = 0
         self._wake = asyncio.Event()
-        self._closed = asyncio.Event()  # close() cuts the interval between writes short
+        self._closed = asyncio.Event()  # set by close(): it also cuts the interval between writes short
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self._children: dict[str, tuple[Any, Any]] = {}
         # the hour of the last record added, as [start, end) in UTC: the records of one write
         # mostly share it (hour_of per record was a third of add's time)
@@ -249,9 +248,8 @@ class Usage:
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write what is pending (for up to ``timeout``), then stop."""
-        self._closing = True
-        self._wake.set()
         self._closed.set()
+        self._wake.set()
         await finish_or_cancel(self._task, timeout)  # its write is shielded
         if self._pending_records:
             self.metrics.usage_write_failures.inc(self._pending_records)
@@ -266,13 +264,13 @@ class Usage:
     async def _run(self) -> None:
         while True:
             if not self._pending:
-                if self._closing:
+                if self._closed.is_set():
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             await self._flush()
-            if not self._closing:  # what comes meanwhile goes out together in the next write
+            if not self._closed.is_set():  # what comes meanwhile goes out together in the next write
                 try:
                     await asyncio.wait_for(self._closed.wait(), FLUSH_INTERVAL_S)
                 except TimeoutError:
@@ -306,7 +304,7 @@ class Usage:
             if not failed_before:  # the invocations of a failing flush, counted once
                 self.metrics.usage_write_failures.inc(records)
                 failed_before = True
-            if self._closing:
+            if self._closed.is_set():
                 self._lost(records, error)
                 return
             log.warning("usage write failed; retrying", records=records, error=error)

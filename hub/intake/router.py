@@ -97,7 +97,7 @@ class Router:
         per event, for the usual trigger that has none)."""
         if not trigger.filter:
             return list(range(len(events)))
-        return [i for i, e in enumerate(events) if filters.matches(trigger.filter, e.to_cloudevent())]
+        return [i for i, e in enumerate(events) if self.passes_filter(trigger, e)]
 
     def match_s3(self, event: Event) -> list[Trigger]:
         """s3 events come from one shared webhook, so they are matched against every s3 trigger."""
