@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import json
 import time
 from typing import Any
@@ -429,10 +430,25 @@ class KafkaSubscription(SupervisedLoop):
                 f"{self.name}/{tp.partition}", self.sink, ack,
                 batch_size=self.batch_size, window_s=self.batch_window_s, max_chunk=self.max_chunk,
                 capacity=self.lane_capacity, by_key=self.ordering == "key", parallelism=self.parallelism,
-                on_room=self._room.set,
+                on_room=functools.partial(self._made_room, tp),
             )
             lane.start()
         return lane
+
+    def _made_room(self, tp: TopicPartition) -> None:
+        """A lane took items off: resume its partition now if it was paused for want of room. The
+        fetch loop may be inside a ``getmany`` that waits (up to a second) on partitions with
+        nothing new: their backlog read, another partition's lane emptied meanwhile and nothing
+        fetched for it until that wait ended (a second lost at the tail of every backlog)."""
+        self._room.set()
+        consumer, lane = self.consumer, self.lanes.get(tp)
+        if consumer is None or lane is None or self._rebalancing or lane.room() < self.max_chunk:
+            return
+        try:
+            if tp in consumer.paused():
+                consumer.resume(tp)  # the fetcher sends a fetch for it at once, the waiting getmany returns it
+        except IllegalStateError:  # no longer assigned: the rebalance deals with it
+            pass
 
     def _flow_control(self, consumer: AIOKafkaConsumer) -> bool:
         """Pause partitions whose lane is full, resume them once it has room again; True when

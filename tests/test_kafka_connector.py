@@ -311,6 +311,42 @@ async def test_sink_error_commits_only_finished_events_and_redelivers(kafka_serv
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(90)
+async def test_a_full_lane_resumes_its_partition_while_the_fetch_waits_on_another(
+        kafka_server: Any, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition 0 holds a backlog ten lanes deep, partition 1 nothing. The fetch loop pauses
+    partition 0 whenever its lane is full, then waits in ``getmany`` on partition 1 alone; the lane
+    emptying must resume partition 0 at once, not when that wait ends (a second per lane's worth:
+    issue 21 lost a second at the tail of every backlog, once the first partitions were read)."""
+    bs, topic, group = kafka_server.bootstrap, f"room-{unique}", f"g-{unique}"
+    await create_topic(bs, topic, 2)
+    await produce(bs, topic, [f"m-{i}" for i in range(40)], partitions=1)  # all to partition 0
+    await commit_start_offsets(bs, topic, group, "earliest")
+    got: list[int] = []
+    empty_waits = 0  # getmany calls that waited their whole timeout and brought nothing
+    getmany = AIOKafkaConsumer.getmany
+
+    async def counting_getmany(self: AIOKafkaConsumer, *partitions: TopicPartition, **kw: Any) -> Any:
+        nonlocal empty_waits
+        batch = await getmany(self, *partitions, **kw)
+        empty_waits += not batch and len(got) < 40
+        return batch
+
+    async def sink(events: list[Event]) -> None:
+        got.extend(event.data["offset"] for event in events)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", counting_getmany)
+    sub = CountingSubscription(name="room", bootstrap=bs, topic=topic, group_id=group, sink=sink,
+                               max_chunk=4, lane_capacity=4, **GROUP_TIMING)
+    async with observer(bs, group) as obs, running(sub):
+        await eventually(lambda: obs.caught_up(topic))
+    assert got == list(range(40))
+    # Ten refills of the lane; before the fix each one waited out a getmany (ten or more). One or
+    # two may still time out on a machine that stalls for a second.
+    assert empty_waits <= 2, f"{empty_waits} fetch waits of a second each while partition 0 had a backlog"
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 async def test_rebalance_waits_for_the_in_flight_batch(kafka_server: Any, unique: str) -> None:
     bs, topic, group = kafka_server.bootstrap, f"rebalance-{unique}", f"g-{unique}"
