@@ -181,6 +181,9 @@ class Hub:
                                    self.inbox, self.scheduler, self.s3_reconciler, self.pool)
         self.watcher = ConfigWatcher(self.store.db, self.registry, self.trigger_sync.sync,
                                      listeners=(self.secrets, self.tokens, self.access_keys))
+        # it acknowledges the trigger changes it loaded; the inbox trusts its set while it vouches
+        self.watcher.instance = self.instance_id
+        self.inbox.triggers_current = self.watcher.triggers_current
         self.triggers = TriggerService(self.store, settings, self.trigger_sync.sync, self.instance_id)
         budget = BodyBudget(settings.public_body_budget)
         services = Services(

@@ -291,13 +291,27 @@ class Store:
             query = {"$or": [{"function": function}, {"function": {"$regex": f"^{re.escape(function)}:"}}]}
         return await self.db.triggers.find(query).sort("_id", ASCENDING).to_list(None)
 
-    async def put_trigger(self, doc: dict[str, Any]) -> None:
-        await self.db.triggers.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    async def put_trigger(self, doc: dict[str, Any]) -> Any:
+        """Returns the write's cluster time, which its change event carries (hub.catalog.triggers
+        waits for every instance to have loaded it)."""
+        async with self.client.start_session() as session:
+            await self.db.triggers.replace_one({"_id": doc["_id"]}, doc, upsert=True, session=session)
+            return session.operation_time
 
-    async def delete_trigger(self, name: str) -> bool:
-        res = await self.db.triggers.delete_one({"_id": name})
+    async def delete_trigger(self, name: str) -> tuple[bool, Any]:
+        """Whether there was one, and the deletion's cluster time (as ``put_trigger``)."""
+        async with self.client.start_session() as session:
+            res = await self.db.triggers.delete_one({"_id": name}, session=session)
+            at = session.operation_time  # the trigger's deletion, not its state's below
         await self.db.source_state.delete_many({"trigger": name})
-        return res.deleted_count > 0
+        return res.deleted_count > 0, at
+
+    async def trigger_acks(self, instances: list[str], at: Any) -> set[str]:
+        """Which of these instances have acknowledged loading the trigger changes up to cluster
+        time ``at`` (``trigger_acks``, written by their config watch)."""
+        docs = await self.db.trigger_acks.find({"_id": {"$in": instances}, "ts": {"$gte": at}},
+                                               {"_id": 1}).to_list(None)
+        return {str(d["_id"]) for d in docs}
 
     async def set_trigger_fields(self, name: str, fields: dict[str, Any],
                                  expect: dict[str, Any] | None = None) -> bool:

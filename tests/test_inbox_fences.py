@@ -260,12 +260,16 @@ async def test_heartbeats_go_on_while_a_trigger_sync_is_slow(servers: dict[str, 
 
 
 async def test_an_s3_item_names_a_trigger_made_elsewhere_a_moment_ago(
-    api: Api, hub: Hub, http: aiohttp.ClientSession, servers: dict[str, Any], unique: str
+    api: Api, hub: Hub, http: aiohttp.ClientSession, servers: dict[str, Any], unique: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two triggers on one bucket; this instance has not heard of the second yet (made through
-    another instance a moment ago). The notification matches the first, so it used to be queued
-    for that one only; now the webhook's instance sees that the bucket has a trigger it does not
-    know, reloads, and the item names both."""
+    another instance a moment ago, which answered after waiting for this one in vain: its config
+    watch does not vouch for its set). The notification matches the first, so it used to be
+    queued for that one only; now the webhook's instance sees that the bucket has a trigger it
+    does not know, reloads, and the item names both. (While the watch vouches, the write's wait
+    is what holds: tests/test_triggers_everywhere.py.)"""
+    monkeypatch.setattr(hub.inbox, "triggers_current", lambda: False)
     bucket = f"two-{unique}"
     await asyncio.to_thread(minio_client(servers["rgw"]).make_bucket, bucket)
     await api.put_function(f"rec-{unique}", RECORD)

@@ -3,13 +3,22 @@
 Preparing the source is what makes "takes effect without a restart" exact: the start position is
 fixed at the moment the trigger is written (MongoDB cluster time, Kafka end offsets), so events
 written right after the API call runs even if the subscription needs a moment to start.
+
+A write that makes, changes or deletes an s3 trigger answers once every live instance has loaded
+it (acknowledged in ``trigger_acks`` by its config watch, ``hub.catalog.watch``) or after
+``TRIGGER_SEEN_WAIT_S``, naming the instances that did not answer in a warning: an S3
+notification admitted after the answer is queued for exactly the s3 triggers that exist then,
+on whichever instance it reaches, without that instance asking MongoDB per batch (an instance
+that did not acknowledge in time still asks, as its watch no longer vouches for its set).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,10 +31,18 @@ from connectors.s3 import S3Server, S3SetupError, ensure_bucket_notifications
 from hub.spec import filters
 from hub.spec.models import TriggerSpec
 from hub.catalog.registry import qualifier_problem
+from hub.catalog.watch import TRIGGERS_FRESH_S
 from hub.settings import Settings
 from hub.store import Store, now
 
 log = structlog.get_logger("hub.catalog.triggers")
+
+# How long an s3 trigger write waits for every live instance to load it. Past it, an instance
+# that has not trusts its set only while its stream vouches for it (hub.catalog.watch), which
+# needs this to stay well above TRIGGERS_FRESH_S.
+TRIGGER_SEEN_WAIT_S = 5.0
+ACK_POLL_S = 0.02
+assert TRIGGER_SEEN_WAIT_S >= TRIGGERS_FRESH_S + 2.0
 
 
 class TriggerError(Exception):
@@ -145,8 +162,10 @@ class TriggerService:
             "created_at": old["created_at"] if old else t,
             "updated_at": t,
         }
-        await self.store.put_trigger(doc)
-        await self._changed()
+        at = await self.store.put_trigger(doc)
+        loaded = await self._changed()
+        if source["type"] == "s3" or (old or {}).get("source", {}).get("type") == "s3":
+            await self._loaded_everywhere(name, at, loaded)
         if token is not None:
             doc = {**doc, "token": token}  # the only time it is shown
         return doc, old is None
@@ -184,17 +203,49 @@ class TriggerService:
                                         f"/fn{src['path']}")
 
     async def delete(self, name: str) -> bool:
-        deleted = await self.store.delete_trigger(name)
+        old = await self.store.get_trigger(name)
+        deleted, at = await self.store.delete_trigger(name)
         if deleted:
-            await self._changed()
+            loaded = await self._changed()
+            if (old or {}).get("source", {}).get("type") == "s3":
+                await self._loaded_everywhere(name, at, loaded)
         return deleted
 
-    async def _changed(self) -> None:
-        # The trigger is saved; if starting its subscription fails now, the sync timer retries.
+    async def _changed(self) -> bool:
+        """Apply a saved change here; False when that failed (the sync timer retries)."""
         try:
             await self.on_change()
         except Exception as exc:
             log.warning("applying trigger change failed; will retry", error=str(exc))
+            return False
+        return True
+
+    async def _loaded_everywhere(self, name: str, at: Any, here: bool) -> None:
+        """Wait until every live instance has acknowledged loading the trigger change made at
+        cluster time ``at`` (this one's own only when applying it here failed, ``here``), or
+        ``TRIGGER_SEEN_WAIT_S``: the ones that did not are named in a warning. The full wait also
+        on errors: an instance trusts its set after a silent peer's wait only (hub.catalog.watch)."""
+        if at is None:
+            return
+        deadline = time.monotonic() + TRIGGER_SEEN_WAIT_S
+        missing: list[str] = []
+        while True:
+            try:
+                live = {str(i["_id"]) for i in await self.store.live_instances()}
+                if here:
+                    live.discard(self.instance_id)
+                acked = await self.store.trigger_acks(sorted(live), at)
+                missing = sorted(live - acked)
+                if not missing:
+                    return
+            except Exception as exc:
+                missing = [f"unknown ({type(exc).__name__}: {exc})"]
+            if time.monotonic() >= deadline:
+                log.warning("instances have not acknowledged a trigger change: they check the s3 triggers "
+                            "against MongoDB until their config watch catches up", trigger=name,
+                            instances=missing, waited_s=TRIGGER_SEEN_WAIT_S)
+                return
+            await asyncio.sleep(ACK_POLL_S)
 
     async def _check_mongodb(self, source: dict[str, Any]) -> None:
         """``full_document: required`` fails on every update of a collection without post-images;

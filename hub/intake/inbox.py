@@ -139,6 +139,9 @@ class Inbox:
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()
+        # Set by the composition root: True while this instance's trigger set holds every trigger
+        # write answered so far (hub.catalog.watch), which spares the check below its query
+        self.triggers_current: Callable[[], bool] | None = None
 
     # -- writers ----------------------------------------------------------------------------
     async def put_events(self, events: list[Event]) -> None:
@@ -153,7 +156,11 @@ class Inbox:
         """A trigger made through another instance a moment ago may not be known here yet (the
         config watch reloads within milliseconds, the timer within a sync interval): an event
         that matches one known trigger would then be queued without the new one. One small
-        query says which s3 triggers exist on these buckets; a name not known here reloads."""
+        query says which s3 triggers exist on these buckets; a name not known here reloads.
+        No query while the config watch vouches for the set: s3 trigger writes answer only once
+        every live instance has loaded them (hub.catalog.triggers), a round trip per batch less."""
+        if self.triggers_current is not None and self.triggers_current():
+            return
         buckets = sorted({str((e.data or {}).get("bucket") or "") for e in events} - {""})
         if not buckets:
             return

@@ -6,6 +6,11 @@ only (cheap; the webhook and the inbox call it when an event names a trigger the
 yet, which another instance may have created a moment ago), and :meth:`TriggerSync.sync` also
 starts and stops subscriptions. One lock orders syncs against each other and against the stop,
 so no subscription is started behind a stop.
+
+Reloads may overlap (the webhook's and the inbox's are not under the lock): a read lands only if
+no read that started after it has landed already, so the router never goes back to an older set
+than one it held (the S3 admission trusts it while the config watch vouches for it,
+``hub.catalog.watch``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,18 @@ class TriggerSync:
         self.scheduler = scheduler
         self.sources = sources
         self._lock = asyncio.Lock()
+        self._reads = 0  # reloads started
+        self._landed = 0  # the latest-started reload whose set the router holds
 
     async def reload(self) -> None:
         """Re-read the trigger set only."""
-        self.router.load(await shielded(self.store.list_triggers()))
+        self._reads += 1
+        read = self._reads
+        triggers = await shielded(self.store.list_triggers())
+        if read < self._landed:
+            return  # a read that started later (and so saw at least as much) has landed already
+        self._landed = read
+        self.router.load(triggers)
         self.scheduler.triggers_changed()
 
     async def sync(self) -> None:
