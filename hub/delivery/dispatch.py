@@ -106,6 +106,10 @@ class Chunk:
     def __init__(self, events: list[Event]) -> None:
         self.events = events
         self.durable: dict[str, asyncio.Future[Any]] = {}
+        # the futures of ``durable`` that are writes (a success's record, a dead letter), each
+        # once and in the order made: a batch's events share one, so waits go over this list and
+        # not over every event
+        self.writes: list[asyncio.Future[Any]] = []
         self.broken: BaseException | None = None  # a write failed: start nothing more
         self.outcomes: dict[str, str] = {}  # event id -> succeeded | dead_lettered | duplicate
 
@@ -179,7 +183,7 @@ class Dispatcher:
 
     async def settle(self, chunk: Chunk) -> dict[str, str]:
         """The second half: wait until every outcome is durable; ``Unfinished`` if not all are."""
-        for fut in {id(f): f for f in chunk.durable.values()}.values():  # a batch's events share one
+        for fut in chunk.writes:
             if not fut.done():
                 try:
                     # shielded: a cancelled wait must not cancel the write's own future (the
@@ -200,13 +204,14 @@ class Dispatcher:
             if chunk.broken:
                 return
             group = todo[start:start + size]
-            group, claim = await self._claim(target, chunk, group, replay_of)
+            group, keys, claim = await self._claim(target, chunk, group, replay_of)
             if not group:
                 continue
+            writes = len(chunk.writes)
             try:
                 await self._run_to_end(target, chunk, group, request_id)
             finally:
-                self._release(target, group, claim, chunk)
+                self._release(keys, claim, chunk.writes[writes:])
 
     async def _not_finished(self, target: Target, chunk: Chunk, events: list[Event],
                             replay_of: str | None) -> list[Event]:
@@ -227,40 +232,41 @@ class Dispatcher:
         return list(todo.values())
 
     async def _claim(self, target: Target, chunk: Chunk, group: list[Event],
-                     replay_of: str | None) -> tuple[list[Event], asyncio.Future[None]]:
+                     replay_of: str | None) -> tuple[list[Event], list[str], asyncio.Future[None]]:
         """Wait for any delivery of these events already running here (until its outcome is
-        durable), re-check them, and claim what is left for this one."""
+        durable), re-check them, and claim what is left for this one: the events, their keys in
+        ``_inflight`` (made once per group, for the claim and its release) and the claim."""
         key = target.key
         inflight = self._inflight
         while True:
-            busy = {id(f): f for e in group if (f := inflight.get(completion_key(key, e.id))) is not None}
+            keys = [completion_key(key, e.id) for e in group]
+            busy = {id(f): f for k in keys if (f := inflight.get(k)) is not None}
             if not busy:
                 break
             await asyncio.gather(*(asyncio.shield(f) for f in busy.values()), return_exceptions=True)
             group = await self._not_finished(target, chunk, group, replay_of)
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for event in group:
-            inflight[completion_key(key, event.id)] = claim
-        return group, claim
+        inflight.update(dict.fromkeys(keys, claim))
+        return group, keys, claim
 
-    def _release(self, target: Target, group: list[Event], claim: asyncio.Future[None], chunk: Chunk) -> None:
+    def _release(self, keys: list[str], claim: asyncio.Future[None], writes: list[asyncio.Future[Any]]) -> None:
         """Drop the claim once the group's outcomes are durable (or failed): a duplicate that
-        arrives before that waits, then finds them finished."""
-        target_key, inflight = target.key, self._inflight
+        arrives before that waits, then finds them finished. ``writes``: the durable writes the
+        group made (its successes' records, its dead letters)."""
+        inflight = self._inflight
 
         def done(_: object = None) -> None:
-            for event in group:
-                key = completion_key(target_key, event.id)
+            for key in keys:
                 if inflight.get(key) is claim:
                     del inflight[key]
             if not claim.done():
                 claim.set_result(None)
 
-        pending = {id(f): f for e in group if (f := chunk.durable.get(e.id)) is not None and not f.done()}
+        pending = [f for f in writes if not f.done()]
         if len(pending) == 1:  # one record (batch 1, or one batch): no gather to build per group
-            next(iter(pending.values())).add_done_callback(done)
+            pending[0].add_done_callback(done)
         elif pending:
-            asyncio.gather(*pending.values(), return_exceptions=True).add_done_callback(done)
+            asyncio.gather(*pending, return_exceptions=True).add_done_callback(done)
         else:
             done()
 
@@ -271,20 +277,23 @@ class Dispatcher:
         dead-lettered. Attempts are counted per event: a record is dead-lettered once it has
         failed ``max_attempts`` times itself, whatever the others in its batch did."""
         policy = target.retry
-        history: dict[str, list[dict[str, Any]]] = {e.id: [] for e in events}
+        # each event's failed attempts; an event gets its list at its first failure (the usual
+        # batch never fails: no list per event to make)
+        history: dict[str, list[dict[str, Any]]] = {}
         remaining = list(events)
         request_id = request_id or new_id()
         throttled = 0
         while remaining:
-            tried = max(len(history[e.id]) for e in remaining)
+            tried = max(len(history.get(e.id, ())) for e in remaining) if history else 0
             if tried or throttled:
                 age = self._age_s(remaining[0])
                 if age is not None and age > policy.max_event_age_s:
                     error = {"type": "EventTooOld",
                              "message": f"event is {age:.0f}s old; max_event_age_s is {policy.max_event_age_s}"}
                     for e in remaining:
-                        history[e.id].append({"attempt": len(history[e.id]) + 1, "status": "expired",
-                                              "at": now(), "error": error})
+                        attempts = history.setdefault(e.id, [])
+                        attempts.append({"attempt": len(attempts) + 1, "status": "expired", "at": now(),
+                                         "error": error})
                     await self._dead_letter(target, chunk, remaining, history)
                     return
             attempt = tried + 1
@@ -294,9 +303,10 @@ class Dispatcher:
                 await asyncio.sleep(backoff_delay(policy, min(throttled, 8)) or 0.1)
                 continue
             for e in outcome.failed:
-                history[e.id].append({"attempt": len(history[e.id]) + 1, "invocation_id": record["_id"],
-                                      "status": record["status"], "error": record["error"] or _item_error(),
-                                      "at": record["finished_at"]})
+                attempts = history.setdefault(e.id, [])
+                attempts.append({"attempt": len(attempts) + 1, "invocation_id": record["_id"],
+                                 "status": record["status"], "error": record["error"] or _item_error(),
+                                 "at": record["finished_at"]})
             if not outcome.failed:
                 return
             whole_call_failed = not outcome.succeeded and not outcome.not_processed
@@ -314,7 +324,7 @@ class Dispatcher:
             again = ({e.id for e in outcome.failed} | {e.id for e in outcome.not_processed}) - \
                 {e.id for e in exhausted}
             remaining = [e for e in remaining if e.id in again]
-            failures = max((len(history[e.id]) for e in remaining), default=0)
+            failures = max((len(history.get(e.id, ())) for e in remaining), default=0)
             if failures:  # someone left failed before: back off; only untried records run at once
                 self.metrics.retries.labels(target.key).inc()
                 await asyncio.sleep(backoff_delay(policy, failures))
@@ -338,7 +348,9 @@ class Dispatcher:
         # event_format "aws": Lambda's identifiers too, and read for single events as well (Lambda
         # reads a stream source's batchItemFailures whatever the batch size)
         aws = fn is not None and fn.event_format == "aws"
-        if report.status is Status.succeeded and (is_batch or aws):
+        result = report.result
+        if (report.status is Status.succeeded and (is_batch or aws) and isinstance(result, dict)
+                and "batchItemFailures" in result):  # else it names none (reported_failures' rule)
             try:
                 failed_ids = batches.reported_failures(report.result, [e.id for e in events],
                                                        aws_events.identifiers(events) if aws else None)
@@ -357,9 +369,11 @@ class Dispatcher:
                 chunk.note_failure(durable)
             else:
                 durable.add_done_callback(chunk.note_failure)
-        for e in outcome.succeeded:
-            chunk.durable[e.id] = durable
-            chunk.outcomes[e.id] = "succeeded"
+        if outcome.succeeded:
+            chunk.writes.append(durable)
+            ids = [e.id for e in outcome.succeeded]
+            chunk.durable.update(dict.fromkeys(ids, durable))
+            chunk.outcomes.update(dict.fromkeys(ids, "succeeded"))
         self._observe(target, record, report)
         return record, outcome
 
@@ -511,6 +525,7 @@ class Dispatcher:
             }), upsert=True))
         write: asyncio.Future[Any] = asyncio.ensure_future(
             shielded(self.store.write_dead_letters(ops)))
+        chunk.writes.append(write)
         for e in events:
             chunk.durable[e.id] = write
             chunk.outcomes[e.id] = "dead_lettered"
