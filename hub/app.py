@@ -210,6 +210,7 @@ class Hub:
         self.port: int | None = None
         self.fn_port: int | None = None
         self._beat = -HEARTBEAT_S  # when this instance's heartbeat was last written (monotonic)
+        self._beat_failed = False  # the last heartbeat went unanswered (MongoDB away, most likely)
         self._warned_for: list[str] = []  # the other instances last warned about (no HUB_PUBLIC_URL)
 
     @property
@@ -279,7 +280,9 @@ class Hub:
         try:
             await self._heartbeat()
             self._beat = time.monotonic()
+            self._beat_failed = False
         except Exception as exc:
+            self._beat_failed = True
             log.warning("heartbeat failed", error=str(exc))
         self._sync_task = asyncio.create_task(self._sync_loop(), name="trigger-sync")
         log.info("hub started", url=self.url, fn_url=self.fn_url, instance=self.instance_id, isolation=self.pool.isolation)
@@ -310,11 +313,17 @@ class Hub:
         self._beat_stop.set()  # not cancelled: a beat is a driver call; after this, none is written
         if self._beat_task:
             await asyncio.gather(self._beat_task, return_exceptions=True)
-        try:  # gone at once rather than after its heartbeat ages out (it counts as a live instance)
-            await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id, self._nonce)), 5)
-        except Exception as exc:
-            log.debug("could not remove this instance's heartbeat", error=str(exc))
-        await self.store.close()
+        # Gone at once rather than after its heartbeat ages out (it counts as a live instance) --
+        # unless MongoDB left the last beat unanswered: then the delete and the driver's own
+        # goodbye (endSessions) would each wait out server selection, 10 s more to stop for nothing.
+        if self._beat_failed:
+            log.info("MongoDB did not answer the last heartbeat: this instance's is left to age out")
+        else:
+            try:
+                await asyncio.wait_for(shielded(self.store.forget_instance(self.instance_id, self._nonce)), 5)
+            except Exception as exc:
+                log.debug("could not remove this instance's heartbeat", error=str(exc))
+        await self.store.close(1.0 if self._beat_failed else 5.0)
         await asyncio.to_thread(self.tracing.shutdown)  # flushes queued spans (the exporter bounds it)
         log.info("hub stopped", instance=self.instance_id)
 
@@ -349,7 +358,10 @@ class Hub:
         slow trigger sync cannot hold it up; with HUB_TAKEOVER_AFTER_S, also the watch on the
         others' heartbeats (:meth:`_take_over_dead`)."""
         every = self.settings.heartbeat_interval_s
-        while True:
+        # The flag is read here, not only through the wait: a wait_for whose timeout has already
+        # run out (a beat slower than the interval, e.g. MongoDB down: 5 s to give up a server)
+        # raises TimeoutError without looking at the event, and stop() waited for ever.
+        while not self._beat_stop.is_set():
             try:
                 await asyncio.wait_for(self._beat_stop.wait(), max(0.0, self._beat + every - time.monotonic()))
                 return
@@ -358,7 +370,9 @@ class Hub:
             self._beat = time.monotonic()  # the attempt: a failing one is retried a beat later
             try:
                 await self._heartbeat()
+                self._beat_failed = False
             except Exception as exc:
+                self._beat_failed = True
                 log.warning("heartbeat failed", error=str(exc))
                 self._still.clear()  # only what is watched while this instance's own beats go through counts
                 continue

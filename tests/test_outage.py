@@ -53,3 +53,33 @@ async def test_mongodb_outage_loses_no_kafka_event(
     finally:
         await hub.stop()
         await asyncio.to_thread(mongo.stop)
+
+
+async def test_hub_stops_while_mongodb_is_down(servers: dict[str, Any], tmp_path: Path) -> None:
+    """SIGTERM's path (Hub.stop) ends while MongoDB is away. It did not: a heartbeat takes 5 s to
+    give up on a dead server, longer than the interval, so the beat loop's wait for the stop flag
+    had no time left, raised TimeoutError without looking at the flag, beat again, and stop()
+    waited for it for ever. Now stop() also skips the goodbye writes MongoDB cannot answer."""
+    mongo = MongoServer(tmp_path / "mongo")
+    await asyncio.to_thread(mongo.start)
+    hub = Hub(make_settings({**servers, "mongo": mongo}, tmp_path / "hub", "stopdown"))
+    stopped = False
+    try:
+        await hub.start()
+        await asyncio.to_thread(mongo.stop)
+
+        async def beat_failed() -> bool:  # the case that hung: a beat slower than the interval
+            return hub._beat_failed
+
+        await eventually(beat_failed, timeout=60, interval=0.2)
+        try:
+            # a bound that only a hang reaches: this stop takes a few seconds
+            await asyncio.wait_for(hub.stop(), 120)
+        except TimeoutError:
+            raise AssertionError("Hub.stop() still running 120 s after MongoDB went away") from None
+        stopped = True
+    finally:
+        if not stopped:
+            await asyncio.to_thread(mongo.start)
+            await hub.stop()
+        await asyncio.to_thread(mongo.stop)
