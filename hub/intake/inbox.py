@@ -39,7 +39,7 @@ from hub.spec.models import RetryPolicy
 from hub.delivery.records import dead_letter_id
 from hub.driver import shielded
 from hub.intake.router import Router
-from hub.store import Store, now
+from hub.store import Store, now, storable_bson
 
 log = structlog.get_logger("hub.intake.inbox")
 
@@ -208,7 +208,8 @@ class Inbox:
                             deliveries=item["deliveries"] + 1)
         self._reserved += len(own)
         try:
-            await self.store.inbox_put(items)
+            # the events encoded once for the insert (the items keep theirs as dicts, to run here)
+            await self.store.inbox_put([{**i, "event": storable_bson(i["event"])} for i in items])
         except BaseException:
             if own:
                 self._room.set()  # a failed insert gives its room back to the claimer

@@ -25,7 +25,7 @@ from pymongo.errors import BulkWriteError
 
 from hub.events import Event
 from hub.driver import DUPLICATE_KEY
-from hub.store import storable
+from hub.store import storable_bson
 
 log = structlog.get_logger("hub.intake.s3_seen")
 
@@ -137,7 +137,7 @@ class SeenObjects:
         ops: list[UpdateOne] = []
         for obs, tok in zip(observations, tokens):
             entry = {"t": obs.time, "state": "pending", "tok": tok, "at": at, "via": via,
-                     "event": storable(obs.event.to_cloudevent())}
+                     "event": storable_bson(obs.event.to_cloudevent())}
             ops.append(UpdateOne(
                 {"_id": obs.doc_id,
                  "obs": {"$not": {"$elemMatch": {"t": {"$gte": obs.time - self.slack,
