@@ -90,3 +90,22 @@ async def test_sns_subscription_confirmation_only_follows_aws_urls(api: Api) -> 
     body["SubscribeURL"] = api.base + "/v1/functions"
     status, reply = await _post(api, body, header=WEBHOOK_TOKEN)
     assert status == 200 and reply["status"].startswith("ignored")
+
+
+async def test_webhook_reads_what_only_the_stdlib_reads_and_refuses_what_it_refuses(api: Api, unique: str) -> None:
+    """The body is parsed by orjson when it reads it as the stdlib would; an integer beyond 64
+    bits (orjson: a float), a lone surrogate or a BOM go to the stdlib's parser as before, and
+    NaN or nesting past the limit are refused as before."""
+    body = json.loads((DATA / "rgw_put.json").read_text())
+    body["Records"][0]["s3"]["bucket"]["name"] = f"nobody-{unique}"
+    text = json.dumps(body)
+    for odd in (text.replace('"eventVersion"', '"big": 123456789012345678901234567890, "eventVersion"', 1),
+                text.replace('"eventVersion"', '"lone": "\\ud800", "eventVersion"', 1),
+                "\ufeff" + text):
+        status, reply = await _post(api, odd.encode(), header=WEBHOOK_TOKEN)
+        assert status == 200 and reply["received"] == 1, (odd[:60], reply)
+    nan = text.replace('"eventVersion"', '"x": NaN, "eventVersion"', 1)
+    deep = text.replace('"eventVersion"', '"x": ' + "[" * 70 + "]" * 70 + ', "eventVersion"', 1)
+    for bad, words in ((nan, "not valid JSON"), (deep, "nested too deeply")):
+        status, reply = await _post(api, bad.encode(), header=WEBHOOK_TOKEN)
+        assert status == 400 and words in reply["error"], reply
