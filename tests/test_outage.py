@@ -63,7 +63,6 @@ async def test_hub_stops_while_mongodb_is_down(servers: dict[str, Any], tmp_path
     mongo = MongoServer(tmp_path / "mongo")
     await asyncio.to_thread(mongo.start)
     hub = Hub(make_settings({**servers, "mongo": mongo}, tmp_path / "hub", "stopdown"))
-    stopped = False
     try:
         await hub.start()
         await asyncio.to_thread(mongo.stop)
@@ -72,14 +71,15 @@ async def test_hub_stops_while_mongodb_is_down(servers: dict[str, Any], tmp_path
             return hub._beat_failed
 
         await eventually(beat_failed, timeout=60, interval=0.2)
-        try:
-            # a bound that only a hang reaches: this stop takes a few seconds
-            await asyncio.wait_for(hub.stop(), 120)
-        except TimeoutError:
-            raise AssertionError("Hub.stop() still running 120 s after MongoDB went away") from None
-        stopped = True
+    except BaseException:
+        await asyncio.to_thread(mongo.start)
+        await hub.stop()
+        await asyncio.to_thread(mongo.stop)
+        raise
+    try:
+        # a bound that only a hang reaches: this stop takes a few seconds
+        await asyncio.wait_for(hub.stop(), 120)
+    except TimeoutError:
+        raise AssertionError("Hub.stop() still running 120 s after MongoDB went away") from None
     finally:
-        if not stopped:
-            await asyncio.to_thread(mongo.start)
-            await hub.stop()
         await asyncio.to_thread(mongo.stop)
