@@ -81,6 +81,10 @@ async def _continue(request: web.BaseRequest) -> None:
 
 
 async def _read(request: web.BaseRequest, limit: int, timeout_s: float) -> bytes | None:
+    if request.content_length is not None and request.content.is_eof() and not request.get(EXPECTS_CONTINUE):
+        # all of it came with the headers (a small POST): nothing to wait for, so no timer
+        # (asyncio.timeout is ~5 us, ~2 % of an S3 notification's hub CPU)
+        return await request.read()
     try:
         async with asyncio.timeout(timeout_s):
             await _continue(request)
