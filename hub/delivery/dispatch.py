@@ -111,6 +111,7 @@ class Chunk:
         # not over every event
         self.writes: list[asyncio.Future[Any]] = []
         self.broken: BaseException | None = None  # a write failed: start nothing more
+        self.unique: int | None = None  # how many distinct event ids, once the duplicate check ran
         self.outcomes: dict[str, str] = {}  # event id -> succeeded | dead_lettered | duplicate
 
     def note_failure(self, fut: asyncio.Future[Any]) -> None:
@@ -119,6 +120,11 @@ class Chunk:
             self.broken = fut.exception()
 
     def finished_prefix(self) -> tuple[int, BaseException | None]:
+        if (self.unique is not None and len(self.durable) == self.unique
+                and all(f.done() and not f.cancelled() and f.exception() is None for f in self.writes)):
+            # every event has an outcome (``durable`` holds only this chunk's ids) and every write
+            # landed: the walk below would say the same, one event at a time
+            return len(self.events), None
         last: asyncio.Future[Any] | None = None  # a batch's events share their record's future
         for i, event in enumerate(self.events):
             fut = self.durable.get(event.id)
@@ -199,6 +205,7 @@ class Dispatcher:
     async def _deliver(self, target: Target, chunk: Chunk, request_id: str | None,
                        replay_of: str | None) -> None:
         todo = await self._not_finished(target, chunk, chunk.events, replay_of)
+        chunk.unique = len(todo) + len(chunk.durable)  # the ones to run and the ones that finished before
         size = max(1, target.batch_size)
         for start in range(0, len(todo), size):
             if chunk.broken:
@@ -216,6 +223,10 @@ class Dispatcher:
     async def _not_finished(self, target: Target, chunk: Chunk, events: list[Event],
                             replay_of: str | None) -> list[Event]:
         done = await self.completions.finished(target.key, [e.id for e in events], replay_of)
+        if not done and not chunk.durable:  # the usual chunk: nothing ran before
+            fresh = {e.id: e for e in events}
+            if len(fresh) == len(events):  # no id twice (else the loop keeps each one's first)
+                return events
         todo: dict[str, Event] = {}
         for event in events:
             if event.id in todo:
