@@ -133,6 +133,43 @@ async def test_report_doc_is_complete(pool: SandboxPool, fndir: Path) -> None:
                         "stdout", "stderr", "output_truncated", "exit_code", "signal"}
 
 
+async def test_max_memory_is_each_invocations_own(pool: SandboxPool, fndir: Path) -> None:
+    """A report's peak memory is its own invocation's: a light call after a heavy one on the same
+    warm worker reports the light one's (the peak is reset before each call and read back from
+    getrusage), and memory a child process used counts while it ran in the call."""
+    fn = write_fn(fndir, """
+        import os
+
+        def touch(mb):
+            block = bytearray(mb << 20)
+            block[::4096] = b"x" * len(block[::4096])  # every page, so it is resident
+
+        def handler(event, context):
+            if event.get("child"):
+                pid = os.fork()
+                if pid == 0:
+                    touch(event["child"])
+                    os._exit(0)
+                os.waitpid(pid, 0)
+            elif event.get("mb"):
+                touch(event["mb"])
+            return None
+    """, memory_mb=256)
+    light = await pool.invoke(fn, {}, ctx())
+    heavy = await pool.invoke(fn, {"mb": 100}, ctx())
+    light_again = await pool.invoke(fn, {}, ctx())
+    for r in (light, heavy, light_again):
+        ok(r)
+    assert not heavy.cold_start and not light_again.cold_start
+    assert light.max_memory_mb is not None and heavy.max_memory_mb is not None
+    assert light_again.max_memory_mb is not None
+    assert heavy.max_memory_mb >= light.max_memory_mb + 80, (light.max_memory_mb, heavy.max_memory_mb)
+    assert light_again.max_memory_mb <= heavy.max_memory_mb - 80, (heavy.max_memory_mb, light_again.max_memory_mb)
+    forked = await pool.invoke(fn, {"child": 100}, ctx())
+    ok(forked)
+    assert forked.max_memory_mb is not None and forked.max_memory_mb >= 80, forked.max_memory_mb
+
+
 async def test_concurrency_limit_and_queueing(pool: SandboxPool, fndir: Path) -> None:
     fn = write_fn(fndir, SLEEPY, max_concurrency=2)
     seen_busy: list[int] = []

@@ -96,7 +96,9 @@ _loop: Any = None
 _logger: Any = None
 _function_name = ""
 _aws = False  # event_format "aws": a Lambda context, Lambda's environment and error documents
-_proc_fds: dict[str, int] = {}  # hub.sandbox.runtime._proc
+_loadavg_fd = -1  # hub.sandbox.runtime._last_pid
+_rbuf = b""  # what a read brought beyond the frame it was for
+_traced = True  # TRACEPARENT may be set: the first call without one clears what the env brought
 
 
 # ---------------------------------------------------------------------------- framing
@@ -127,13 +129,20 @@ def _read_exact(n: int) -> bytes | None:
 
 
 def _recv() -> Any:
-    head = _read_exact(4)
-    if head is None:
+    """The next frame: one read() for the usual one (length and body arrive together)."""
+    global _rbuf
+    buf = _rbuf
+    while len(buf) < 4:
+        chunk = os.read(_fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+    end = 4 + int.from_bytes(buf[:4], "big")
+    rest = _read_exact(end - len(buf)) if len(buf) < end else b""
+    if rest is None:
         return None
-    body = _read_exact(int.from_bytes(head, "big"))
-    if body is None:
-        return None
-    return _loads(body.decode("utf-8"))
+    buf, _rbuf = (buf + rest, b"") if rest else (buf, buf[end:])
+    return _loads(buf[4:end].decode("utf-8"))
 
 
 # ---------------------------------------------------------------------------- limits & metering
@@ -177,11 +186,6 @@ def _apply_limits(limits: Doc) -> ModuleType:
     return resource
 
 
-def _cpu_seconds(resource: ModuleType) -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return float(ru.ru_utime + ru.ru_stime)
-
-
 def _arm_cpu(resource: ModuleType, timeout_s: float) -> None:
     """Soft RLIMIT_CPU = CPU used so far + this invocation's timeout (+1 s slack). The pool's
     wall-clock timeout normally fires first; this catches multi-threaded spinning that burns CPU
@@ -190,8 +194,10 @@ def _arm_cpu(resource: ModuleType, timeout_s: float) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
         if hard == resource.RLIM_INFINITY:
             return
-        want = int(_cpu_seconds(resource)) + int(timeout_s) + 2
-        resource.setrlimit(resource.RLIMIT_CPU, (min(want, hard), hard))
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        want = min(int(ru.ru_utime + ru.ru_stime) + int(timeout_s) + 2, hard)
+        if soft != want:  # moves once a CPU second (or when the function moved it)
+            resource.setrlimit(resource.RLIMIT_CPU, (want, hard))
     except (ValueError, OSError):
         pass
 
@@ -208,43 +214,22 @@ def _reset_peak() -> None:
         pass
 
 
-def _proc(path: str) -> bytes:
-    """A /proc file of this process, read at offset 0 through an fd kept open (per invocation)."""
-    fd = _proc_fds.get(path)
-    if fd is None:
-        fd = _proc_fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return os.pread(fd, 4096, 0)
-
-
-def _peak_rss_kb(resource: ModuleType) -> int:
-    try:
-        status = _proc("/proc/self/status")
-        at = status.index(b"VmHWM:")
-        peak = int(status[at + 6:status.index(b"kB", at)])
-    except (OSError, ValueError):  # the function closed or reused the fd: open it again next time
-        _proc_fds.pop("/proc/self/status", None)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    except OSError:
-        pass
-    return peak
-
-
 def _last_pid() -> int:
-    # /proc/loadavg's 5th field: the last pid allocated *in our pid namespace*.
+    """/proc/loadavg's 5th field: the last pid allocated *in our pid namespace* (one pread of an fd
+    kept open; opened again if the function closed or reused it)."""
+    global _loadavg_fd
     try:
-        return int(_proc("/proc/loadavg").split()[4])
+        if _loadavg_fd < 0:
+            _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_loadavg_fd, 4096, 0).split()[4])
     except (OSError, ValueError, IndexError):
-        _proc_fds.pop("/proc/loadavg", None)
+        _loadavg_fd = -1
         return 0
 
 
-def _stray_processes(baseline: int) -> int:
-    """Processes the function left running (sandbox only: we are pid 2 in our own pid ns);
-    one small read unless the function ever started a process."""
-    if _last_pid() <= baseline:
-        return 0
+def _stray_processes() -> int:
+    """Processes the function left running (sandbox only: we are pid 2 in our own pid ns;
+    asked only once the function ever started a process)."""
     try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:  # reap what already ended
             pass
@@ -486,12 +471,15 @@ def _set_trace(ctx: Context, traceparent: Any) -> None:
     """TRACEPARENT for this call only (the environment-variable carrier convention): a function's
     OpenTelemetry SDK or plain HTTP client continues the invocation's trace; the next call that is
     not traced must not inherit it."""
+    global _traced
     if isinstance(traceparent, str) and traceparent.count("-") == 3:
         ctx.traceparent = traceparent
         ctx.trace_id = traceparent.split("-")[1]
         os.environ["TRACEPARENT"] = traceparent
-    else:
+        _traced = True
+    elif _traced:
         os.environ.pop("TRACEPARENT", None)
+        _traced = False
 
 
 def _run(handler: Callable[..., Any], event: Any, ctx: Context) -> Any:
@@ -593,8 +581,18 @@ def _nesting_exceeds(obj: Any, limit: int) -> bool:
     return False
 
 
-def _meter(resource: ModuleType) -> tuple[int, float]:
-    return _peak_rss_kb(resource), _cpu_seconds(resource)
+def _meter(resource: ModuleType, children: bool) -> tuple[int, float]:
+    """Peak RSS in kB since _reset_peak and CPU seconds so far, from one getrusage: its ru_maxrss
+    is the counter /proc/self/status shows as VmHWM (which the reset sets back), read without
+    the kernel formatting the whole status file. With ``children``, the largest ended child's."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    peak = ru.ru_maxrss
+    if children:  # (a process the function started and that ended)
+        try:
+            peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        except OSError:
+            pass
+    return peak, float(ru.ru_utime + ru.ru_stime)
 
 
 def _await_function(cfg: Doc) -> Doc:
@@ -675,11 +673,13 @@ def main(argv: list[str] | None = None) -> None:
         if _forked:
             _child_exit()
         _flush_std()
+        # one small read says whether the function ever started a process (in our pid ns)
+        spawned = not pidns or _last_pid() > baseline
         try:
-            rss_kb, cpu_s = _meter(resource)
+            rss_kb, cpu_s = _meter(resource, spawned)
         except Exception:
             rss_kb, cpu_s = 0, 0.0
-        strays = _stray_processes(baseline) if pidns else 0
+        strays = _stray_processes() if pidns and spawned else 0
         try:
             if isinstance(out, str):
                 _send_bytes(('{"op":"result","ok":true,"seq":%d,"rss_kb":%d,"cpu_s":%.4f,"strays":%d,'
