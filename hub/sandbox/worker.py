@@ -128,6 +128,7 @@ class Worker:
         self._rbuf = bytearray()
         self._frames: deque[dict[str, Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # wakes _next (see there)
         self._eof = False
         self._exited: asyncio.Future[int] = self._loop.create_future()
         self._killed = False
@@ -432,9 +433,10 @@ class Worker:
             self.kill()
 
     async def _next(self, timeout_s: float, t0: float, sample: bool = True) -> Outcome:
-        # One timer per wait, not two: it wakes this loop at the deadline or at the next memory
-        # sample, whichever comes first (a sampling timer armed and cancelled on every call was
-        # ~2 % of the hub's CPU under function-URL load, where calls take well under a sample).
+        # One timer, not one per wait: it wakes this loop at the deadline or at the next memory
+        # sample, whichever comes first. A timer armed by an earlier call that fires sooner stays
+        # (an early wake only loops once more), so a busy worker arms one every MEMORY_SAMPLE_S,
+        # not one per call (armed and cancelled per call, timers were ~2-4 us of every call).
         deadline = self._loop.time() + timeout_s
         sample_at = self._loop.time() + MEMORY_SAMPLE_S if sample else math.inf  # (not while it starts)
         while True:
@@ -466,11 +468,14 @@ class Worker:
                 sample_at = now + MEMORY_SAMPLE_S
                 continue
             self._waiter = self._loop.create_future()
-            handle = self._loop.call_at(min(deadline, sample_at), self._wake)
+            when = min(deadline, sample_at)
+            if self._timer is None or self._timer.when() > when:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self._loop.call_at(when, self._on_timer)
             try:
                 await self._waiter
             finally:
-                handle.cancel()
                 self._waiter = None
 
     async def _wait_exit(self, timeout: float) -> int | None:
@@ -512,6 +517,10 @@ class Worker:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
 
     def _protocol(self, message: str) -> None:
         if not self._protocol_error:
@@ -640,6 +649,9 @@ class Worker:
             self._on_exit()
 
     def _cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._net is not None:
             self._net.close()
         if self._sock is not None:
