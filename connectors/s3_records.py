@@ -271,15 +271,19 @@ def _record_to_event(record: object, where: str, key_encoded: bool | None, owned
     etag = _text_or_none(obj.get("eTag", obj.get("etag")))
     raw_time = _text_or_none(record.get("eventTime"))
 
-    event_id = _event_id(
-        bucket=bucket,
-        key=key,
-        event_name=event_name,
-        version_id=version_id,
-        sequencer=sequencer,
-        event_time=raw_time or "",
-        record=record,
-    )
+    try:
+        event_id = _event_id(
+            bucket=bucket,
+            key=key,
+            event_name=event_name,
+            version_id=version_id,
+            sequencer=sequencer,
+            event_time=raw_time or "",
+            record=record,
+        )
+    except UnicodeEncodeError:  # a JSON \ud800-\udfff escape left alone: was an uncaught 500
+        raise NotificationError(f"{where}: its bucket, key, event name, version, sequencer or time holds a "
+                                "lone surrogate (\\ud800-\\udfff), which is not Unicode text") from None
     data = {
         "bucket": bucket,
         "key": key,

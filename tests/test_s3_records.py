@@ -531,3 +531,16 @@ def test_event_ids_are_the_ones_made_before() -> None:
         before = "s3:" + hashlib.sha256(json.dumps(basis, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
         assert _event_id(bucket=bucket, key=key, event_name=name, version_id=version, sequencer=sequencer,
                          event_time=at, record={}) == before
+
+
+@pytest.mark.parametrize("field", [("s3", "object", "key"), ("s3", "bucket", "name"), ("eventTime",)])
+def test_a_lone_surrogate_in_what_names_the_change_is_a_clear_error(field: tuple[str, ...]) -> None:
+    """Such a field cannot be hashed into an event id (it is not Unicode text); it used to escape
+    as a UnicodeEncodeError, a 500 that the sender retries for ever."""
+    body = json.loads(raw("rgw_put.json"))
+    node = body["Records"][0]
+    for part in field[:-1]:
+        node = node[part]
+    node[field[-1]] = "a\ud800"
+    with pytest.raises(NotificationError, match="lone surrogate"):
+        parse_notification(json.dumps(body).encode())
