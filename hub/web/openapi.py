@@ -544,10 +544,12 @@ def _build() -> dict[str, Any]:
             },
             "/v1/triggers/{name}": {
                 "parameters": [_NAME],
-                "put": _op("Create or update a trigger; takes effect at once",
+                "put": _op("Create or update a trigger; takes effect at once (an s3 trigger answers once "
+                           "every live instance has loaded it, or after 5 s)",
                            {"200": "Trigger", "201": "Trigger"}, "400 409 413 503", _spec_body("TriggerSpec")),
                 "get": _op("A trigger and its subscription state", {"200": "Trigger"}, "400 404 503"),
-                "delete": _op("Delete a trigger; its events stop running", {"200": "Deleted"}, "400 404 503"),
+                "delete": _op("Delete a trigger; its events stop running (an s3 trigger answers once every "
+                              "live instance has dropped it, or after 5 s)", {"200": "Deleted"}, "400 404 503"),
             },
             "/v1/triggers/{name}/token": {
                 "parameters": [_NAME],
