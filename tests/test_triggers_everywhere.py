@@ -87,6 +87,14 @@ async def test_the_other_instance_holds_an_s3_trigger_once_its_write_is_answered
         await api.put_trigger("k", "rec", {"type": "schedule", "rate": "1 hour"})
 
 
+def _fresh_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog's logger made anew inside capture_logs: with the hub's logging configured
+    (cache_logger_on_first_use), the module's own may be bound to the processor list of an
+    earlier ``logs.configure``, which capture_logs does not touch, and log past the capture (both
+    tests failed so in the full suite)."""
+    monkeypatch.setattr(trigger_catalog, "log", structlog.get_logger("hub.catalog.triggers"))
+
+
 async def test_an_instance_that_never_answers_bounds_the_wait_and_is_named(
         pair: tuple[Hub, Hub], monkeypatch: pytest.MonkeyPatch) -> None:
     """A heartbeat without a process behind it (killed a moment ago): the PUT is done, answers
@@ -98,6 +106,7 @@ async def test_an_instance_that_never_answers_bounds_the_wait_and_is_named(
         api = Api(http, a.url)
         await api.put_function("rec", RECORD)
         with structlog.testing.capture_logs() as logs:
+            _fresh_log(monkeypatch)
             await api.put_trigger("haunted", "rec", {"type": "s3", "bucket": "ghost-bucket"})
     warned = [e for e in logs if e.get("trigger") == "haunted" and "acknowledged" in e["event"]]
     assert [e["instances"] for e in warned] == [["ghost"]]
@@ -116,6 +125,7 @@ async def test_an_instance_whose_watch_stopped_asks_mongodb(
         api = Api(http, a.url)
         await api.put_function("rec", RECORD)
         with structlog.testing.capture_logs() as logs:
+            _fresh_log(monkeypatch)
             await api.put_trigger("late", "rec", {"type": "s3", "bucket": "late-bucket"})
         assert [e["instances"] for e in logs if e.get("trigger") == "late"] == [[b.instance_id]]
         assert "late" not in b.router.triggers  # nothing told b
