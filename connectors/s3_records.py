@@ -96,7 +96,8 @@ class SubscriptionConfirmation(Exception):
         self.token = token
 
 
-def parse_notification(body: bytes | str | Mapping[str, Any], *, owned: bool = False) -> list[Event]:
+def parse_notification(body: bytes | str | Mapping[str, Any], *, owned: bool = False,
+                       json_ready: bool = False) -> list[Event]:
     """Parse a webhook POST body (raw bytes or already-decoded JSON) into one Event per record.
 
     Raises ``NotificationError`` for anything malformed (the whole body is refused, so that the
@@ -106,11 +107,16 @@ def parse_notification(body: bytes | str | Mapping[str, Any], *, owned: bool = F
     Each event keeps its record (``data.raw``) apart from the caller's document, copied, unless
     ``owned``: the caller parsed the document itself and hands it over (the webhook), or it was
     parsed here from bytes. The copy was a third of the parsing per notification.
+
+    ``json_ready``: the caller's document came from orjson's parser (see ``Event.json_ready``);
+    its S3 records' events are then written to the worker by orjson (not for SNS envelopes,
+    whose Message is parsed here by the stdlib).
     """
     document = _load_document(body)
     if "Records" not in document and "Type" in document:
         return _parse_sns(document)
-    return _parse_s3_document(document, "body", owned or not isinstance(body, Mapping))
+    return _parse_s3_document(document, "body", owned or not isinstance(body, Mapping),
+                              json_ready and isinstance(body, Mapping))
 
 
 def record_to_event(record: Mapping[str, Any], *, key_encoded: bool | None = None) -> Event:
@@ -230,7 +236,8 @@ def _parse_sns(envelope: Mapping[str, Any]) -> list[Event]:
     return _parse_s3_document(inner, "SNS Message", True)  # parsed here: nobody else holds it
 
 
-def _parse_s3_document(document: Mapping[str, Any], where: str, owned: bool = False) -> list[Event]:
+def _parse_s3_document(document: Mapping[str, Any], where: str, owned: bool = False,
+                       json_ready: bool = False) -> list[Event]:
     if document.get("Event") == "s3:TestEvent":
         return []
     if "Records" not in document:
@@ -243,7 +250,7 @@ def _parse_s3_document(document: Mapping[str, Any], where: str, owned: bool = Fa
         raise NotificationError(f"{where}: 'Records' must be an array, got {json_type(records)}")
     prefix = "" if where == "body" else f"{where}: "
     return [
-        _record_to_event(record, f"{prefix}Records[{index}]", None, owned)
+        _record_to_event(record, f"{prefix}Records[{index}]", None, owned, json_ready)
         for index, record in enumerate(records)
     ]
 
@@ -253,7 +260,8 @@ def _parse_s3_document(document: Mapping[str, Any], where: str, owned: bool = Fa
 # --------------------------------------------------------------------------------------------
 
 
-def _record_to_event(record: object, where: str, key_encoded: bool | None, owned: bool = False) -> Event:
+def _record_to_event(record: object, where: str, key_encoded: bool | None, owned: bool = False,
+                     json_ready: bool = False) -> Event:
     if not isinstance(record, Mapping):
         raise NotificationError(f"{where}: must be an object, got {json_type(record)}")
     event_name = normalise_event_name(_required_text(record, ("eventName",), where))
@@ -284,10 +292,11 @@ def _record_to_event(record: object, where: str, key_encoded: bool | None, owned
     except UnicodeEncodeError:  # a JSON \ud800-\udfff escape left alone: was an uncaught 500
         raise NotificationError(f"{where}: its bucket, key, event name, version, sequencer or time holds a "
                                 "lone surrogate (\\ud800-\\udfff), which is not Unicode text") from None
+    size = _size(obj.get("size"))
     data = {
         "bucket": bucket,
         "key": key,
-        "size": _size(obj.get("size")),
+        "size": size,
         "etag": etag.strip('"') if etag else None,
         "version_id": version_id,
         "sequencer": sequencer,
@@ -303,6 +312,8 @@ def _record_to_event(record: object, where: str, key_encoded: bool | None, owned
         subject=key,
         time=_cloudevent_time(raw_time),
         data=data,
+        # a size from digits in a string may be beyond 64 bits: orjson would refuse to write it
+        json_ready=json_ready and (size is None or -(2**63) <= size < 2**63),
     )
 
 
@@ -362,7 +373,7 @@ def _size(value: object) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdigit() and value.isascii():  # int("²") raises
         return int(value.strip())
     return None
 

@@ -60,6 +60,11 @@ class Event:
     # that value from this very text, and only when the rest of ``data`` is what Prepared allows;
     # a copy of the event with other ``data`` must not keep it (none is made today)
     value_json: bytes | None = field(default=None, compare=False, repr=False)
+    # ``data`` (and the envelope's text fields) hold only what orjson writes as the stdlib encoder
+    # would: text without lone surrogates, integers within 64 bits, finite floats, booleans, None,
+    # and str-keyed objects and lists of those -- true of what orjson's parser returned and of
+    # values taken from it (the S3 webhook's events). Such an event is a Prepared record too.
+    json_ready: bool = field(default=False, compare=False, repr=False)
 
     def to_cloudevent(self) -> dict[str, Any]:
         doc = {
@@ -88,10 +93,13 @@ class Event:
         """What ``prepared`` holds, as a plain dict: a record of a :class:`Prepared` batch envelope
         (a dict display is a quarter cheaper than the subclass; one per event at batch 100)."""
         value_json = self.value_json
-        if value_json is None:
+        if value_json is not None:
+            data = dict(self.data)
+            data["value"] = orjson.Fragment(value_json)
+        elif self.json_ready:
+            data = self.data
+        else:
             return None
-        data = dict(self.data)
-        data["value"] = orjson.Fragment(value_json)
         doc = {"specversion": "1.0", "id": self.id, "source": self.source, "type": self.type,
                "subject": self.subject, "time": self.time, "datacontenttype": self.datacontenttype,
                "data": data}
@@ -102,7 +110,9 @@ class Event:
         return doc
 
     @classmethod
-    def from_cloudevent(cls, doc: dict[str, Any]) -> Event:
+    def from_cloudevent(cls, doc: dict[str, Any], json_ready: bool = False) -> Event:
+        """``json_ready``: ``doc`` is one a json_ready event gave, stored and read back (BSON keeps
+        each of those types as it is)."""
         return cls(
             id=str(doc["id"]),
             source=str(doc["source"]),
@@ -113,6 +123,7 @@ class Event:
             datacontenttype=str(doc.get("datacontenttype") or "application/json"),
             traceparent=_text(doc.get("traceparent")),
             tracestate=_text(doc.get("tracestate")),
+            json_ready=json_ready,
         )
 
 

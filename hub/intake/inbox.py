@@ -189,8 +189,11 @@ class Inbox:
     @staticmethod
     def _item(kind: str, event: Event, **fields: Any) -> dict[str, Any]:
         t = now()
-        return {"_id": ObjectId(), "kind": kind, "event": event.to_cloudevent(), "state": "pending",
+        item = {"_id": ObjectId(), "kind": kind, "event": event.to_cloudevent(), "state": "pending",
                 "created_at": t, "not_before": t, "deliveries": 0, **fields}
+        if event.json_ready:  # kept with the item: BSON gives each of those types back as it was
+            item["json_ready"] = True
+        return item
 
     async def _put(self, items: list[dict[str, Any]]) -> None:
         """Insert the items, those this instance has room for already claimed by it: they are
@@ -401,7 +404,7 @@ class Inbox:
             if item["deliveries"] > MAX_DELIVERIES:
                 self._side_task(self._give_up(held))
                 return
-            event = Event.from_cloudevent(item["event"])
+            event = Event.from_cloudevent(item["event"], json_ready=item.get("json_ready") is True)
             named = item.get("triggers") or ([item["trigger"]] if item.get("kind") == "schedule" else [])
             unknown = [n for n in named if n not in self.router.triggers]
             if unknown and not reloaded and self.reload_triggers is not None:

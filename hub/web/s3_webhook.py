@@ -49,7 +49,7 @@ async def s3_webhook(request: web.Request) -> web.Response:
         # body is handed over (nothing here reads it again), so its records are not copied
         fast = json_value(raw)
         body = fast[0] if fast is not None else parse_json(raw, MAX_PAYLOAD_DEPTH, prefix) if raw.strip() else raw
-        events = parse_notification(body, owned=True)
+        events = parse_notification(body, owned=True, json_ready=fast is not None)
     except SubscriptionConfirmation as confirm:
         return reply(await _confirm_sns(confirm))
     except NotificationError as exc:
