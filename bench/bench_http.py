@@ -289,6 +289,9 @@ async def main() -> int:
                     help="also run a hub from the source tree DIR; rounds alternate with this tree's hub")
     ap.add_argument("--profile-gil", action="store_true",
                     help="py-spy --gil: only samples holding the GIL (the hub's Python CPU time)")
+    ap.add_argument("--profile-nonblocking", action="store_true",
+                    help="py-spy --nonblocking: sample without stopping the hub (stopped for each sample, "
+                         "its samples piled up on lines that make a system call: bench/README)")
     args = ap.parse_args()
     client = args.client
     if client == "auto":
@@ -361,7 +364,8 @@ async def main() -> int:
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
             prof = subprocess.Popen([spy, "record", "--pid", str(hub.pid), "--duration", str(args.profile_duration),
                                      "--rate", "200", "--format", "raw", "-o", str(profile_out),
-                                     *(["--gil"] if args.profile_gil else [])],
+                                     *(["--gil"] if args.profile_gil else []),
+                                     *(["--nonblocking"] if args.profile_nonblocking else [])],
                                     stdout=subprocess.DEVNULL, stderr=open(root / "py-spy.log", "wb"))
             await asyncio.sleep(0.5)
             res = await run_load(client, hub_url, args.connections, args.profile_duration)

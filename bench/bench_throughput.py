@@ -712,7 +712,8 @@ class Bench:
         out = Path(f"{self.args.profile}-{name}.{ext}")
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
         proc = subprocess.Popen([spy, "record", "--pid", str(hub.pid), "--duration", str(self.args.profile_duration),
-                                 "--format", fmt, "-o", str(out), *(["--gil"] if self.args.profile_gil else [])],
+                                 "--format", fmt, "-o", str(out), *(["--gil"] if self.args.profile_gil else []),
+                                 *(["--nonblocking"] if self.args.profile_nonblocking else [])],
                                 stdout=subprocess.DEVNULL, stderr=open(self.root / f"py-spy-{name}.log", "wb"))
         return proc, out
 
@@ -1362,6 +1363,9 @@ async def main() -> int:
     ap.add_argument("--profile-duration", type=int, default=20)
     ap.add_argument("--profile-gil", action="store_true",
                     help="py-spy --gil: only the thread holding the GIL (CPU, not waits in system calls)")
+    ap.add_argument("--profile-nonblocking", action="store_true",
+                    help="py-spy --nonblocking: sample without stopping the hub (stopped for each sample, "
+                         "its samples piled up on lines that make a system call: bench/README)")
     ap.add_argument("--tracing", action="store_true",
                     help="also measure OpenTelemetry tracing's cost: Kafka batch 1/100, off / on 1.0 / on 0.01")
     ap.add_argument("--tracing-events", type=int, default=5_000,
