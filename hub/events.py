@@ -140,16 +140,16 @@ def new_event(*, id: str, source: str, type: str, data: Any, subject: str | None
     event = object.__new__(Event)
     event.__dict__.update(id=id, source=source, type=type, data=data, subject=subject, time=time,
                           datacontenttype="application/json", traceparent=None, tracestate=None,
-                          value_json=value_json)
+                          value_json=value_json, json_ready=False)
     return event
 
 
 class Prepared(dict[str, Any]):
     """A handler payload built to be written by ``orjson.dumps`` (no options): its leaves are
     ``str`` (the hub's own text or text decoded as strict UTF-8), ``int`` within 64 bits, ``None``,
-    nested ``Prepared``/``list`` of those or dicts from ``Event.prepared_record``, and
-    ``orjson.Fragment`` of JSON text orjson's strict
-    parser accepted. orjson writes such a payload as the stdlib encoder would (same values; no NaN,
+    nested ``Prepared``/``list`` of those or dicts from ``Event.prepared_record`` (a json_ready
+    event's data may also hold finite floats and booleans: the same values either way), and
+    ``orjson.Fragment`` of JSON text orjson's strict parser accepted. orjson writes such a payload as the stdlib encoder would (same values; no NaN,
     no big int, no non-str key, no lone surrogate can be in it), so the pool
     (``hub.sandbox.pool``) takes the fast encoder for it and the stdlib's for anything else."""
 
