@@ -110,7 +110,11 @@ async def test_three_instances_share_the_work_and_survive_a_stop_and_a_kill(
                            port=port, instance_id=f"multi-{n}-{tag}",
                            # the shared address: RGW's notifications go there, never to one instance
                            HUB_PUBLIC_URL=proxy.url,
-                           HUB_LEASE_TTL_S="3", HUB_INBOX_LEASE_S="3", HUB_INBOX_CONCURRENCY="2"),
+                           HUB_LEASE_TTL_S="3", HUB_INBOX_LEASE_S="3", HUB_INBOX_CONCURRENCY="2",
+                           # notifications, spread by the proxy, queue the uploads: RGW's persistent
+                           # topic takes ~25 s here, past the scan's default 15 s grace, and the
+                           # scan's turns need not reach every instance
+                           HUB_S3_RECONCILE_GRACE_S="60"),
                    tmp_path / f"hub-{n}.log", port)
         for n, port in zip("abc", ports)
     ]
