@@ -95,6 +95,16 @@ def _fresh_log(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trigger_catalog, "log", structlog.get_logger("hub.catalog.triggers"))
 
 
+async def _put_s3_trigger_logged(api: Api, monkeypatch: pytest.MonkeyPatch, name: str, bucket: str
+                                 ) -> list[Any]:
+    """PUT function "rec" and an s3 trigger on it; what the catalog logged meanwhile."""
+    await api.put_function("rec", RECORD)
+    with structlog.testing.capture_logs() as logs:
+        _fresh_log(monkeypatch)
+        await api.put_trigger(name, "rec", {"type": "s3", "bucket": bucket})
+    return logs
+
+
 async def test_an_instance_that_never_answers_bounds_the_wait_and_is_named(
         pair: tuple[Hub, Hub], monkeypatch: pytest.MonkeyPatch) -> None:
     """A heartbeat without a process behind it (killed a moment ago): the PUT is done, answers
@@ -103,11 +113,7 @@ async def test_an_instance_that_never_answers_bounds_the_wait_and_is_named(
     monkeypatch.setattr(trigger_catalog, "TRIGGER_SEEN_WAIT_S", 0.5)
     await a.store.db.instances.insert_one({"_id": "ghost", "nonce": "gone", "last_seen": a.store.now()})
     async with aiohttp.ClientSession() as http:
-        api = Api(http, a.url)
-        await api.put_function("rec", RECORD)
-        with structlog.testing.capture_logs() as logs:
-            _fresh_log(monkeypatch)
-            await api.put_trigger("haunted", "rec", {"type": "s3", "bucket": "ghost-bucket"})
+        logs = await _put_s3_trigger_logged(Api(http, a.url), monkeypatch, "haunted", "ghost-bucket")
     warned = [e for e in logs if e.get("trigger") == "haunted" and "acknowledged" in e["event"]]
     assert [e["instances"] for e in warned] == [["ghost"]]
 
@@ -122,11 +128,7 @@ async def test_an_instance_whose_watch_stopped_asks_mongodb(
     await b.watcher.stop()
     assert not b.watcher.triggers_current()
     async with aiohttp.ClientSession() as http:
-        api = Api(http, a.url)
-        await api.put_function("rec", RECORD)
-        with structlog.testing.capture_logs() as logs:
-            _fresh_log(monkeypatch)
-            await api.put_trigger("late", "rec", {"type": "s3", "bucket": "late-bucket"})
+        logs = await _put_s3_trigger_logged(Api(http, a.url), monkeypatch, "late", "late-bucket")
         assert [e["instances"] for e in logs if e.get("trigger") == "late"] == [[b.instance_id]]
         assert "late" not in b.router.triggers  # nothing told b
         event = Event(id="s3:late-bucket/k", source="s3://late-bucket", type="s3:ObjectCreated:Put", subject="k",
