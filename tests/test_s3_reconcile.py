@@ -361,6 +361,38 @@ async def test_s3_outage_during_scan_is_reported_not_fatal(
 
 
 @pytest.mark.integration
+async def test_instances_sharing_a_bucket_each_take_scan_turns(
+    servers: dict[str, Any], tmp_path: Path, http: aiohttp.ClientSession, unique: str, hubs: list[Hub]
+) -> None:
+    """All three wake when the shared turn falls due; each goes for it a random moment later, so
+    none loses every race (without that, the quickest instance won every turn: in a full suite,
+    one of three never scanned). The third here is 10 ms slower to ask for a turn."""
+    db, bucket = f"rec_{unique}", f"turns-{unique}"
+    await asyncio.to_thread(make_bucket, servers, bucket)
+    for n in range(3):
+        hubs.append(await start_hub(servers, tmp_path / str(n), db, s3_reconcile_interval_s=1.0))
+    states = hubs[2].s3_reconciler.states
+    take_turn = states.find_one_and_update
+
+    async def slowly(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.01)
+        return await take_turn(*args, **kwargs)
+
+    states.find_one_and_update = slowly  # type: ignore[method-assign]
+    await Api(http, hubs[0].url).put_function("seen", SEEN_FN)
+    await Api(http, hubs[0].url).put_trigger("t", "seen", {"type": "s3", "bucket": bucket})
+    passes = lambda hub: hub.s3_reconciler.status()["buckets"].get(bucket, {}).get("passes", 0)
+
+    async def each_won_turns() -> list[int] | None:
+        counts = [passes(h) for h in hubs]
+        return counts if min(counts) >= 2 else None  # its first pass (no turn needed) and a turn
+
+    await eventually(each_won_turns, timeout=60)
+    doc = await hubs[0].store.db["s3_reconcile"].find_one({"_id": bucket})
+    assert doc is not None and doc["last_owner"] in {h.s3_reconciler.owner for h in hubs}
+
+
+@pytest.mark.integration
 async def test_bounded_listing_walks_only_the_triggers_prefixes(servers: dict[str, Any], unique: str) -> None:
     rgw, bucket = servers["rgw"], f"walk-{unique}"
     await asyncio.to_thread(make_bucket, servers, bucket)

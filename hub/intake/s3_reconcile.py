@@ -66,9 +66,12 @@ What the scan takes, and when
   writes.
 - Scheduling across instances: the per-bucket state (``s3_reconcile``: watermark, position,
   ``next_pass_at``) is shared; an instance takes a pass with one conditional update on
-  ``next_pass_at``, so N instances do not list a bucket N times. The first pass after an instance
-  starts ignores the schedule. The state write at the end of a pass is conditional on its token,
-  so a pass that was overtaken cannot move the position back.
+  ``next_pass_at``, so N instances do not list a bucket N times. Each instance goes for the turn
+  a random moment (up to a tenth of the interval, at most 1 s) after it is due: with all waking
+  at the same instant, the instance whose loop was quickest won every turn, and a slower one
+  never scanned. The first pass after an instance starts ignores the schedule. The state write
+  at the end of a pass is conditional on its token, so a pass that was overtaken cannot move the
+  position back.
 - Failures (S3 down, bucket gone, bad credentials, MongoDB down) are logged as structured warnings,
   shown in ``/readyz`` and retried on the next pass; they never stop the hub.
 
@@ -84,6 +87,7 @@ import asyncio
 import datetime as dt
 import heapq
 import itertools
+import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +149,7 @@ class S3Reconciler:
         self.max_keys = max(1, int(settings.s3_reconcile_max_keys))
         self.slack_s = float(settings.s3_reconcile_slack_s)
         self.margin_s = float(margin_s if margin_s is not None else max(60.0, 2 * self.grace_s))
+        self.turn_jitter_s = min(1.0, self.interval_s / 10)  # see "Scheduling across instances"
         self.pending_ttl_s, self.max_deferred = pending_ttl_s, max_deferred
         self.enabled = self.interval_s > 0 and bool(settings.s3_endpoint)
         self.disabled_reason = None if self.enabled else (
@@ -355,9 +360,14 @@ class S3Reconciler:
             status.update(state="error", last_error=message[:500], last_error_at=_iso(t))
             status["errors"] += 1
             self.error_metric.labels(bucket).inc()
-            self._next_due[bucket] = t + dt.timedelta(seconds=self.interval_s)
+            self._next_due[bucket] = self._turn_at(t + dt.timedelta(seconds=self.interval_s))
             status["next_pass_at"] = _iso(self._next_due[bucket])
             log.warning("s3 reconcile pass failed; retrying next pass", bucket=bucket, error=message[:500])
+
+    def _turn_at(self, due: dt.datetime) -> dt.datetime:
+        """When this instance goes for a turn due at ``due``: a random moment after it, so the
+        instances sharing a bucket take its turns by chance, not by whose loop is quickest."""
+        return due + dt.timedelta(seconds=random.uniform(0.0, self.turn_jitter_s))
 
     async def _pass(self, bucket: str, triggers: list[Trigger], since: dict[str, dt.datetime]) -> None:
         assert self._lister is not None
@@ -377,7 +387,7 @@ class S3Reconciler:
             )
         except DuplicateKeyError:  # not due: another instance made this pass
             other = await self.states.find_one({"_id": bucket}) or {}
-            self._next_due[bucket] = other.get("next_pass_at") or t0 + interval
+            self._next_due[bucket] = self._turn_at(other.get("next_pass_at") or t0 + interval)
             status.update(next_pass_at=_iso(self._next_due[bucket]), watermark=_iso(other.get("watermark")),
                           last_pass_at=_iso(other.get("last_pass_at")), state="ok (passed by another instance)")
             return
@@ -450,7 +460,7 @@ class S3Reconciler:
         fields["next_pass_at"] = next_at
         res = await self.states.update_one(
             {"_id": bucket, "pass_token": token}, {"$set": fields, "$inc": {"queued_total": queued}})
-        self._next_due[bucket] = next_at
+        self._next_due[bucket] = self._turn_at(next_at)
         status.update(
             state="ok", last_error=None, last_pass_at=_iso(t1), last_pass_s=round(duration, 3),
             last_listed=len(page.objects),
