@@ -41,6 +41,35 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+# A run of 19 digits may be an integer beyond 64 bits, which orjson reads as a float (the stdlib as
+# an int); such a value takes the stdlib's way. (The run may as well sit in a string or a float's
+# fraction: then the stdlib reads the same thing, only slower.) Found by mapping every digit to
+# "0" and searching for 19 of them: linear, where a regex backtracks on digit-heavy values. The
+# same copy maps "[" to "{", so one count of "{" counts both brackets.
+_SCAN = bytes(48 if 48 <= i <= 57 else 123 if i == 91 else i for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def json_value(raw: bytes) -> tuple[Any, bytes] | None:
+    """``raw`` decoded, when orjson's strict parser takes it and reads it as the stdlib would,
+    with ``raw`` itself as the value's JSON text; else None (not JSON, or JSON only the stdlib
+    reads: NaN, Infinity, integers beyond 64 bits, lone surrogates, a BOM; or nested deeper than
+    MAX_PAYLOAD_DEPTH, which the Kafka connector's ``decode_value`` hands over as text).
+
+    The text is valid JSON per orjson, so it can be spliced into a request as one value and
+    nothing in it can add a field next to it (a hostile producer cannot forge the request)."""
+    scan = raw.translate(_SCAN)  # one pass for both checks (0.70 -> 0.45 us a 70-byte value)
+    if _LONG_RUN in scan:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if scan.count(b"{") > MAX_PAYLOAD_DEPTH and json_depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+        return None  # connectors.kafka.decode_value hands it over as text
+    return value, raw
+
+
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 

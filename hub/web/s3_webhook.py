@@ -19,14 +19,13 @@ import orjson
 import structlog
 from aiohttp import ClientSession, ClientTimeout, web
 
-from connectors.kafka import json_value
 from connectors.s3_records import (
     NotificationError,
     SubscriptionConfirmation,
     is_aws_sns_url,
     parse_notification,
 )
-from hub.events import Event
+from hub.events import Event, json_value
 from hub.tracing import s3_record_carries_metadata, valid_traceparent
 from hub.web.services import SERVICES, Services
 from hub.web.wire import ApiError, MAX_PAYLOAD_DEPTH, MAX_STORED_EVENT_DEPTH, MAX_WEBHOOK_BODY, bearer, json_depth_exceeds, parse_json, read_body, reply, token_ok
