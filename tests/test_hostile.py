@@ -22,6 +22,7 @@ import pytest
 import hub.sandbox.pool as pool_module
 from hub.sandbox.base import FunctionRuntime, InvocationReport, NetworkPolicy, Status
 from hub.sandbox.pool import SandboxPool
+from hub.sandbox.worker import STRAY_CHECK_EVERY
 from hub.spec.network import network_setting
 from tests.test_sandbox import ctx, make_pool, until, write_fn
 
@@ -420,6 +421,40 @@ async def test_stray_processes_are_counted_by_the_hub(pool: SandboxPool, good: F
     assert second.result == [1, 2], second.result
     await still_serving(pool, good)
 
+
+
+@pytest.mark.parametrize("how", ["daemon", "thread"])
+async def test_a_later_stray_is_found_on_a_warm_worker(pool: SandboxPool, tmp_path: Path, how: str) -> None:
+    """Past its first calls a worker is checked every STRAY_CHECK_EVERY-th call, the quick way
+    first (each of its own processes has only the next as child): a process left by such a call,
+    reparented to the sandbox's init or started from a thread of the handler, still ends it."""
+    fn = write_fn(tmp_path, """
+        import os, subprocess, threading, time
+        def handler(event, context):
+            if event.get("spawn") == "daemon":
+                if os.fork() == 0:
+                    os.setsid()
+                    if os.fork() == 0:
+                        while True:
+                            time.sleep(0.2)
+                    os._exit(0)
+                os.wait()
+            elif event.get("spawn") == "thread":
+                done = []
+                threading.Thread(target=lambda: done.append(subprocess.Popen(["sleep", "60"]))).start()
+                while not done:
+                    time.sleep(0.01)
+            return os.getpid()
+    """)
+    first = await pool.invoke(fn, {}, ctx())
+    assert first.status is Status.succeeded and first.cold_start, first
+    for _ in range(2, 2 * STRAY_CHECK_EVERY):
+        rep = await pool.invoke(fn, {}, ctx())
+        assert rep.status is Status.succeeded and not rep.cold_start, rep  # the same warm worker
+    rep = await pool.invoke(fn, {"spawn": how}, ctx())  # its 16th call: a checked one
+    assert rep.status is Status.succeeded and not rep.cold_start, rep
+    after = await pool.invoke(fn, {}, ctx())
+    assert after.status is Status.succeeded and after.cold_start, "a worker with a leftover process was reused"
 
 FORGED = """
     import os, __main__
