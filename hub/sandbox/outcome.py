@@ -14,7 +14,6 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.events import json_depth_exceeds
 from hub.sandbox.base import FunctionRuntime, InvocationReport, Status
 
 # A dying interpreter or C library says one of these on stderr when an allocation fails.
