@@ -178,8 +178,9 @@ class Prepared(dict[str, Any]):
     ``str`` (the hub's own text or text decoded as strict UTF-8), ``int`` within 64 bits, ``None``,
     nested ``Prepared``/``list`` of those or dicts from ``Event.prepared_record`` (a json_ready
     event's data may also hold finite floats and booleans: the same values either way), and
-    ``orjson.Fragment`` of JSON text orjson's strict parser accepted. orjson writes such a payload as the stdlib encoder would (same values; no NaN,
-    no big int, no non-str key, no lone surrogate can be in it), so the pool
+    ``orjson.Fragment`` of JSON text orjson's strict parser accepted. orjson writes such a payload
+    as the stdlib encoder would (same values; no NaN, no big int, no non-str key, no lone
+    surrogate can be in it), so the pool
     (``hub.sandbox.pool``) takes the fast encoder for it and the stdlib's for anything else."""
 
     __slots__ = ()
