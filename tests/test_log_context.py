@@ -73,3 +73,16 @@ async def test_lines_logged_during_an_invocation_carry_it() -> None:
     assert lines["own key wins"]["function"] == "explicit" and lines["own key wins"]["invocation_id"] == "inv-1"
     assert "invocation_id" not in lines["after"] and "function" not in lines["after"]
     assert logs.INVOCATION.get() is None
+
+
+def test_enabled_follows_the_configured_level() -> None:
+    """``logs.enabled`` (what the pool and dispatcher ask per invocation instead of a structlog
+    proxy) answers as structlog's own filter does, after each configure."""
+    try:
+        for level, name in ((logging.WARNING, "warning"), (logging.DEBUG, "debug"), (logging.INFO, "info")):
+            logs.configure("json", name, stream=io.StringIO())
+            proxy = structlog.get_logger("hub.test")
+            for asked in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+                assert logs.enabled(asked) is (asked >= level) is proxy.is_enabled_for(asked), (name, asked)
+    finally:
+        logs.configure("json", "info")

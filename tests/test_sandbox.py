@@ -248,6 +248,26 @@ async def test_async_handler(pool: SandboxPool, fndir: Path) -> None:
     assert ok(again) == {"async": True, "n": 2} and not again.cold_start
 
 
+async def test_results_come_back_as_the_function_made_them(pool: SandboxPool, fndir: Path) -> None:
+    """The hub reads a worker's answer with orjson when that reads it as the stdlib would: values
+    only the stdlib reads exactly (integers beyond 64 bits, lone surrogates) keep their value and
+    type, and so does what both read."""
+    source = """
+        def handler(event, context):
+            return VALUES
+    """
+    values = {"big": 2 ** 70, "neg": -(2 ** 70), "u64": 2 ** 64 - 1, "i64": -(2 ** 63), "n19": 10 ** 18,
+              "exact": 9007199254740993, "floats": [0.1 + 0.2, 1e308, -0.0, 5e-324, 1.5],
+              "lone": "x\ud800y", "low": "\udc80", "text": "\u2028\u00e9\U0001f600\x00",
+              "nested": [[{"a": [True, False, None]}]], "dup": 1}
+    fn = write_fn(fndir, source.replace("VALUES", repr(values)))
+    for _ in range(2):  # cold, then warm
+        result = ok(await pool.invoke(fn, {}, ctx()))
+        assert result == values
+        assert type(result["big"]) is int and type(result["exact"]) is int and type(result["u64"]) is int
+        assert [math.copysign(1.0, f) for f in result["floats"]] == [1.0, 1.0, -1.0, 1.0, 1.0]
+
+
 async def test_context_fields(pool: SandboxPool, fndir: Path) -> None:
     fn = write_fn(fndir, """
         def handler(event, context):

@@ -34,6 +34,7 @@ from hub.catalog.code import CodeUnavailable
 from hub.catalog.secrets import SecretUnavailable, mask
 from hub.events import Event
 from hub.logs import INVOCATION
+from hub.logs import enabled as log_enabled
 from hub.metrics import Metrics
 from hub.spec.models import RetryPolicy
 from hub.delivery.records import Completions, RecordWriter, completion_key, dead_letter_id
@@ -502,7 +503,7 @@ class Dispatcher:
         if histogram is None:
             histogram = self._histograms[name] = self.metrics.duration.labels(name)
         histogram.observe(report.duration_ms / 1000)
-        if record["status"] == "succeeded" and not (self.log_successes and log.is_enabled_for(logging.INFO)):
+        if record["status"] == "succeeded" and not (self.log_successes and log_enabled(logging.INFO)):
             return  # the record is the log; the line is only for who asked for it
         fields = dict(invocation_id=record["_id"], function=name, version=record["version"], trigger=target.trigger,
                       status=record["status"], attempt=record["attempt"],

@@ -49,6 +49,7 @@ import orjson
 import structlog
 
 from hub.events import Prepared
+from hub.logs import enabled as log_enabled
 from hub.sandbox import bwrap as bw
 from hub.sandbox import seccomp
 from hub.sandbox.base import FunctionRuntime, InvocationReport, InvokeContext, Status
@@ -82,10 +83,6 @@ def _encode(request: dict[str, Any]) -> bytes:
     if type(request["event"]) is Prepared:
         return orjson.dumps(request)
     return _ENCODER.encode(request).encode()
-
-
-def _debug_enabled() -> bool:
-    return bool(log.is_enabled_for(logging.DEBUG))
 
 
 class _InvocationLog:
@@ -501,7 +498,7 @@ class SandboxPool:
         else:
             self._stop_later(worker)
         if report.status in (Status.succeeded, Status.failed):
-            if _debug_enabled():
+            if log_enabled(logging.DEBUG):
                 blog.debug("invocation finished", status=report.status.value, cold=cold,
                            duration_ms=round(report.duration_ms, 3))
         else:
