@@ -54,10 +54,13 @@ Write = Callable[[int], Awaitable[None]]
 
 
 async def _partitions(http: aiohttp.ClientSession, hub: HubProcess, trigger: str) -> list[int]:
-    """The Kafka partitions this instance's group member holds (its own view of the cursor)."""
+    """The Kafka partitions this instance's group member holds (its own view of the cursor).
+    The view also lists the partitions the other instances' heartbeats report, each with its
+    holder's id: only this instance's own count."""
     status, body = await Api(http, hub.url).call("GET", f"/v1/triggers/{trigger}")
     assert status == 200, body
-    return [p["partition"] for p in (body.get("cursor") or {}).get("partitions") or []]
+    me = hub.env["HUB_INSTANCE_ID"]
+    return [p["partition"] for p in (body.get("cursor") or {}).get("partitions") or [] if p.get("instance") == me]
 
 
 async def _proxy_serves(http: aiohttp.ClientSession, url: str) -> bool:
