@@ -57,7 +57,8 @@ def json_value(raw: bytes) -> tuple[Any, bytes] | None:
     MAX_PAYLOAD_DEPTH, which the Kafka connector's ``decode_value`` hands over as text).
 
     The text is valid JSON per orjson, so it can be spliced into a request as one value and
-    nothing in it can add a field next to it (a hostile producer cannot forge the request)."""
+    nothing in it can add a field next to it (a hostile producer cannot forge the request).
+    Also how the hub reads a worker's answer (hub.sandbox.worker): None sends it to the stdlib."""
     scan = raw.translate(_SCAN)  # one pass for both checks (0.70 -> 0.45 us a 70-byte value)
     if _LONG_RUN in scan:
         return None
