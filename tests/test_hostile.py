@@ -503,6 +503,31 @@ async def test_deeply_nested_frame_is_a_protocol_error(pool: SandboxPool, good: 
     await still_serving(pool, good)
 
 
+@pytest.mark.parametrize("result, message", [
+    (b"1" * 5_000, "invalid JSON frame"),  # beyond the stdlib's 4,300-digit limit for int()
+    (b"1" * 6_000_000, "invalid JSON frame"),  # as long as a frame may be: scanned once, refused
+    (b"NaN", "while request"),  # only the stdlib reads it; then the frame is not the answer asked for
+    (b'"\\ud800"', "while request"),  # a lone surrogate: the same
+])
+async def test_a_forged_answer_only_the_stdlib_reads_is_still_refused(
+        pool: SandboxPool, good: FunctionRuntime, tmp_path: Path, result: bytes, message: str) -> None:
+    """The hub reads answers with orjson where orjson agrees with the stdlib and hands the rest to
+    the stdlib: a function writing its own frame with such values, or a frame as long as allowed,
+    ends its worker with a protocol error at once, as before, and the pool goes on serving."""
+    fn = write_fn(tmp_path, """
+        import os, __main__
+        def handler(event, context):
+            body = b'{"op":"result","ok":true,"result":' + bytes.fromhex(event["hex"]) + b'}'
+            os.write(__main__._fd, len(body).to_bytes(4, "big") + body)
+            return "real"
+    """, timeout_s=30.0)
+    rep = await pool.invoke(fn, {"hex": result.hex()}, ctx())
+    assert rep.status is Status.crashed, rep
+    err = rep.error or {}
+    assert err["type"] == "ProtocolError" and message in err["message"], err
+    await still_serving(pool, good)
+
+
 @pytest.mark.parametrize("depth, ok", [(100, True), (101, False), (500, False), (995, False)])
 async def test_result_nested_too_deeply(both: SandboxPool, good: FunctionRuntime, tmp_path: Path,
                                         depth: int, ok: bool) -> None:
