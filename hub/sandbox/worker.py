@@ -564,10 +564,10 @@ class Worker:
                 return
             body = bytes(buf[4:4 + n])
             del buf[:4 + n]
-            # orjson when it reads the frame as the stdlib would (1.0 against 2.4 us a frame);
-            # big integers, NaN, lone surrogates and deep nesting take the stdlib parser
-            fast = json_value(body)
             try:
+                # orjson when it reads the frame as the stdlib would (1.0 against 2.4 us a frame);
+                # big integers, NaN, lone surrogates and deep nesting take the stdlib parser
+                fast = json_value(body)
                 frame = fast[0] if fast is not None else json.loads(body)
             except RecursionError:
                 self._protocol("invalid JSON frame: nested too deeply")
